@@ -1,0 +1,167 @@
+"""Which matrices get adapters, the shared rank budget, and the peft configs of LoRA and AdaLoRA.
+
+Every method adapts the same matrices with the same total rank R_total = sum of ranks over adapted
+matrices, so differences in accuracy come from how the rank is spent, not how much there is.
+"""
+
+import re
+import time
+
+from peft import AdaLoraConfig, LoraConfig, TaskType
+from transformers import TrainerCallback
+
+# The six matrices of a transformer layer that the AdaLoRA paper adapts, as regexes on the module
+# path after `.layer.<i>.`. Covers BERT-style (query/key/value) and DeBERTa-v2/v3 (query_proj, ...)
+# names. Anchoring on the layer index keeps `attention.output.dense` out of `ffn_out` and the pooler
+# and classifier out of everything.
+MATRIX_PATTERNS = {
+    "query": r"attention\.self\.(query|query_proj)",
+    "key": r"attention\.self\.(key|key_proj)",
+    "value": r"attention\.self\.(value|value_proj)",
+    "attention_output": r"attention\.output\.dense",
+    "ffn_in": r"intermediate\.dense",
+    "ffn_out": r"output\.dense",
+}
+_LAYER_RE = re.compile(r"\.layer\.(\d+)\.(.+)$")
+
+
+def module_matrix(name: str):
+    """(layer index, matrix type) of a module path, or None if it is not an adaptable matrix."""
+    match = _LAYER_RE.search(name)
+    if match is None:
+        return None
+    for matrix, pattern in MATRIX_PATTERNS.items():
+        if re.fullmatch(pattern, match.group(2)):
+            return int(match.group(1)), matrix
+    return None
+
+
+def resolve_targets(model, matrix_types) -> list:
+    """Full module paths of every Linear of the requested matrix types, in model order."""
+    unknown = set(matrix_types) - set(MATRIX_PATTERNS)
+    if unknown:
+        raise ValueError(f"Unknown --target_modules {sorted(unknown)}; choose from {list(MATRIX_PATTERNS)}.")
+    targets = []
+    for name, module in model.named_modules():
+        found = module_matrix(name)
+        if found is not None and found[1] in matrix_types and hasattr(module, "weight") and module.weight.ndim == 2:
+            targets.append(name)
+    if not targets:
+        raise ValueError(
+            f"No module of {type(model).__name__} matches --target_modules {list(matrix_types)}: this architecture's "
+            "layer names are not known (BERT- and DeBERTa-style encoders are)."
+        )
+    found_types = {module_matrix(name)[1] for name in targets}
+    missing = set(matrix_types) - found_types
+    if missing:
+        raise ValueError(f"{type(model).__name__} has no {sorted(missing)} matrices under known names.")
+    return targets
+
+
+def head_modules(model) -> list:
+    """The task head, trained in full by every method: the classifier, and the pooler where the model has one
+    (DeBERTa's pooler is not in the pretrained checkpoint and starts random)."""
+    top = {name.split(".")[0] for name, _ in model.named_children()}
+    return [name for name in ("pooler", "classifier") if name in top] + [
+        name for name, _ in model.named_modules() if name.endswith(".pooler") and name.count(".") == 1
+    ]
+
+
+def build_peft_config(peft_args, targets, head, total_step: int):
+    """The peft config of `--method`. GLoRA starts as uniform LoRA; its callback re-apportions the ranks."""
+    common = dict(
+        task_type=TaskType.SEQ_CLS,
+        target_modules=targets,
+        modules_to_save=head,
+        lora_dropout=peft_args.lora_dropout,
+    )
+    if peft_args.method in ("lora", "glora"):
+        return LoraConfig(r=peft_args.lora_r, lora_alpha=peft_args.lora_alpha, **common)
+    target_r = peft_args.rank_budget // len(targets)
+    return AdaLoraConfig(
+        init_r=peft_args.init_r,
+        target_r=target_r,
+        lora_alpha=peft_args.lora_alpha,
+        tinit=peft_args.tinit,
+        tfinal=peft_args.tfinal,
+        deltaT=peft_args.deltaT,
+        beta1=peft_args.beta1,
+        beta2=peft_args.beta2,
+        orth_reg_weight=peft_args.orth_reg_weight,
+        total_step=total_step,
+        **common,
+    )
+
+
+def lora_layers(peft_model):
+    """{module path without the peft prefix: LoRA layer} for every adapted matrix."""
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "base_model.model."
+    return {
+        name[len(prefix) :] if name.startswith(prefix) else name: module
+        for name, module in peft_model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+
+
+def current_ranks(peft_model, adapter_name="default", count_masked=False) -> dict:
+    """Rank of every adapted matrix. For AdaLoRA with `count_masked`: the singular values its masking left
+    non-zero (its final ranks once training ends); otherwise the width of the tensors (init_r)."""
+    from peft.tuners.adalora import AdaLoraLayer
+
+    ranks = {}
+    for name, layer in lora_layers(peft_model).items():
+        if count_masked and isinstance(layer, AdaLoraLayer):
+            ranks[name] = int((layer.lora_E[adapter_name] != 0).sum())
+        else:
+            ranks[name] = int(layer.r[adapter_name])
+    return ranks
+
+
+def trainable_parameters(peft_model, head) -> dict:
+    """Trainable parameters, adapter and head counted separately."""
+    adapter = head_count = 0
+    for name, param in peft_model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if any(f".{h}." in f".{name}" for h in head) and "lora_" not in name:
+            head_count += param.numel()
+        else:
+            adapter += param.numel()
+    return {"trainable_params_adapter": adapter, "trainable_params_head": head_count, "trainable_params": adapter + head_count}
+
+
+def rank_record(peft_model, method, rank_budget, initial_ranks) -> dict:
+    """The `ranks.json` record: per module its place, shape and initial/final rank (see docs/outputs.md)."""
+    modules = {}
+    final = current_ranks(peft_model, count_masked=True)
+    for name, layer in lora_layers(peft_model).items():
+        layer_index, matrix = module_matrix(name)
+        base = layer.get_base_layer()
+        modules[name] = {
+            "layer": layer_index,
+            "matrix": matrix,
+            "d_in": base.in_features,
+            "d_out": base.out_features,
+            "initial_rank": initial_ranks[name],
+            "final_rank": final[name],
+        }
+    return {"method": method, "rank_budget": rank_budget, "num_adapted_matrices": len(modules), "modules": modules}
+
+
+class AdaLoraCallback(TrainerCallback):
+    """Calls AdaLoRA's `update_and_allocate` after every optimizer step (transformers never does).
+
+    `on_optimizer_step` runs after `optimizer.step()` and before `zero_grad()`, where AdaLoRA needs the
+    gradients for its sensitivity scores. `global_step` there is the index of the step just taken.
+    """
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+        self.hook_seconds = 0.0
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        start = time.perf_counter()
+        self.peft_model.base_model.update_and_allocate(state.global_step)
+        self.hook_seconds += time.perf_counter() - start

@@ -1,0 +1,84 @@
+"""Model surgery for GLoRA: resize peft LoRA layers in place, keeping what they learned.
+
+A LoRA layer computes y = W x + s * B A x with A (r x d_in), B (d_out x r), s = alpha / r. A resize keeps
+the scaling s fixed (alpha := s * r_new), so the kept components contribute exactly what they did:
+- growing: all old components are kept, new rows of A are initialised like LoRA's A, new columns of B
+  are zero, so the layer's output is unchanged;
+- shrinking: the components i with the largest ||B[:, i]|| * ||A[i, :]|| (an upper bound of the norm of
+  the rank-one term B[:, i] A[i, :]) are kept, in their original order; the rest are dropped.
+"""
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ResizedLayer:
+    """What the optimizer rebuild needs to carry AdamW state over: old and new parameters and kept indices."""
+
+    name: str
+    old_rank: int
+    new_rank: int
+    kept: torch.Tensor  # indices into the old rank dimension, in the order they now occupy
+    old_A: torch.nn.Parameter
+    old_B: torch.nn.Parameter
+    new_A: torch.nn.Parameter
+    new_B: torch.nn.Parameter
+
+
+def components_to_keep(lora_A: torch.Tensor, lora_B: torch.Tensor, new_rank: int) -> torch.Tensor:
+    """Indices of the old components that survive a resize to `new_rank`, in ascending order."""
+    old_rank = lora_A.shape[0]
+    if new_rank >= old_rank:
+        return torch.arange(old_rank)
+    importance = lora_B.detach().float().norm(dim=0) * lora_A.detach().float().norm(dim=1)
+    # Stable sort: equal importance keeps the earlier component.
+    order = torch.sort(importance, descending=True, stable=True).indices
+    return order[:new_rank].sort().values
+
+
+def resize_lora_layer(layer, name: str, new_rank: int, config, adapter_name: str = "default") -> ResizedLayer:
+    """Give `layer` rank `new_rank` through peft's `update_layer`, copying the kept components."""
+    old_A = layer.lora_A[adapter_name].weight
+    old_B = layer.lora_B[adapter_name].weight
+    old_rank = old_A.shape[0]
+    scaling = layer.scaling[adapter_name]
+    kept = components_to_keep(old_A, old_B, new_rank)
+    # peft derives scaling from alpha: alpha / r, or alpha / sqrt(r) with rslora.
+    new_alpha = scaling * (new_rank**0.5 if layer.use_rslora[adapter_name] else new_rank)
+    layer.update_layer(adapter_name, new_rank, lora_alpha=new_alpha, config=config)
+    new_A = layer.lora_A[adapter_name].weight
+    new_B = layer.lora_B[adapter_name].weight
+    with torch.no_grad():
+        new_A[: len(kept)] = old_A[kept].to(new_A.dtype)
+        new_B.zero_()
+        new_B[:, : len(kept)] = old_B[:, kept].to(new_B.dtype)
+    _record_rank(config, name, new_rank, new_alpha)
+    return ResizedLayer(name, old_rank, new_rank, kept, old_A, old_B, new_A, new_B)
+
+
+def _record_rank(config, name, rank, alpha):
+    """Write the layer's rank into the peft config so `save_pretrained` -> `from_pretrained` rebuilds it.
+
+    peft matches these keys as regexes against module paths, hence the escaping."""
+    key = re.escape(name)
+    config.rank_pattern = {**(config.rank_pattern or {}), key: int(rank)}
+    config.alpha_pattern = {**(config.alpha_pattern or {}), key: float(alpha)}
+
+
+def resize_to_ranks(peft_model, ranks: dict, adapter_name: str = "default") -> list:
+    """Resize every LoRA layer whose rank differs from `ranks[name]`; return what changed."""
+    from adapters import lora_layers
+
+    config = peft_model.peft_config[adapter_name]
+    layers = lora_layers(peft_model)
+    unknown = set(ranks) - set(layers)
+    if unknown:
+        raise ValueError(f"No LoRA layer named {sorted(unknown)[:3]}")
+    resized = []
+    for name, layer in layers.items():
+        if name in ranks and int(layer.r[adapter_name]) != ranks[name]:
+            resized.append(resize_lora_layer(layer, name, ranks[name], config, adapter_name))
+    return resized

