@@ -207,10 +207,16 @@ def load_raw_datasets(data_args, model_args):
 
 
 def load_files(files: dict):
-    kinds = {DATA_EXTENSIONS.get(Path(f).suffix) for f in files.values()}
-    if None in kinds or len(kinds) != 1:
-        raise ValueError(f"Data files must all be one of {list(DATA_EXTENSIONS)}: {files}")
-    return load_dataset(kinds.pop(), data_files=files)
+    """One split per file, loaded separately so that a split with other columns reaches `check_data`'s message."""
+    loaded = datasets.DatasetDict()
+    for split, path in files.items():
+        kind = DATA_EXTENSIONS.get(Path(path).suffix)
+        if kind is None:
+            raise ValueError(f"{path}: data files must end in one of {list(DATA_EXTENSIONS)}.")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"No such data file: {path}")
+        loaded[split] = load_dataset(kind, data_files={split: path}, split=split)
+    return loaded
 
 
 def check_data(raw, task_name):
