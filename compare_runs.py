@@ -327,10 +327,10 @@ def paired_bootstrap(task, preds_a, preds_b, n_bootstrap=2000, seed=0, alpha=0.0
 
     def deltas(sample):  # (K,) score(A) - score(B) per seed pair on one resample
         scores = np.zeros(2 * K)
-        for _, split, metric in entries:
-            y, P = data[split]
-            ix = sample[split]
-            scores += [METRIC_FNS[metric](y[ix], row[ix]) for row in P]
+        for split, (y, P) in data.items():
+            y, P = y[sample[split]], P[:, sample[split]]  # index once per split, not per metric and run
+            for metric in [metric for _, s, metric in entries if s == split]:
+                scores += [METRIC_FNS[metric](y, row) for row in P]
         scores /= len(entries)
         return scores[:K] - scores[K:]
 
@@ -517,28 +517,30 @@ def render_markdown(rows, sig, skipped, warn, alpha, n_bootstrap, seed):
     # the headline: share of AdaLoRA's gain recovered, on the GLUE average if there is one
     for budget in dict.fromkeys(r["budget"] for r in rows):
         glora = [r for r in rows if r["budget"] == budget and r["method"] == "glora" and "share_defined" in r]
-        if not glora:
-            continue
-        r = next((r for r in glora if r["task"] == "GLUE avg"), glora[0])
-        where = f"GLUE avg over {r['avg_over']}" if r["task"] == "GLUE avg" else r["task"]
-        ovh = {x["method"]: x["overhead_vs_lora_pct"] for x in rows if (x["task"], x["budget"]) == (r["task"], budget)}
-        cost = ", ".join(f"{method_name(m)} {v:+.1f}%" for m, v in ovh.items() if m != "lora" and np.isfinite(v))
-        if r["share_defined"]:
-            ci = ("" if r["share_ci_low"] is None else
-                  f" (seed-bootstrap {1 - alpha:.0%} CI {fmt(r['share_ci_low'], 100, 0)}% to {fmt(r['share_ci_high'], 100, 0)}%)")
-            out.append(f"**GLoRA recovers {fmt(r['share_of_gain'], 100, 0)}% of AdaLoRA's gain over LoRA**{ci} "
-                       f"on {where}, R_total = {budget}. Training-time overhead vs LoRA: {cost or 'n/a'}.")
-        else:
-            out.append(f"**Share of AdaLoRA's gain recovered by GLoRA: undefined** on {where}, R_total = {budget}: "
-                       f"{r['share_note']}. Training-time overhead vs LoRA: {cost or 'n/a'}.")
-        if r.get("share_note") and r["share_defined"]:
-            out.append(f"({r['share_note']})")
-        out.append("")
+        # one line on the GLUE average if there is one, else one per task
+        glora = [r for r in glora if r["task"] == "GLUE avg"] or glora
+        for r in glora:
+            where = f"GLUE avg over {r['avg_over'].replace(' ', ', ')}" if r["task"] == "GLUE avg" else r["task"]
+            ovh = {x["method"]: x["overhead_vs_lora_pct"] for x in rows if (x["task"], x["budget"]) == (r["task"], budget)}
+            cost = ", ".join(f"{method_name(m)} {v:+.1f}%" for m, v in ovh.items() if m != "lora" and np.isfinite(v))
+            if r["share_defined"]:
+                ci = ("" if r["share_ci_low"] is None else
+                      f" (seed-bootstrap {1 - alpha:.0%} CI {fmt(r['share_ci_low'], 100, 0)}% to "
+                      f"{fmt(r['share_ci_high'], 100, 0)}%)")
+                out.append(f"**GLoRA recovers {fmt(r['share_of_gain'], 100, 0)}% of AdaLoRA's gain over LoRA**{ci} "
+                           f"on {where}, R_total = {budget}. Training-time overhead vs LoRA: {cost or 'n/a'}."
+                           + (f" ({r['share_note']})" if r["share_note"] else ""))
+            else:
+                out.append(f"**Share of AdaLoRA's gain recovered by GLoRA: undefined** on {where}, R_total = {budget}: "
+                           f"{r['share_note']}. Training-time overhead vs LoRA: {cost or 'n/a'}.")
+            out.append("")
     out += [(f"Scores ×100, mean ± sample std over seeds (n = seeds). Score = mean of the task's main metrics. "
              f"Share of gain = (GLoRA − LoRA) / (AdaLoRA − LoRA) on the score, CI from {n_bootstrap} seed resamples. "
              f"**Significance threshold α = {alpha}: p-values below it are marked \\*** (two-sided, no multiple-comparison "
              f"correction). Paired bootstrap: {n_bootstrap} resamples of dev examples (matched by idx, seed-paired runs, "
-             f"bootstrap seed {seed}); Welch: t-test over per-seed scores."), ""]
+             f"bootstrap seed {seed}); Welch: t-test over per-seed scores. GLUE avg: mean task score over the tasks "
+             f"every method has; its seeds = the fewest of any task, its train time = mean per task (so its overhead "
+             f"compares total training time)."), ""]
 
     headers = ["task", "R_total", "method", "seeds", "main metric(s)", "score", "MCC", "trainable params",
                "total rank", "train time (s)", "overhead vs LoRA", "Δ score vs LoRA", "share of AdaLoRA's gain",
@@ -592,7 +594,7 @@ def render_markdown(rows, sig, skipped, warn, alpha, n_bootstrap, seed):
 
 def save(fig, out_dir, stem):
     for ext in ("png", "pdf"):
-        fig.savefig(Path(out_dir) / f"{stem}.{ext}", dpi=150, bbox_inches="tight")
+        fig.savefig(Path(out_dir) / f"{stem}.{ext}", dpi=150)  # margins come from tight/constrained layout
     plt.close(fig)
     return [Path(out_dir) / f"{stem}.{ext}" for ext in ("png", "pdf")]
 
@@ -631,29 +633,29 @@ def fig_bars(groups, rows, out_dir):
         pos = np.arange(len(xs))
         lows = []
         for i, (budget, method, label) in enumerate(series):
-            mu, sd = [], []
+            mu, sd = [], []  # nan std (GLUE avg, one seed) draws no error bar
             for _, t, m in xs:
                 g = groups.get((t, budget, method))
                 if t == "GLUE avg":
                     mu.append(avg.get((budget, method), np.nan))
-                    sd.append(0.0)
+                    sd.append(np.nan)
                 elif g is None:
                     mu.append(np.nan)
-                    sd.append(0.0)
+                    sd.append(np.nan)
                 else:
                     mu.append((g["score"] if m == "score" else g["metrics"][m])[0])
-                    sd.append(np.nan_to_num((g["score"] if m == "score" else g["metrics"][m])[1]))
+                    sd.append((g["score"] if m == "score" else g["metrics"][m])[1])
             mu, sd = 100 * np.array(mu), 100 * np.array(sd)
             ax.bar(pos + (i - (len(series) - 1) / 2) * width, mu, width, yerr=sd, capsize=3, label=label,
                    color=color(method), edgecolor="black", linewidth=0.5)
-            lows.append(np.nanmin(mu - sd) if np.isfinite(mu).any() else 0)
+            lows.append(np.nanmin(mu - np.nan_to_num(sd)) if np.isfinite(mu).any() else 0)
         # bars from 0 would hide differences of a point or two: start the axis a little below the lowest bar
         ax.set_ylim(bottom=max(0.0, math.floor(min(lows)) - 5))
         ax.set_xticks(pos, [x for x, _, _ in xs])
         name = "task score (mean of main metrics)" if metric == "score" else metric.replace("_", " ")
         ax.set_xlabel("task")
-        ax.set_ylabel(f"{name} ×100")
-        ax.set_title(f"{name}: mean ± std over seeds")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} ×100")
+        ax.set_title(f"{name}\nmean ± std over seeds", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Compare finished runs: bash launch/compare.sh runs/sweep [--out_dir DIR] [--alpha 0.05] ...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python compare_runs.py "$@"

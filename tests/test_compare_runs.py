@@ -1,0 +1,315 @@
+"""Tests for compare_runs.py on synthetic run directories written as docs/outputs.md specifies."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import compare_runs as cr
+
+N = 200  # dev examples per split
+B = 300  # bootstrap resamples: enough for p < 0.01 (the smallest possible p is 2/(B+1) = 0.0066)
+BUDGET = 32
+LAYOUT = [(0, "query"), (0, "value"), (1, "query"), (1, "value")]  # 4 adapted matrices, rank 8 each
+FINAL_RANKS = {"lora": [8, 8, 8, 8], "adalora": [10, 6, 9, 7], "glora": [12, 4, 10, 6]}
+GLORA_SCORES = [0.5, 0.1, 0.4, 0.2]
+
+# sst2: per-seed accuracy (multiples of 1/N so predictions can reproduce them) and train time (s)
+SST2 = {
+    "lora": ([0.80, 0.81, 0.79], [100.0, 110.0, 90.0]),  # mean 0.80 ± 0.01, 100 s
+    "adalora": ([0.84, 0.85, 0.83], [130.0, 120.0, 140.0]),  # mean 0.84 ± 0.01, 130 s (+30%)
+    "glora": ([0.83, 0.835, 0.825], [105.0, 100.0, 110.0]),  # mean 0.83 ± 0.005, 105 s (+5%)
+}
+# mnli: per-seed (matched, mismatched) accuracy
+MNLI = {
+    "lora": [(0.70, 0.72), (0.71, 0.73)],
+    "adalora": [(0.74, 0.75), (0.75, 0.76)],
+    "glora": [(0.73, 0.74), (0.74, 0.75)],
+}
+
+
+def predictions(acc, num_labels=2):
+    """idx,label,prediction with the first acc*N examples right, the rest wrong (rows shuffled)."""
+    label = np.arange(N) % num_labels
+    k = round(acc * N)
+    pred = np.where(np.arange(N) < k, label, (label + 1) % num_labels)
+    order = np.random.default_rng(k).permutation(N)  # row order must not matter: pairing is by idx
+    return pd.DataFrame({"idx": np.arange(N)[order], "label": label[order], "prediction": pred[order]})
+
+
+def write_run(root, name, task, method, seed, metrics, time, preds, log=True):
+    """A finished run dir exactly as docs/outputs.md describes it."""
+    d = Path(root) / name
+    d.mkdir(parents=True)
+    args = {"model": {"model_name_or_path": "microsoft/deberta-v3-base"}, "data": {"task_name": task},
+            "peft": {"method": method, "rank_budget": BUDGET}, "training": {"seed": seed, "output_dir": str(d)},
+            "world_size": 1}
+    (d / "run_args.json").write_text(json.dumps(args))
+    modules = {}
+    for (layer, matrix), r, s in zip(LAYOUT, FINAL_RANKS[method], GLORA_SCORES):
+        m = {"layer": layer, "matrix": matrix, "d_in": 768, "d_out": 768, "initial_rank": 8, "final_rank": r}
+        if method == "glora":
+            m["score"] = s
+        modules[f"deberta.encoder.layer.{layer}.attention.self.{matrix}_proj"] = m
+    ranks = {"method": method, "rank_budget": BUDGET, "num_adapted_matrices": len(LAYOUT), "modules": modules}
+    if method == "glora":
+        ranks["glora"] = {"signal": "lora_b", "beta": 0.9, "warmup_steps": 20, "reallocation_step": 20,
+                          "hook_seconds": 0.8, "resize_seconds": 0.05}
+    if method == "adalora":
+        ranks["adalora"] = {"init_r": 12, "target_r": 8, "tinit": 10, "tfinal": 20, "deltaT": 5,
+                            "total_step": 60, "hook_seconds": 1.2}
+    (d / "ranks.json").write_text(json.dumps(ranks))
+    for split, df in preds.items():
+        df.to_csv(d / f"predictions_{split}.csv", index=False)
+    if log:
+        hist = [{"loss": 0.7 - 0.005 * s, "learning_rate": 1e-4, "epoch": s / 60, "step": s} for s in range(5, 61, 5)]
+        hist += [{"eval_accuracy": 0.6 + 0.003 * s, "eval_loss": 0.6, "epoch": s / 60, "step": s} for s in range(15, 61, 15)]
+        (d / "trainer_state.json").write_text(json.dumps({"global_step": 60, "log_history": hist}))
+    params_adapter = 8 * 2 * 768 * len(LAYOUT)
+    results = {"task": task, "method": method, "seed": seed, "rank_budget": BUDGET,
+               "num_adapted_matrices": len(LAYOUT), **{f"eval_{k}": v for k, v in metrics.items()},
+               "eval_samples": N, "train_runtime": time, "train_samples_per_second": 1000 / time,
+               "train_steps_per_second": 60 / time, "train_loss": 0.5,
+               "method_hook_seconds": 0.0 if method == "lora" else 1.0,
+               "trainable_params_adapter": params_adapter, "trainable_params_head": 1538,
+               "trainable_params": params_adapter + 1538}
+    (d / "all_results.json").write_text(json.dumps(results))
+    return d
+
+
+def sst2_metrics(acc):
+    return {"accuracy": acc, "matthews_correlation": 2 * acc - 1, "combined_score": acc}
+
+
+def make_sweep(root):
+    """sst2 (3 seeds) and mnli (2 seeds) for lora/adalora/glora, plus three broken runs."""
+    for method, (accs, times) in SST2.items():
+        for seed, (acc, t) in enumerate(zip(accs, times)):
+            write_run(root / "sst2", f"sst2_{method}_s{seed}", "sst2", method, seed, sst2_metrics(acc), t,
+                      {"validation": predictions(acc)}, log=seed == 0)  # a few curves keep the test fast
+    for method, accs in MNLI.items():
+        for seed, (m, mm) in enumerate(accs):
+            metrics = {"accuracy": m, "accuracy_mm": mm, "matthews_correlation": 0.6, "matthews_correlation_mm": 0.62,
+                       "combined_score": (m + mm) / 2}
+            write_run(root / "mnli", f"mnli_{method}_s{seed}", "mnli", method, seed, metrics, 500.0 + 10 * seed,
+                      {"validation_matched": predictions(m, 3), "validation_mismatched": predictions(mm, 3)},
+                      log=False)
+    # broken runs: unfinished, unreadable JSON, missing keys
+    bad = write_run(root / "broken", "unfinished", "sst2", "lora", 7, sst2_metrics(0.5), 1.0, {}, log=False)
+    (bad / "all_results.json").unlink()
+    bad = write_run(root / "broken", "garbled", "sst2", "lora", 8, sst2_metrics(0.5), 1.0, {}, log=False)
+    (bad / "all_results.json").write_text('{"task": "sst2", "method": ')
+    bad = write_run(root / "broken", "no_metric", "sst2", "lora", 9, {}, 1.0, {}, log=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The sweep, compared once through main() with figures; returns (root, out_dir)."""
+    root = make_sweep(tmp_path_factory.mktemp("sweep"))
+    assert cr.main([str(root), "--n_bootstrap", str(B)]) == 0
+    return root, root / "comparison"
+
+
+def find(rows, task, method):
+    (row,) = [r for r in rows if r["task"] == task and r["method"] == method]
+    return row
+
+
+@pytest.fixture(scope="module")
+def tables(sweep):
+    """(table rows, significance rows) as main() wrote them to comparison.json."""
+    data = json.loads((sweep[1] / "comparison.json").read_text())
+    return data["table"], data["significance"]
+
+# -----------------------------------------------------------------------------
+# metrics
+
+
+def test_metrics_match_sklearn():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 3, 500), rng.integers(0, 3, 500)
+    assert cr.matthews(y, p) == pytest.approx(sk.matthews_corrcoef(y, p))
+    assert cr.matthews(y, y) == pytest.approx(1.0)
+    assert cr.matthews(y, np.zeros_like(y)) == 0.0  # constant prediction: undefined -> 0, as sklearn
+    yb, pb = y % 2, p % 2
+    assert cr.f1(yb, pb) == pytest.approx(sk.f1_score(yb, pb))
+    assert cr.accuracy(yb, pb) == pytest.approx(sk.accuracy_score(yb, pb))
+    a, b = rng.normal(size=300), rng.normal(size=300)
+    b = a + b
+    assert cr.pearson(a, b) == pytest.approx(stats.pearsonr(a, b)[0])
+    assert cr.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0])
+
+# -----------------------------------------------------------------------------
+# statistics on constructed numbers
+
+
+def test_share_of_gain_constructed():
+    s = cr.share_of_gain([0.80], [0.84], [0.83], n_bootstrap=B)
+    assert s["defined"] and s["share"] == pytest.approx(0.75)
+    s = cr.share_of_gain([0.80, 0.81, 0.79], [0.84, 0.85, 0.83], [0.83, 0.835, 0.825], n_bootstrap=B)
+    assert s["share"] == pytest.approx(0.75)
+    assert s["ci_low"] < 0.75 < s["ci_high"]
+    # list of tasks: statistic on the average of the task means: (0.83-0.80)/(0.86-0.80) = 0.5
+    s = cr.share_of_gain([[0.80], [0.60]], [[0.84], [0.68]], [[0.83], [0.63]], n_bootstrap=B)
+    assert s["share"] == pytest.approx(0.5)
+    # reproducible with the same bootstrap seed
+    a = cr.share_of_gain([0.80, 0.81], [0.84, 0.86], [0.83, 0.82], n_bootstrap=B, seed=3)
+    b = cr.share_of_gain([0.80, 0.81], [0.84, 0.86], [0.83, 0.82], n_bootstrap=B, seed=3)
+    assert (a["ci_low"], a["ci_high"]) == (b["ci_low"], b["ci_high"])
+
+
+def test_share_of_gain_undefined():
+    for ada in ([0.79, 0.78], [0.80, 0.80]):  # AdaLoRA below LoRA, and equal to it
+        s = cr.share_of_gain([0.80, 0.80], ada, [0.83, 0.82], n_bootstrap=B)
+        assert not s["defined"] and s["share"] is None and s["ci_low"] is None
+        assert s["note"].startswith("undefined")
+
+
+def test_paired_bootstrap_identical_predictions():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, N)
+    p = np.where(rng.random(N) < 0.8, y, 1 - y)
+    a = pd.DataFrame({"idx": np.arange(N), "label": y, "prediction": p})
+    b = a.sample(frac=1, random_state=0)  # same predictions, other row order
+    res = cr.paired_bootstrap("sst2", [{"validation": a}], [{"validation": b}], n_bootstrap=100)  # p = 1 for any B
+    assert res["delta"] == 0.0 and res["p"] == pytest.approx(1.0)
+    # STS-B (float predictions, pearson/spearman)
+    ys = rng.uniform(0, 5, N)
+    s = pd.DataFrame({"idx": np.arange(N), "label": ys, "prediction": ys + rng.normal(0, 1, N)})
+    res = cr.paired_bootstrap("stsb", [{"validation": s}] * 2, [{"validation": s}] * 2, n_bootstrap=100)
+    assert res["p"] == pytest.approx(1.0) and res["p_per_seed"] == [pytest.approx(1.0)] * 2
+
+
+def test_paired_bootstrap_large_consistent_difference():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, N)
+    good = pd.DataFrame({"idx": np.arange(N), "label": y, "prediction": y})  # always right
+    bad = good.assign(prediction=np.where(np.arange(N) % 2 == 0, y, 1 - y))  # right half the time
+    for task in ("sst2", "mrpc", "cola"):  # accuracy; f1 + accuracy; matthews
+        res = cr.paired_bootstrap(task, [{"validation": good}], [{"validation": bad}], n_bootstrap=B)
+        assert res["delta"] > 0.2 and res["p"] < 0.01 and res["ci_low"] > 0
+    # direction does not matter for a two-sided test
+    res = cr.paired_bootstrap("sst2", [{"validation": bad}], [{"validation": good}], n_bootstrap=B)
+    assert res["delta"] == pytest.approx(-0.5) and res["p"] < 0.01
+
+
+def test_welch_known_answer():
+    a, b = [0.80, 0.81, 0.79], [0.84, 0.85, 0.83]
+    # equal variances s^2 = 1e-4, n = 3: t = -0.04 / sqrt(2e-4 / 3), Welch df = 4
+    t = -0.04 / math.sqrt(2e-4 / 3)
+    res = cr.welch(a, b)
+    assert res["t"] == pytest.approx(t) and res["p"] == pytest.approx(2 * stats.t.sf(abs(t), 4))
+    assert res["p"] < 0.05
+    assert math.isnan(cr.welch([0.8], [0.9])["p"])  # one seed: not computable, no crash
+
+# -----------------------------------------------------------------------------
+# loading, table, outputs
+
+
+def test_broken_runs_skipped_with_reason(tmp_path):
+    runs, skipped = cr.load_runs([make_sweep(tmp_path)])
+    assert len(runs) == 9 + 6
+    reasons = {Path(p).name: r for p, r in skipped}
+    assert set(reasons) == {"unfinished", "garbled", "no_metric"}
+    assert "no all_results.json" in reasons["unfinished"]
+    assert "unreadable all_results.json" in reasons["garbled"]
+    assert "missing keys" in reasons["no_metric"] and "eval_accuracy" in reasons["no_metric"]
+
+
+def test_table_values(tables):
+    rows, sig = tables
+    lora, ada, glora = (find(rows, "sst2", m) for m in ("lora", "adalora", "glora"))
+    assert lora["n_seeds"] == 3 and lora["seeds"] == "0 1 2"
+    assert lora["accuracy_mean"] == pytest.approx(0.80) and lora["accuracy_std"] == pytest.approx(0.01)
+    assert ada["score_mean"] == pytest.approx(0.84) and ada["score_std"] == pytest.approx(0.01)
+    assert glora["score_mean"] == pytest.approx(0.83) and glora["score_std"] == pytest.approx(0.005)
+    assert glora["matthews_correlation_mean"] == pytest.approx(0.66)
+    assert lora["train_time_mean"] == pytest.approx(100.0) and lora["train_time_std"] == pytest.approx(10.0)
+    assert ada["overhead_vs_lora_pct"] == pytest.approx(30.0)
+    assert glora["overhead_vs_lora_pct"] == pytest.approx(5.0)
+    assert ada["delta_vs_lora"] == pytest.approx(0.04) and glora["delta_vs_lora"] == pytest.approx(0.03)
+    assert glora["share_of_gain"] == pytest.approx(0.75) and glora["share_defined"]
+    assert all(r["total_rank"] == BUDGET for r in (lora, ada, glora))
+    assert lora["trainable_params"] == 8 * 2 * 768 * 4 + 1538
+    # significance: AdaLoRA is right on 8 more of 200 examples in every seed -> paired bootstrap is clear
+    s = next(s for s in sig if (s["task"], s["a"], s["b"]) == ("sst2", "adalora", "lora"))
+    assert s["paired_seeds"] == [0, 1, 2] and s["delta_boot"] == pytest.approx(0.04)
+    assert s["p_boot"] < 0.01 and s["sig_boot"]
+    assert s["p_welch"] == pytest.approx(cr.welch(SST2["adalora"][0], SST2["lora"][0])["p"])
+    assert ada["p_boot_vs_lora"] == s["p_boot"]
+
+
+def test_mnli_matched_and_mismatched(sweep, tables):
+    rows, sig = tables
+    glora = find(rows, "mnli", "glora")
+    assert glora["accuracy_mean"] == pytest.approx(0.735) and glora["accuracy_mm_mean"] == pytest.approx(0.745)
+    assert glora["score_mean"] == pytest.approx(0.74)  # mean of matched and mismatched
+    # share on the mnli score: (0.74 - 0.715) / (0.75 - 0.715)
+    assert glora["share_of_gain"] == pytest.approx(0.025 / 0.035)
+    s = next(s for s in sig if (s["task"], s["a"], s["b"]) == ("mnli", "glora", "lora"))
+    assert set(s["n_examples"]) == {"validation_matched", "validation_mismatched"}
+    assert s["delta_boot"] == pytest.approx(0.025)
+    md = (sweep[1] / "comparison.md").read_text()
+    mnli_lines = [ln for ln in md.splitlines() if ln.startswith("| mnli |")]
+    assert mnli_lines and all("acc " in ln and "acc_mm " in ln for ln in mnli_lines[:3])
+
+
+def test_glue_average_row(tables):
+    rows, _ = tables
+    avg = {m: find(rows, "GLUE avg", m) for m in ("lora", "adalora", "glora")}
+    assert avg["lora"]["score_mean"] == pytest.approx((0.80 + 0.715) / 2)
+    assert avg["glora"]["delta_vs_lora"] == pytest.approx(((0.83 + 0.74) - (0.80 + 0.715)) / 2)
+    assert avg["glora"]["share_of_gain"] == pytest.approx((0.03 + 0.025) / (0.04 + 0.035))
+    assert avg["glora"]["avg_over"] == "sst2 mnli"
+
+
+def test_outputs_written(sweep):
+    _, out = sweep
+    md = (out / "comparison.md").read_text()
+    assert "α = 0.05" in md and "GLoRA recovers" in md
+    assert "## Skipped runs" in md and "garbled" in md and "no all_results.json" in md
+    assert "| sst2 | 32 | GLoRA |" in md and "**75%**" in md
+    csv = pd.read_csv(out / "comparison.csv")
+    g = csv[(csv.task == "sst2") & (csv.method == "glora")].iloc[0]
+    assert g.score_mean == pytest.approx(0.83) and g.share_of_gain == pytest.approx(0.75)
+    assert len(pd.read_csv(out / "comparison_significance.csv")) == 2 * 3  # 2 tasks x 3 pairs
+    data = json.loads((out / "comparison.json").read_text())  # strict JSON: no NaN
+    assert data["settings"]["n_bootstrap"] == B and len(data["skipped"]) == 3
+
+
+def test_figures_written(sweep):
+    _, out = sweep
+    stems = ["comparison_accuracy_bar", "comparison_score_bar", "comparison_metric_vs_time",
+             "sst2_rank_heatmap", "mnli_rank_heatmap", "sst2_glora_score_vs_rank", "mnli_glora_score_vs_rank"]
+    stems += [f"sst2_{m}_s0_learning_curve" for m in SST2]  # the runs that have a trainer_state.json
+    for stem in stems:
+        for ext in ("png", "pdf"):
+            f = out / f"{stem}.{ext}"
+            assert f.is_file() and f.stat().st_size > 1000, f
+    for name in ("sst2_lora_s1", "mnli_glora_s0"):  # no trainer_state.json: no figure, no crash
+        assert not (out / f"{name}_learning_curve.png").exists()
+
+
+def test_undefined_share_and_missing_data(tmp_path, capsys):
+    """AdaLoRA below LoRA: share stated as undefined; no predictions, one seed: no crash, notes only."""
+    for method, acc in (("lora", 0.70), ("adalora", 0.68), ("glora", 0.72)):
+        write_run(tmp_path, f"rte_{method}", "rte", method, 0, sst2_metrics(acc), 50.0, {}, log=False)
+    assert cr.main([str(tmp_path), "--n_bootstrap", "50", "--out_dir", str(tmp_path / "out"), "--no_figures"]) == 0
+    stdout = capsys.readouterr().out
+    assert "undefined" in stdout and "AdaLoRA does not beat LoRA" in stdout
+    rows = json.loads((tmp_path / "out" / "comparison.json").read_text())["table"]
+    g = find(rows, "rte", "glora")
+    assert g["share_defined"] is False and g["share_of_gain"] is None
+    assert "no paired bootstrap" in stdout and "Welch needs >= 2 seeds" in stdout
+
+
+def test_cli_errors(tmp_path):
+    assert cr.main([str(tmp_path / "missing")]) == 2
+    assert cr.main([str(tmp_path)]) == 1  # no runs at all
