@@ -279,6 +279,11 @@ class GlueTrainer(Trainer):
 
     def __init__(self, *args, glora: GLoRACallback | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Sequence classifiers take **kwargs, so transformers assumes they normalise the loss by the token count
+        # it passes them; they ignore it and return a batch mean. Left True, the loss is then never divided by the
+        # accumulation steps (8 x 2 gives twice the gradient of 16 x 1) and is multiplied by the world size when
+        # tokens are averaged across devices.
+        self.model_accepts_loss_kwargs = False
         self.glora = glora
         self._rebuilt_ddp = None
         if glora is not None:

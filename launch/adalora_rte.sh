@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# adalora on rte, the seed plan's settings (configs/adalora_rte.yaml). Extra flags override it,
+# e.g. launch/adalora_rte.sh --seed 1 --max_steps 2
+set -euo pipefail
+cd "$(dirname "$0")/.."
+accelerate launch run_glue_peft.py configs/adalora_rte.yaml "$@"
