@@ -1,6 +1,7 @@
 """End-to-end runs of run_glue_peft.py on tiny random models and fixture data (CPU, offline)."""
 
 import json
+import os
 import math
 
 import numpy as np
@@ -229,3 +230,18 @@ def test_adapter_file_holds_final_ranks(tiny_deberta, glue_dir, tmp_path):
     for name, module in record["modules"].items():
         a = next(v for k, v in weights.items() if k.endswith(f"{name}.lora_A.weight"))
         assert a.shape == (module["final_rank"], module["d_in"])
+
+
+def test_every_config_parses_and_every_launcher_points_to_one():
+    from conftest import ROOT
+
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert {c.stem for c in configs} == {f"{m}_{t}" for m in ("lora", "adalora", "glora") for t in ("mnli", "sst2", "rte")}
+    for config in configs:
+        model_args, data_args, peft_args, training_args = run_glue_peft.parse_args([str(config), "--use_cpu", "True"])
+        run_glue_peft.check_args(data_args, peft_args, training_args)
+        assert f"{peft_args.method}_{data_args.task}" == config.stem
+        assert (peft_args.lora_r, training_args.learning_rate, training_args.per_device_train_batch_size) == (8, 2e-4, 32)
+        assert model_args.model_name_or_path == "microsoft/deberta-v3-base" and data_args.max_seq_length == 256
+        launcher = ROOT / "launch" / f"{config.stem}.sh"
+        assert f"configs/{config.name}" in launcher.read_text() and os.access(launcher, os.X_OK)
