@@ -183,6 +183,10 @@ def check_args(data_args, peft_args, training_args):
             "--method glora resizes LoRA layers mid-training, which is implemented for single-device and DDP runs "
             "only; DeepSpeed and FSDP are not supported."
         )
+    if peft_args.method == "glora" and training_args.load_best_model_at_end:
+        raise ValueError("--load_best_model_at_end cannot reload a checkpoint from before GLoRA's resize (other shapes).")
+    if peft_args.glora_signal == "delta" and training_args.gradient_checkpointing:
+        raise ValueError("--glora_signal delta hooks the forward pass; gradient checkpointing would run it twice.")
     if training_args.average_tokens_across_devices:
         raise ValueError("--average_tokens_across_devices True doubles the loss of these models under DDP.")
 
@@ -350,6 +354,8 @@ class GlueTrainer(Trainer):
         if self.glora is not None and resume_from_checkpoint:
             if resume_from_checkpoint is True:
                 resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+                if resume_from_checkpoint is None:
+                    raise ValueError(f"No checkpoint to resume from in {self.args.output_dir}.")
             state_file = Path(resume_from_checkpoint, "glora_state.json")
             if not state_file.is_file():
                 raise FileNotFoundError(f"{state_file} is missing: this checkpoint was not written by a GLoRA run.")
@@ -539,11 +545,8 @@ def main(argv=None):
         }
     if adalora_callback is not None:
         hook_seconds = adalora_callback.hook_seconds
-        record["adalora"] = {
-            "init_r": peft_config.init_r, "target_r": peft_config.target_r, "tinit": peft_config.tinit,
-            "tfinal": peft_config.tfinal, "deltaT": peft_config.deltaT, "total_step": peft_config.total_step,
-            "hook_seconds": hook_seconds,
-        }
+        schedule = ("init_r", "target_r", "tinit", "tfinal", "deltaT", "total_step")
+        record["adalora"] = {**{key: getattr(peft_config, key) for key in schedule}, "hook_seconds": hook_seconds}
     results.update(
         task=data_args.task, method=peft_args.method, seed=training_args.seed, rank_budget=peft_args.rank_budget,
         num_adapted_matrices=len(targets), method_hook_seconds=hook_seconds, **trainable_parameters(model, head),

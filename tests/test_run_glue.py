@@ -133,6 +133,8 @@ def test_glue_metrics_hand_computed():
         (["--method", "adalora", "--max_steps", "10", "--tinit", "5", "--tfinal", "5"], "does not fit"),
         (["--method", "glora", "--glora_warmup_steps", "500"], "never ends"),
         (["--method", "glora", "--rank_budget", "6"], "at least 1 each"),
+        (["--method", "glora", "--load_best_model_at_end", "True", "--eval_strategy", "steps", "--save_strategy",
+          "steps"], "load_best_model_at_end"),
     ],
 )
 def test_bad_arguments_fail_before_training(tiny_bert, glue_dir, tmp_path, change, message):
