@@ -27,22 +27,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from glue_tasks import split_suffix, task_to_keys
+
 # -----------------------------------------------------------------------------
 # what the runs contain (docs/outputs.md)
 
-# task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean
+# task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean.
+# From the task table the runs were made with; MNLI's mismatched split adds the `_mm` metrics.
 MAIN_METRICS = {
-    "cola": ["matthews_correlation"],
-    "sst2": ["accuracy"],
-    "mrpc": ["f1", "accuracy"],
-    "stsb": ["pearson", "spearmanr"],
-    "qqp": ["f1", "accuracy"],
-    "mnli": ["accuracy", "accuracy_mm"],
-    "qnli": ["accuracy"],
-    "rte": ["accuracy"],
-    "wnli": ["accuracy"],
+    task: [metric + split_suffix[split] for split in spec.eval_splits for metric in spec.main_metrics]
+    for task, spec in task_to_keys.items()
 }
-TASK_ORDER = list(MAIN_METRICS)  # the usual GLUE order
+TASK_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]  # the usual GLUE order
 METHOD_ORDER = ["lora", "adalora", "glora"]
 METHOD_NAMES = {"lora": "LoRA", "adalora": "AdaLoRA", "glora": "GLoRA"}
 METHOD_COLORS = {"lora": "#4c72b0", "adalora": "#dd8452", "glora": "#55a868"}
