@@ -542,6 +542,10 @@ def main(argv=None):
             "signal": glora.signal, "beta": glora.beta, "warmup_steps": glora.warmup_steps,
             "reallocation_step": glora.reallocation_step, "hook_seconds": glora.hook_seconds,
             "resize_seconds": glora.resize_seconds,
+            # Equal only if ranks move between matrices of equal d_in + d_out: a rank unit of an FFN matrix
+            # (768 + 3072 in DeBERTa-base) costs 2.5x one of an attention matrix (768 + 768).
+            "adapter_params_before_resize": sum(m["initial_rank"] * (m["d_in"] + m["d_out"]) for m in record["modules"].values()),
+            "adapter_params_after_resize": sum(m["final_rank"] * (m["d_in"] + m["d_out"]) for m in record["modules"].values()),
         }
     if adalora_callback is not None:
         hook_seconds = adalora_callback.hook_seconds
