@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from adapters import lora_layers
+
 
 @dataclass
 class ResizedLayer:
@@ -70,8 +72,6 @@ def _record_rank(config, name, rank, alpha):
 
 def resize_to_ranks(peft_model, ranks: dict, adapter_name: str = "default") -> list:
     """Resize every LoRA layer whose rank differs from `ranks[name]`; return what changed."""
-    from adapters import lora_layers
-
     config = peft_model.peft_config[adapter_name]
     layers = lora_layers(peft_model)
     unknown = set(ranks) - set(layers)

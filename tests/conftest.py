@@ -1,7 +1,6 @@
 """Fixtures: tiny random DeBERTa-v2 and BERT models and GLUE-format data written by the tests (no hub)."""
 
 import os
-import shutil
 import sys
 from pathlib import Path
 

@@ -10,13 +10,13 @@ import math
 
 import pytest
 import torch
+from conftest import trial_args, write_glue_fixture
 from peft import LoraConfig, get_peft_model
 from transformers import TrainerState
 
 import glora_callback
 import run_glue_peft
 from adapters import lora_layers, resolve_targets
-from conftest import trial_args, write_glue_fixture
 from glora_callback import GLoRACallback
 
 SIGNALS = ("lora_b", "lora_ab", "delta")

@@ -15,7 +15,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rank_allocation import apportion_ranks  # noqa: E402
 
-
 # ---------------------------------------------------------------- reference and property checks
 
 

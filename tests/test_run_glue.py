@@ -1,8 +1,8 @@
 """End-to-end runs of run_glue_peft.py on tiny random models and fixture data (CPU, offline)."""
 
 import json
-import os
 import math
+import os
 
 import numpy as np
 import pandas as pd
