@@ -38,6 +38,12 @@ logger = logging.get_logger(__name__)
 SIGNALS = ("lora_b", "lora_ab", "delta")
 
 
+def _norms(params):
+    """Frobenius norms of the parameters' gradients in one fused call (0 where a gradient is missing)."""
+    grads = [p.grad if p.grad is not None else torch.zeros(1, device=p.device) for p in params]
+    return torch.stack(torch._foreach_norm(grads)).float()
+
+
 class GLoRACallback(TrainerCallback):
     def __init__(self, peft_model, rank_budget, warmup_steps, beta=0.9, signal="lora_b", min_rank=1, max_rank=None,
                  adapter_name="default"):
@@ -102,13 +108,10 @@ class GLoRACallback(TrainerCallback):
             for buffer in buffers:
                 buffer.zero_()
             return norms
-        zero = torch.zeros((), device=self.ema.device)
-        b_grads = [layer.lora_B[a].weight.grad for layer in self.layers.values()]
-        b_norms = torch.stack([g.float().norm() if g is not None else zero for g in b_grads])
+        b_norms = _norms([layer.lora_B[a].weight for layer in self.layers.values()])
         if self.signal == "lora_b":
             return b_norms
-        a_grads = [layer.lora_A[a].weight.grad for layer in self.layers.values()]
-        a_norms = torch.stack([g.float().norm() if g is not None else zero for g in a_grads])
+        a_norms = _norms([layer.lora_A[a].weight for layer in self.layers.values()])
         return torch.sqrt(a_norms**2 + b_norms**2)
 
     def _install_delta_hooks(self):

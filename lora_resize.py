@@ -82,3 +82,32 @@ def resize_to_ranks(peft_model, ranks: dict, adapter_name: str = "default") -> l
         if name in ranks and int(layer.r[adapter_name]) != ranks[name]:
             resized.append(resize_lora_layer(layer, name, ranks[name], config, adapter_name))
     return resized
+
+
+def carry_optimizer_state(old_state, new_optimizer, resized):
+    """Fill `new_optimizer.state` from `old_state` (keyed by parameter): unchanged parameters keep their state;
+    resized A and B get the kept slices' AdamW moments and step count, zeros for the new slices."""
+    resized_by_param = {}
+    for layer in resized:
+        resized_by_param[layer.new_A] = (layer.old_A, layer.kept, 0)  # A: the rank is dim 0
+        resized_by_param[layer.new_B] = (layer.old_B, layer.kept, 1)  # B: the rank is dim 1
+    for group in new_optimizer.param_groups:
+        for param in group["params"]:
+            if param in old_state:  # unchanged parameter: same object, same state
+                new_optimizer.state[param] = old_state[param]
+            elif param in resized_by_param and resized_by_param[param][0] in old_state:
+                old_param, kept, dim = resized_by_param[param]
+                new_optimizer.state[param] = carry_adam_state(old_state[old_param], param, kept, dim)
+
+
+def carry_adam_state(old, new_param, kept, dim):
+    """AdamW state for a resized parameter: the kept slices' moments and step count, zeros for new slices."""
+    state = {}
+    for key, value in old.items():
+        if torch.is_tensor(value) and value.shape == old["exp_avg"].shape and key != "step":
+            fresh = torch.zeros_like(new_param, dtype=value.dtype)
+            fresh.narrow(dim, 0, len(kept)).copy_(value.index_select(dim, kept.to(value.device)))
+            state[key] = fresh
+        else:
+            state[key] = value.clone() if torch.is_tensor(value) else value
+    return state

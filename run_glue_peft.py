@@ -48,6 +48,7 @@ from adapters import (
 )
 from glora_callback import SIGNALS, GLoRACallback
 from glue_tasks import glue_metrics, split_suffix, task_to_keys
+from lora_resize import carry_optimizer_state
 
 logger = logging.getLogger(__name__)
 METHODS = ("lora", "adalora", "glora")
@@ -318,18 +319,7 @@ class GlueTrainer(Trainer):
 
         self.optimizer = None
         self.create_optimizer()
-        new_state = self.optimizer.state
-        resized_by_param = {}
-        for layer in resized:
-            resized_by_param[layer.new_A] = (layer.old_A, layer.kept, 0)  # A: rank is dim 0
-            resized_by_param[layer.new_B] = (layer.old_B, layer.kept, 1)  # B: rank is dim 1
-        for group in self.optimizer.param_groups:
-            for param in group["params"]:
-                if param in old_state:  # unchanged parameter: same object, same state
-                    new_state[param] = old_state[param]
-                elif param in resized_by_param and resized_by_param[param][0] in old_state:
-                    old_param, kept, dim = resized_by_param[param]
-                    new_state[param] = carry_adam_state(old_state[old_param], param, kept, dim)
+        carry_optimizer_state(old_state, self.optimizer, resized)
         self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
 
         self.lr_scheduler = None
@@ -361,19 +351,6 @@ class GlueTrainer(Trainer):
             # Before the Trainer loads weights and optimizer state: they have the checkpoint's ranks.
             self.glora.load_state_dict(json.loads(state_file.read_text()))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-
-
-def carry_adam_state(old, new_param, kept, dim):
-    """AdamW state for a resized parameter: the kept slices' moments and step count, zeros for new slices."""
-    state = {}
-    for key, value in old.items():
-        if torch.is_tensor(value) and value.shape == old["exp_avg"].shape and key != "step":
-            fresh = torch.zeros_like(new_param, dtype=value.dtype)
-            fresh.narrow(dim, 0, len(kept)).copy_(value.index_select(dim, kept.to(value.device)))
-            state[key] = fresh
-        else:
-            state[key] = value.clone() if torch.is_tensor(value) else value
-    return state
 
 
 def rewrap_ddp(old, module):

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, write_glue_fixture
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -57,11 +56,13 @@ def test_data_pipeline_tiny_measures_both_paddings(tiny_bert, tmp_path, capsys):
         assert r["tokenise"]["rows"] == 40
         for key in ("load_s", "tokenise_dynamic_s", "tokenise_padded_s", "reload_dynamic_s"):
             assert finite_positive(r["tokenise"][key]), key
-        for mode in ("dynamic", "padded"):
+        for mode in ("dynamic", "padded", "grouped"):
             assert finite_positive(r["training"][mode]["samples_per_s"])
         assert r["training"]["padded"]["mean_batch_len"] == 64  # --tiny pads to 64
         assert r["training"]["dynamic"]["mean_batch_len"] < 64  # fixture sentences are short
-        assert finite_positive(r["training"]["speedup"]) and r["lengths"]["token_ratio"] > 1
+        assert finite_positive(r["training"]["speedup_dynamic"]) and finite_positive(r["training"]["speedup_grouped"])
+        assert r["lengths"]["token_slot_ratio"]["dynamic"] > 1
+        assert r["lengths"]["token_slot_ratio"]["grouped"] >= r["lengths"]["token_slot_ratio"]["dynamic"]
     assert "dynamic / padded samples/s" in capsys.readouterr().out
 
 

