@@ -719,7 +719,8 @@ def fig_learning_curve(run, out_dir):
             ax.axvline(step, color=c, ls=ls, lw=1.2, label=label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no eval during training: the right panel may be empty
+            ax.legend(fontsize=7)
     a1.set_ylabel("training loss")
     a1.set_title("training loss")
     a2.set_ylabel("eval metric")
