@@ -13,7 +13,6 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
 
 
 def minilm_path() -> Path:
