@@ -198,18 +198,22 @@ def load_run(d):
 
 def load_runs(paths):
     """Load every run below paths. Returns (runs, skipped) with skipped = [(path, reason)]."""
-    runs, skipped, seen = [], [], {}
+    runs, skipped, by_key = [], [], {}
     for d in find_run_dirs(paths):
         run, reason = load_run(d)
         if run is None:
             skipped.append((str(d), reason))
             continue
-        key = (run["task"], run["budget"], run["method"], run["seed"])
-        if key in seen:  # the same seed twice would double-count it and break seed pairing
-            skipped.append((str(d), f"duplicate of {seen[key]} (same task/budget/method/seed)"))
+        by_key.setdefault((run["task"], run["budget"], run["method"], run["seed"]), []).append(run)
+    for group in by_key.values():
+        if len(group) == 1:
+            runs.append(group[0])
             continue
-        seen[key] = str(d)
-        runs.append(run)
+        # The same seed twice (say a trial run beside the real one): which one is meant cannot be known, and
+        # keeping both would double-count the seed. Keep neither and say so.
+        for run in group:
+            others = ", ".join(str(r["path"]) for r in group if r is not run)
+            skipped.append((str(run["path"]), f"ambiguous: same task/budget/method/seed as {others}; keep one"))
     # run name = directory name; only where two runs share one, add parent dirs to tell them apart
     names = [r["name"] for r in runs]
     for r in runs:

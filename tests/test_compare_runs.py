@@ -313,3 +313,14 @@ def test_undefined_share_and_missing_data(tmp_path, capsys):
 def test_cli_errors(tmp_path):
     assert cr.main([str(tmp_path / "missing")]) == 2
     assert cr.main([str(tmp_path)]) == 1  # no runs at all
+
+
+def test_same_seed_twice_is_ambiguous_and_both_are_skipped(tmp_path):
+    # e.g. a 2-step trial run left beside the real run of the same seed: neither may silently win
+    write_run(tmp_path, "real", "sst2", "lora", 0, sst2_metrics(0.81), 380.0, {"validation": predictions(0.81)})
+    write_run(tmp_path, "trial", "sst2", "lora", 0, sst2_metrics(0.58), 13.0, {"validation": predictions(0.58)})
+    write_run(tmp_path, "other_seed", "sst2", "lora", 1, sst2_metrics(0.80), 370.0, {"validation": predictions(0.8)})
+    runs, skipped = cr.load_runs([tmp_path])
+    assert [r["name"] for r in runs] == ["other_seed"]
+    reasons = {Path(p).name: r for p, r in skipped}
+    assert set(reasons) == {"real", "trial"} and all("ambiguous" in r for r in reasons.values())
