@@ -702,7 +702,7 @@ def fig_learning_curve(run, out_dir):
     if not loss and not keys:
         note(f"no learning curve for {run['name']}: log_history has neither loss nor eval metrics")
         return []
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
     if loss:
         a1.plot(*zip(*loss), color="black", lw=1, label="training loss")
     for k in keys:
@@ -729,6 +729,9 @@ def fig_learning_curve(run, out_dir):
     a1.set_title("training loss")
     a2.set_ylabel("eval metric")
     a2.set_title("evaluation")
+    if not keys:
+        a2.text(0.5, 0.5, "no evaluation during training\n(--eval_strategy no)", ha="center", va="center",
+                transform=a2.transAxes, color="gray")
     fig.suptitle(f"{run['name']}: {run['task']}, {method_name(run['method'])}, seed {run['seed']}, R_total={run['budget']}")
     fig.tight_layout()
     return save(fig, out_dir, f"{run['name']}_learning_curve")
