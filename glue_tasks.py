@@ -1,6 +1,6 @@
 """GLUE task definitions and metrics (the official GLUE definitions, computed with scikit-learn/scipy).
 
-`evaluate.load("glue", ...)` downloads its metric script from the Hub and fails offline, so the
+The `evaluate` package fetches its GLUE metric script from the Hub at load time, which fails offline, so the
 metrics are written out here.
 """
 
