@@ -71,7 +71,6 @@ class GLoRACallback(TrainerCallback):
         self.ema = torch.zeros(len(self.names), dtype=torch.float64, device=device)
         self.observed_steps = torch.zeros((), dtype=torch.int64, device=device)  # finite steps only
         self.done = False
-        self.initial_ranks = {name: int(layer.r[adapter_name]) for name, layer in self.layers.items()}
         self.final_ranks = None
         self.reallocation_step = None
         self.hook_seconds = 0.0  # signal hooks during the warm-up

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -114,3 +115,15 @@ def trial_args(model_dir, data_dir, task, method, out, *extra):
         "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
         "--lora_r", "4", "--learning_rate", "5e-3", "--dataloader_num_workers", "0", *extra,
     ]
+
+
+class Tiny(torch.nn.Module):
+    """Two Linear layers: the smallest model a LoRA config can target ("up", "down")."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(6, 10)
+        self.down = torch.nn.Linear(10, 5)
+
+    def forward(self, x):
+        return self.down(torch.tanh(self.up(x)))

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import trial_args, write_glue_fixture
+from conftest import Tiny, trial_args, write_glue_fixture
 from peft import LoraConfig, get_peft_model
 from transformers import TrainerState
 
@@ -174,16 +174,6 @@ def test_delta_hooks_are_gone_after_the_real_runs_reallocation(runs):
 
 
 # ---------------------------------------------------------------- the callback on its own
-
-
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.up = torch.nn.Linear(6, 10)
-        self.down = torch.nn.Linear(10, 5)
-
-    def forward(self, x):
-        return self.down(torch.tanh(self.up(x)))
 
 
 def tiny_glora(signal="lora_b", warmup=3, beta=0.9):

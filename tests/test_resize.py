@@ -9,20 +9,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import Tiny  # noqa: E402
+
 from adapters import head_modules, lora_layers, resolve_targets  # noqa: E402
 from lora_resize import components_to_keep, resize_lora_layer, resize_to_ranks  # noqa: E402
 
 TOL = 1e-6
-
-
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.up = torch.nn.Linear(6, 10)
-        self.down = torch.nn.Linear(10, 5)
-
-    def forward(self, x):
-        return self.down(torch.tanh(self.up(x)))
 
 
 def tiny_lora(r=4, alpha=8, use_rslora=False, seed=0):
