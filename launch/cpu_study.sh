@@ -6,9 +6,12 @@
 #
 #   launch/cpu_study.sh [DATA_DIR]      # default ../shared/data/glue; results in outputs/cpu_study
 #
-# The SST-2 and RTE queues run side by side, one thread each (2 cores). Finished runs are skipped,
-# so an interrupted study can be restarted. Edit the lists and settings below to change the study;
-# STUDY_ROOT, STUDY_SEEDS ("1 2 3"), STUDY_MODEL and STUDY_EXTRA_ARGS override them from outside.
+# Two workers (STUDY_WORKERS), one thread each, take the runs in order: every SST-2 run, then RTE seed by
+# seed (methods interleaved), so a study cut short still holds whole seeds. Finished runs are skipped, so
+# an interrupted study can be restarted. Batches are grouped by length (same for every method): on this
+# 2-core machine that made RTE steps ~2x and SST-2 steps ~3x cheaper (docs/benchmarks.md, finding 3).
+# Edit the lists and settings below to change the study; STUDY_ROOT, STUDY_SEEDS ("1 2 3"),
+# STUDY_WORKERS (2), STUDY_MODEL and STUDY_EXTRA_ARGS override them from outside.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,27 +27,38 @@ COMMON=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --use_cpu True --lor
         --per_device_train_batch_size 32 --per_device_eval_batch_size 128 --max_seq_length 128
         --lr_scheduler_type linear --warmup_steps 0.06 --weight_decay 0.01 --max_grad_norm 1.0
         --glora_warmup_steps 0.3333 --tinit 0.1 --tfinal 0.2 --deltaT 10
+        --train_sampling_strategy group_by_length
         --eval_strategy no --save_strategy no --logging_steps 10 --report_to none --dataloader_num_workers 0)
 SST2=(--task sst2 --max_train_samples 8000 --num_train_epochs 1 --learning_rate 5e-4)
 RTE=(--task rte --num_train_epochs 3 --learning_rate 5e-4)  # lr 1e-3 reached only 53.4 % in one try; 5e-4 gave 56.3 %
 
-queue() {  # task flags... : every seed x method, methods interleaved so load drifts hit all alike
-  local task=$1; shift
-  for seed in "${SEEDS[@]}"; do
-    for method in "${METHODS[@]}"; do
-      out="$ROOT/$task/${method}_seed$seed"
-      if [ -f "$out/all_results.json" ]; then echo "done already: $out"; continue; fi
-      echo "$(date +%T) start $out"
-      python run_glue_peft.py "${COMMON[@]}" "$@" "${EXTRA[@]}" --method "$method" --seed "$seed" --output_dir "$out" \
-        --overwrite_output_dir True > "$out.log" 2>&1 || { echo "FAILED: $out (see $out.log)"; exit 1; }
-    done
+RUNS=()  # "task seed method", in the order workers take them
+for seed in "${SEEDS[@]}"; do for method in "${METHODS[@]}"; do RUNS+=("sst2 $seed $method"); done; done
+for seed in "${SEEDS[@]}"; do for method in "${METHODS[@]}"; do RUNS+=("rte $seed $method"); done; done
+
+worker() {  # claims each unclaimed run with an atomic mkdir, so no two workers take the same run
+  local task seed method out flags
+  for run in "${RUNS[@]}"; do
+    read -r task seed method <<< "$run"
+    out="$ROOT/$task/${method}_seed$seed"
+    [ -f "$out/all_results.json" ] && continue
+    mkdir "$CLAIMS/${task}_${method}_$seed" 2>/dev/null || continue
+    if [ "$task" = sst2 ]; then flags=("${SST2[@]}"); else flags=("${RTE[@]}"); fi
+    echo "$(date +%T) start $out"
+    python run_glue_peft.py "${COMMON[@]}" "${flags[@]}" "${EXTRA[@]}" --method "$method" --seed "$seed" \
+      --output_dir "$out" --overwrite_output_dir True > "$out.log" 2>&1 || { echo "FAILED: $out (see $out.log)"; return 1; }
+    echo "$(date +%T) done  $out ($(python -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"eval_accuracy {r['eval_accuracy']:.4f}, train {r['train_runtime']:.0f} s\")" "$out/all_results.json"))"
   done
 }
 
 mkdir -p "$ROOT/sst2" "$ROOT/rte"
+CLAIMS=$(mktemp -d)
 start=$(date +%s)
-queue sst2 "${SST2[@]}" & sst2_pid=$!
-queue rte "${RTE[@]}" & rte_pid=$!
-wait $sst2_pid && wait $rte_pid
+pids=()
+for _ in $(seq "${STUDY_WORKERS:-2}"); do worker & pids+=($!); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+rm -rf "$CLAIMS"
 echo "study wall-clock: $(( $(date +%s) - start )) s"
+[ $status = 0 ] || { echo "some runs failed; finished runs are kept, rerun to retry the rest"; exit 1; }
 python compare_runs.py "$ROOT" --out_dir "$ROOT/comparison"

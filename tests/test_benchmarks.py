@@ -88,3 +88,25 @@ def test_every_flag_has_help(script):
     parser = __import__(script).make_parser()
     for action in parser._actions:
         assert action.help and action.help.strip(), action.option_strings
+
+
+def test_gpu_e2e_script_on_cpu(tiny_deberta, tmp_path):
+    """benchmarks/gpu_e2e.sh dry-run on CPU with bf16 autocast: every method trains, GLoRA reallocates under
+    autocast, every run keeps the rank budget and writes its results."""
+    import os
+
+    data = write_glue_fixture(tmp_path / "glue", "mnli", n_train=64, n_eval=16)
+    env = {**os.environ, "E2E_ROOT": str(tmp_path / "e2e"), "E2E_PRECISIONS": "bf16", "E2E_STEPS": "6",
+           "E2E_DEVICE_ARGS": "--use_cpu True", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_e2e.sh"), str(tiny_deberta), str(data), "mnli",
+                           "--max_seq_length", "32", "--lora_r", "4", "--per_device_train_batch_size", "8"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("mnli ")]
+    assert len(lines) == 3, proc.stdout
+    for line in lines:
+        budget = 4 * 2 * 6  # r x (2 layers x 6 matrices)
+        assert f"total rank {budget}/{budget}" in line and "eval_accuracy_mm" in line, line
+    glora = next(line for line in lines if line.startswith("mnli glora bf16"))
+    assert "reallocated at step" in glora and "(per matrix 4-4" not in glora, glora
+    assert (tmp_path / "e2e" / "mnli" / "glora_bf16" / "all_results.json").is_file()
