@@ -22,6 +22,7 @@ import transformers
 import yaml
 from datasets import load_dataset
 from peft import get_peft_model
+from torch.utils.data import SequentialSampler
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -34,7 +35,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, has_length
 
 from adapters import (
     MATRIX_PATTERNS,
@@ -294,6 +295,13 @@ class GlueTrainer(Trainer):
             glora.on_resize = self.rebuild_after_resize
             self.add_callback(glora)
 
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers also groups (and seed-shuffles) evaluation batches under --train_sampling_strategy
+        # group_by_length; evaluate in dataset order so that each prediction lines up with its example's idx.
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None  # None: accelerate shards in order
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._rebuilt_ddp is not None:
             # The loop still holds the DDP wrapper from before the resize, which does not know the new
@@ -501,6 +509,9 @@ def main(argv=None):
         output = trainer.predict(encoded[split], metric_key_prefix="eval")
         results.update({f"{k}{split_suffix[split]}": v for k, v in output.metrics.items()})
         if training_args.should_save:
+            if not np.allclose(output.label_ids.reshape(-1), np.asarray(raw[split]["label"], dtype=float), atol=1e-6):
+                raise RuntimeError(f"{split}: predictions are not in dataset order; predictions_{split}.csv would "
+                                   "pair them with the wrong idx")
             predicted = output.predictions.reshape(-1) if task.num_labels == 1 else output.predictions.argmax(-1)
             lines = ["idx,label,prediction"] + [
                 f"{i},{label},{p}" for i, label, p in zip(raw[split]["idx"], output.label_ids.tolist(), predicted.tolist())

@@ -269,3 +269,23 @@ def test_cpu_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
             assert (root / task / f"{method}_seed1" / "all_results.json").is_file()
     table = (root / "comparison" / "comparison.md").read_text()
     assert "GLoRA" in table and "AdaLoRA" in table and "rte" in table and "sst2" in table
+
+
+def test_length_grouped_training_keeps_predictions_in_idx_order(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    """transformers also length-groups and seed-shuffles *evaluation* under group_by_length; the predictions file
+    must still pair every row with its own idx and label. Without GlueTrainer's sequential eval sampler the run
+    stops before writing results instead of writing a misaligned file."""
+    from transformers import Trainer
+
+    data = glue_dir("rte", n_train=32, n_eval=40)
+    grouped = ("--max_steps", "2", "--train_sampling_strategy", "group_by_length", "--per_device_eval_batch_size", "8")
+    results = run(tiny_bert, data, "rte", "glora", tmp_path / "ok", *grouped)
+    written = pd.read_csv(tmp_path / "ok" / "predictions_validation.csv")
+    truth = pd.read_parquet(data / "rte" / "validation.parquet")
+    assert written["idx"].tolist() == truth["idx"].tolist() and written["label"].tolist() == truth["label"].tolist()
+    assert math.isclose(results["eval_accuracy"], float((written["label"] == written["prediction"]).mean()))
+
+    monkeypatch.setattr(run_glue_peft.GlueTrainer, "_get_eval_sampler", Trainer._get_eval_sampler)
+    with pytest.raises(RuntimeError, match="not in dataset order"):
+        run(tiny_bert, data, "rte", "glora", tmp_path / "bad", *grouped)
+    assert not (tmp_path / "bad" / "all_results.json").exists()
