@@ -6,6 +6,8 @@
 #
 #   launch/cpu_study.sh [DATA_DIR]      # default ../shared/data/glue; results in outputs/cpu_study
 #
+# Its log (also in $ROOT/study.log) ends with the compute used (launch/study_compute.py) and compare_runs' tables.
+#
 # Two workers (STUDY_WORKERS), one thread each, take the runs in order: every SST-2 run, then RTE seed by
 # seed (methods interleaved), so a study cut short still holds whole seeds. Finished runs are skipped, so
 # an interrupted study can be restarted. Batches are grouped by length (same for every method): on this
@@ -52,6 +54,7 @@ worker() {  # claims each unclaimed run with an atomic mkdir, so no two workers 
 }
 
 mkdir -p "$ROOT/sst2" "$ROOT/rte"
+exec > >(tee -a "$ROOT/study.log") 2>&1  # launch/study_compute.py reads the start/done lines back
 CLAIMS=$(mktemp -d)
 start=$(date +%s)
 pids=()
@@ -61,4 +64,5 @@ for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 rm -rf "$CLAIMS"
 echo "study wall-clock: $(( $(date +%s) - start )) s"
 [ $status = 0 ] || { echo "some runs failed; finished runs are kept, rerun to retry the rest"; exit 1; }
+python launch/study_compute.py "$ROOT/study.log"
 python compare_runs.py "$ROOT" --out_dir "$ROOT/comparison"

@@ -267,6 +267,8 @@ def test_cpu_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
     for task in ("sst2", "rte"):
         for method in ("lora", "adalora", "glora"):
             assert (root / task / f"{method}_seed1" / "all_results.json").is_file()
+    assert "| all | | 6 |" in done.stdout and "core-hours" in done.stdout  # launch/study_compute.py: 6 runs timed
+    assert "start" in (root / "study.log").read_text()
     table = (root / "comparison" / "comparison.md").read_text()
     assert "GLoRA" in table and "AdaLoRA" in table and "rte" in table and "sst2" in table
 
