@@ -322,7 +322,11 @@ def paired_bootstrap(task, preds_a, preds_b, n_bootstrap=2000, seed=0, alpha=0.0
         frames = [f.loc[idx] for f in frames]
         y = frames[0]["label"].to_numpy()
         if any(not np.array_equal(f["label"].to_numpy(), y) for f in frames[1:]):
-            notes.append(f"{split}: labels differ between runs for the same idx; using the first run's")
+            # Rows are not matched to their examples (or the dev data differ): pairing them would test noise.
+            nan = float("nan")
+            return {"delta": nan, "ci_low": nan, "ci_high": nan, "p": nan, "delta_per_seed": [], "p_per_seed": [],
+                    "n_examples": {}, "notes": [f"{split}: labels differ between runs for the same idx (predictions "
+                                                "not in idx order, or different dev data): no paired bootstrap"]}
         data[split] = (y, np.stack([f["prediction"].to_numpy() for f in frames]))
 
     def deltas(sample):  # (K,) score(A) - score(B) per seed pair on one resample

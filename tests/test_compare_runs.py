@@ -200,6 +200,18 @@ def test_paired_bootstrap_large_consistent_difference():
     assert res["delta"] == pytest.approx(-0.5) and res["p"] < 0.01
 
 
+def test_paired_bootstrap_refuses_misaligned_predictions():
+    """Rows whose idx no longer points at their example (labels disagree between runs) are not paired."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, N)
+    a = pd.DataFrame({"idx": np.arange(N), "label": y, "prediction": y})
+    shuffled = rng.permutation(N)
+    b = a.assign(label=y[shuffled], prediction=1 - y[shuffled])  # its rows are another example's
+    res = cr.paired_bootstrap("sst2", [{"validation": a}], [{"validation": b}], n_bootstrap=B)
+    assert math.isnan(res["p"]) and math.isnan(res["delta"]) and res["p_per_seed"] == []
+    assert "labels differ" in res["notes"][0]
+
+
 def test_welch_known_answer():
     a, b = [0.80, 0.81, 0.79], [0.84, 0.85, 0.83]
     # equal variances s^2 = 1e-4, n = 3: t = -0.04 / sqrt(2e-4 / 3), Welch df = 4
