@@ -7,6 +7,7 @@
 #   launch/cpu_study.sh [DATA_DIR]      # default ../shared/data/glue; results in outputs/cpu_study
 #
 # Its log (also in $ROOT/study.log) ends with the compute used (launch/study_compute.py) and compare_runs' tables.
+# A full run, its tables, figures and reading: docs/results.md.
 #
 # Two workers (STUDY_WORKERS), one thread each, take the runs in order: every SST-2 run, then RTE seed by
 # seed (methods interleaved), so a study cut short still holds whole seeds. Finished runs are skipped, so
