@@ -304,6 +304,13 @@ def two_sided_p(d):
     return float(min(1.0, 2 * min(lo, hi)))
 
 
+def no_bootstrap(*notes):
+    """paired_bootstrap's result when no paired test can be made, with the reasons."""
+    nan = float("nan")
+    return {"delta": nan, "ci_low": nan, "ci_high": nan, "p": nan, "delta_per_seed": [], "p_per_seed": [],
+            "n_examples": {}, "notes": list(notes)}
+
+
 def paired_bootstrap(task, preds_a, preds_b, n_bootstrap=2000, seed=0, alpha=0.05):
     """Paired bootstrap over dev examples for method A vs method B.
 
@@ -315,7 +322,7 @@ def paired_bootstrap(task, preds_a, preds_b, n_bootstrap=2000, seed=0, alpha=0.0
     """
     entries = [(m, *metric_split(task, m)) for m in MAIN_METRICS[task]]  # (key, split, metric)
     K = len(preds_a)
-    data, notes = {}, []
+    data = {}
     for split in sorted({s for _, s, _ in entries}):
         frames = [p[split].drop_duplicates("idx").set_index("idx") for p in preds_a + preds_b]
         idx = reduce(np.intersect1d, [f.index.to_numpy() for f in frames])
@@ -323,10 +330,8 @@ def paired_bootstrap(task, preds_a, preds_b, n_bootstrap=2000, seed=0, alpha=0.0
         y = frames[0]["label"].to_numpy()
         if any(not np.array_equal(f["label"].to_numpy(), y) for f in frames[1:]):
             # Rows are not matched to their examples (or the dev data differ): pairing them would test noise.
-            nan = float("nan")
-            return {"delta": nan, "ci_low": nan, "ci_high": nan, "p": nan, "delta_per_seed": [], "p_per_seed": [],
-                    "n_examples": {}, "notes": [f"{split}: labels differ between runs for the same idx (predictions "
-                                                "not in idx order, or different dev data): no paired bootstrap"]}
+            return no_bootstrap(f"{split}: labels differ between runs for the same idx (predictions not in idx "
+                                "order, or different dev data): no paired bootstrap")
         data[split] = (y, np.stack([f["prediction"].to_numpy() for f in frames]))
 
     def deltas(sample):  # (K,) score(A) - score(B) per seed pair on one resample
@@ -348,7 +353,7 @@ def paired_bootstrap(task, preds_a, preds_b, n_bootstrap=2000, seed=0, alpha=0.0
     return {"delta": float(observed.mean()), "ci_low": float(lo), "ci_high": float(hi), "p": two_sided_p(pooled),
             "delta_per_seed": [float(x) for x in observed],
             "p_per_seed": [two_sided_p(boot[:, k]) for k in range(K)],
-            "n_examples": {s: len(y) for s, (y, _) in data.items()}, "notes": notes}
+            "n_examples": {s: len(y) for s, (y, _) in data.items()}, "notes": []}
 
 
 def welch(a, b):
@@ -411,13 +416,11 @@ def significance(groups, n_bootstrap=2000, seed=0, alpha=0.05):
                 else:
                     seeds.append(s)
             row["paired_seeds"] = seeds
-            boot = {"delta": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan"),
-                    "p_per_seed": [], "delta_per_seed": [], "n_examples": {}, "notes": []}
             if seeds:
                 boot = paired_bootstrap(task, [preds(ra[s])[0] for s in seeds], [preds(rb[s])[0] for s in seeds],
                                         n_bootstrap=n_bootstrap, seed=seed, alpha=alpha)
             else:
-                row["notes"].append("no seed-paired runs with predictions: no paired bootstrap")
+                boot = no_bootstrap("no seed-paired runs with predictions: no paired bootstrap")
             row.update(delta_boot=boot["delta"], boot_ci_low=boot["ci_low"], boot_ci_high=boot["ci_high"],
                        p_boot=boot["p"], p_boot_per_seed=boot["p_per_seed"],
                        delta_per_seed=boot["delta_per_seed"], n_examples=boot["n_examples"])

@@ -13,7 +13,7 @@ LINE = re.compile(r"^(\d\d:\d\d:\d\d) (start|done) +(\S+)")
 
 
 def main(log_path):
-    started, seconds = {}, defaultdict(list)
+    started, by_cell = {}, defaultdict(list)  # (task, method) -> per-run seconds
     for line in open(log_path):
         match = LINE.match(line)
         if not match:
@@ -24,10 +24,8 @@ def main(log_path):
             started[run] = at
         elif run in started:
             # A run over midnight would come out negative; add a day then.
-            seconds[tuple(run.split("/")[-2:])].append((at - started.pop(run)).total_seconds() % 86400)
-    by_cell = defaultdict(list)
-    for (task, name), values in seconds.items():
-        by_cell[(task, name.split("_seed")[0])] += values
+            task, name = run.split("/")[-2:]
+            by_cell[(task, name.split("_seed")[0])].append((at - started.pop(run)).total_seconds() % 86400)
     print("| task | method | runs | wall per run, mean (s) | total (core-min) |")
     print("|---|---|---|---|---|")
     for (task, method), values in sorted(by_cell.items()):
