@@ -10,6 +10,8 @@ import time
 from peft import AdaLoraConfig, LoraConfig, TaskType
 from transformers import TrainerCallback
 
+METHODS = ("lora", "adalora", "glora")  # the three arms of the comparison, in the order tables show them
+
 # The six matrices of a transformer layer that the AdaLoRA paper adapts, as regexes on the module
 # path after `.layer.<i>.`. Covers BERT-style (query/key/value) and DeBERTa-v2/v3 (query_proj, ...)
 # names. Anchoring on the layer index keeps `attention.output.dense` out of `ffn_out` and the pooler

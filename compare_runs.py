@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from glue_tasks import split_suffix, task_to_keys
+from glue_tasks import GLUE_TASKS
 
 # -----------------------------------------------------------------------------
 # what the runs contain (docs/outputs.md)
@@ -35,8 +35,8 @@ from glue_tasks import split_suffix, task_to_keys
 # task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean.
 # From the task table the runs were made with; MNLI's mismatched split adds the `_mm` metrics.
 MAIN_METRICS = {
-    task: [metric + split_suffix[split] for split in spec.eval_splits for metric in spec.main_metrics]
-    for task, spec in task_to_keys.items()
+    task: spec.main_metric_keys()
+    for task, spec in GLUE_TASKS.items()
 }
 TASK_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]  # the usual GLUE order
 METHOD_ORDER = ["lora", "adalora", "glora"]
@@ -68,11 +68,7 @@ def task_key(t):
 
 def metric_split(task, metric):
     """Which predictions_<split>.csv a main metric is computed on, and the plain metric name."""
-    if task == "mnli":
-        if metric.endswith("_mm"):
-            return "validation_mismatched", metric[:-3]
-        return "validation_matched", metric
-    return "validation", metric
+    return GLUE_TASKS[task].split_of(metric)
 
 # -----------------------------------------------------------------------------
 # metrics on (label, prediction) arrays; plain numpy so the bootstrap loop stays fast

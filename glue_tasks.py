@@ -1,4 +1,4 @@
-"""GLUE task definitions and metrics (the official GLUE definitions, computed with scikit-learn/scipy).
+"""The GLUE task table and its metrics (the official GLUE definitions, computed with scikit-learn/scipy).
 
 The `evaluate` package fetches its GLUE metric script from the Hub at load time, which fails offline, so the
 metrics are written out here.
@@ -12,33 +12,63 @@ from sklearn.metrics import f1_score, matthews_corrcoef
 
 
 @dataclass(frozen=True)
+class EvalSplit:
+    """A dev split and the suffix its metrics carry in all_results.json (HF run_glue.py: `_mm` for MNLI mismatched)."""
+
+    name: str
+    metric_suffix: str = ""
+
+
+@dataclass(frozen=True)
 class GlueTask:
+    name: str
     text_keys: tuple  # one or two text columns
     num_labels: int  # 1 = regression
     main_metrics: tuple  # what a table ranks by (combined_score = their mean)
-    eval_splits: tuple = ("validation",)
+    eval_splits: tuple = (EvalSplit("validation"),)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @property
+    def split_names(self) -> tuple:
+        return tuple(split.name for split in self.eval_splits)
+
+    def main_metric_keys(self) -> list:
+        """Main metrics as all_results.json names them without `eval_`, every dev split: MNLI accuracy, accuracy_mm."""
+        return [metric + split.metric_suffix for split in self.eval_splits for metric in self.main_metrics]
+
+    def split_of(self, metric_key: str) -> tuple:
+        """(dev split, plain metric name) of a main metric key: `accuracy_mm` -> (validation_mismatched, accuracy)."""
+        for split in reversed(self.eval_splits):  # the suffixed split first: "" matches every key
+            if metric_key.endswith(split.metric_suffix):
+                return split.name, metric_key[: len(metric_key) - len(split.metric_suffix)]
+        raise KeyError(metric_key)
 
 
-task_to_keys = {
-    "cola": GlueTask(("sentence",), 2, ("matthews_correlation",)),
-    "mnli": GlueTask(("premise", "hypothesis"), 3, ("accuracy",), ("validation_matched", "validation_mismatched")),
-    "mrpc": GlueTask(("sentence1", "sentence2"), 2, ("f1", "accuracy")),
-    "qnli": GlueTask(("question", "sentence"), 2, ("accuracy",)),
-    "qqp": GlueTask(("question1", "question2"), 2, ("f1", "accuracy")),
-    "rte": GlueTask(("sentence1", "sentence2"), 2, ("accuracy",)),
-    "sst2": GlueTask(("sentence",), 2, ("accuracy",)),
-    "stsb": GlueTask(("sentence1", "sentence2"), 1, ("pearson", "spearmanr")),
-    "wnli": GlueTask(("sentence1", "sentence2"), 2, ("accuracy",)),
+_MNLI_SPLITS = (EvalSplit("validation_matched"), EvalSplit("validation_mismatched", "_mm"))
+GLUE_TASKS = {
+    task.name: task
+    for task in (
+        GlueTask("cola", ("sentence",), 2, ("matthews_correlation",)),
+        GlueTask("mnli", ("premise", "hypothesis"), 3, ("accuracy",), _MNLI_SPLITS),
+        GlueTask("mrpc", ("sentence1", "sentence2"), 2, ("f1", "accuracy")),
+        GlueTask("qnli", ("question", "sentence"), 2, ("accuracy",)),
+        GlueTask("qqp", ("question1", "question2"), 2, ("f1", "accuracy")),
+        GlueTask("rte", ("sentence1", "sentence2"), 2, ("accuracy",)),
+        GlueTask("sst2", ("sentence",), 2, ("accuracy",)),
+        GlueTask("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearmanr")),
+        GlueTask("wnli", ("sentence1", "sentence2"), 2, ("accuracy",)),
+    )
 }
-
-# Metric-name suffix per evaluation split (HF run_glue.py's convention for MNLI mismatched).
-split_suffix = {"validation": "", "validation_matched": "", "validation_mismatched": "_mm"}
 
 
 def glue_metrics(task: str, predictions, labels) -> dict:
     """GLUE metrics for one task. `predictions` are logits (classification) or scores (STS-B)."""
+    spec = GLUE_TASKS[task]
     predictions, labels = np.asarray(predictions), np.asarray(labels)
-    if task_to_keys[task].num_labels == 1:
+    if spec.is_regression:
         scores = predictions.reshape(-1).astype(np.float64)
         labels = labels.reshape(-1).astype(np.float64)
         if np.ptp(scores) == 0 or np.ptp(labels) == 0:
@@ -53,8 +83,8 @@ def glue_metrics(task: str, predictions, labels) -> dict:
             # sklearn returns 0.0 when a row or column of the confusion matrix is empty (constant predictions).
             "matthews_correlation": float(matthews_corrcoef(labels, classes)),
         }
-        if "f1" in task_to_keys[task].main_metrics:
+        if "f1" in spec.main_metrics:
             # F1 of the positive class (label 1), as GLUE defines it for MRPC and QQP.
             result["f1"] = float(f1_score(labels, classes, pos_label=1, average="binary", zero_division=0.0))
-    result["combined_score"] = float(np.mean([result[m] for m in task_to_keys[task].main_metrics]))
+    result["combined_score"] = float(np.mean([result[m] for m in spec.main_metrics]))
     return result

@@ -59,9 +59,9 @@ def tokenise_and_cache(args, task_name, tokenizer, cache_dir):
     """Load + tokenise with run_glue_peft.main's tokenize function, cold, then again from the cache."""
     from datasets import load_dataset
 
-    from glue_tasks import task_to_keys
+    from glue_tasks import GLUE_TASKS
 
-    task = task_to_keys[task_name]
+    task = GLUE_TASKS[task_name]
     timings = {}
     start = time.perf_counter()
     raw = load_dataset("parquet", data_files={"train": str(Path(args.data_dir, task_name, "train.parquet"))},
@@ -166,7 +166,7 @@ def main(argv=None):
     from datasets.utils.logging import disable_progress_bar
     from transformers import AutoTokenizer
 
-    from glue_tasks import task_to_keys
+    from glue_tasks import GLUE_TASKS
 
     disable_progress_bar()
     path = minilm_path() if args.model == "minilm" else args.model
@@ -180,7 +180,7 @@ def main(argv=None):
             lengths = [len(ids) for ids in dynamic["input_ids"]]
             batches = epoch_batches(lengths, args.batch_size, args.seed)
             stats = length_stats(lengths, batches, args.max_seq_length)
-            base, _ = load_base_model(path, "cpu", num_labels=task_to_keys[task_name].num_labels)
+            base, _ = load_base_model(path, "cpu", num_labels=GLUE_TASKS[task_name].num_labels)
             training = measure_training(args, base, {"dynamic": dynamic, "padded": padded}, batches, tokenizer)
         results["tasks"][task_name] = {"tokenise": timings, "lengths": stats, "training": training}
         t, s, tr = timings, stats, training
