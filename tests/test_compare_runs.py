@@ -1,4 +1,5 @@
-"""Tests for compare_runs.py on synthetic run directories written as docs/outputs.md specifies."""
+"""Tests for compare_runs.py (and its analysis package) on synthetic run directories written as docs/outputs.md
+specifies."""
 import json
 import math
 import sys
@@ -11,6 +12,9 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import compare_runs as cr
+from analysis import metrics as metric_fns
+from analysis.runs import load_runs
+from analysis.stats import paired_bootstrap, share_of_gain, welch
 
 N = 200  # dev examples per split
 B = 300  # bootstrap resamples: enough for p < 0.01 (the smallest possible p is 2/(B+1) = 0.0066)
@@ -135,41 +139,41 @@ def test_metrics_match_sklearn():
     sk = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(0)
     y, p = rng.integers(0, 3, 500), rng.integers(0, 3, 500)
-    assert cr.matthews(y, p) == pytest.approx(sk.matthews_corrcoef(y, p))
-    assert cr.matthews(y, y) == pytest.approx(1.0)
-    assert cr.matthews(y, np.zeros_like(y)) == 0.0  # constant prediction: undefined -> 0, as sklearn
+    assert metric_fns.matthews(y, p) == pytest.approx(sk.matthews_corrcoef(y, p))
+    assert metric_fns.matthews(y, y) == pytest.approx(1.0)
+    assert metric_fns.matthews(y, np.zeros_like(y)) == 0.0  # constant prediction: undefined -> 0, as sklearn
     yb, pb = y % 2, p % 2
-    assert cr.f1(yb, pb) == pytest.approx(sk.f1_score(yb, pb))
-    assert cr.accuracy(yb, pb) == pytest.approx(sk.accuracy_score(yb, pb))
+    assert metric_fns.f1(yb, pb) == pytest.approx(sk.f1_score(yb, pb))
+    assert metric_fns.accuracy(yb, pb) == pytest.approx(sk.accuracy_score(yb, pb))
     a, b = rng.normal(size=300), rng.normal(size=300)
     b = a + b
-    assert cr.pearson(a, b) == pytest.approx(stats.pearsonr(a, b)[0])
-    assert cr.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0])
+    assert metric_fns.pearson(a, b) == pytest.approx(stats.pearsonr(a, b)[0])
+    assert metric_fns.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0])
 
 # -----------------------------------------------------------------------------
 # statistics on constructed numbers
 
 
 def test_share_of_gain_constructed():
-    s = cr.share_of_gain([0.80], [0.84], [0.83], n_bootstrap=B)
-    assert s["defined"] and s["share"] == pytest.approx(0.75)
-    s = cr.share_of_gain([0.80, 0.81, 0.79], [0.84, 0.85, 0.83], [0.83, 0.835, 0.825], n_bootstrap=B)
-    assert s["share"] == pytest.approx(0.75)
-    assert s["ci_low"] < 0.75 < s["ci_high"]
+    s = share_of_gain([0.80], [0.84], [0.83], n_bootstrap=B)
+    assert s.defined and s.share == pytest.approx(0.75)
+    s = share_of_gain([0.80, 0.81, 0.79], [0.84, 0.85, 0.83], [0.83, 0.835, 0.825], n_bootstrap=B)
+    assert s.share == pytest.approx(0.75)
+    assert s.ci_low < 0.75 < s.ci_high
     # list of tasks: statistic on the average of the task means: (0.83-0.80)/(0.86-0.80) = 0.5
-    s = cr.share_of_gain([[0.80], [0.60]], [[0.84], [0.68]], [[0.83], [0.63]], n_bootstrap=B)
-    assert s["share"] == pytest.approx(0.5)
+    s = share_of_gain([[0.80], [0.60]], [[0.84], [0.68]], [[0.83], [0.63]], n_bootstrap=B)
+    assert s.share == pytest.approx(0.5)
     # reproducible with the same bootstrap seed
-    a = cr.share_of_gain([0.80, 0.81], [0.84, 0.86], [0.83, 0.82], n_bootstrap=B, seed=3)
-    b = cr.share_of_gain([0.80, 0.81], [0.84, 0.86], [0.83, 0.82], n_bootstrap=B, seed=3)
-    assert (a["ci_low"], a["ci_high"]) == (b["ci_low"], b["ci_high"])
+    a = share_of_gain([0.80, 0.81], [0.84, 0.86], [0.83, 0.82], n_bootstrap=B, seed=3)
+    b = share_of_gain([0.80, 0.81], [0.84, 0.86], [0.83, 0.82], n_bootstrap=B, seed=3)
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
 
 
 def test_share_of_gain_undefined():
     for ada in ([0.79, 0.78], [0.80, 0.80]):  # AdaLoRA below LoRA, and equal to it
-        s = cr.share_of_gain([0.80, 0.80], ada, [0.83, 0.82], n_bootstrap=B)
-        assert not s["defined"] and s["share"] is None and s["ci_low"] is None
-        assert s["note"].startswith("undefined")
+        s = share_of_gain([0.80, 0.80], ada, [0.83, 0.82], n_bootstrap=B)
+        assert not s.defined and s.share is None and s.ci_low is None
+        assert s.note.startswith("undefined")
 
 
 def test_paired_bootstrap_identical_predictions():
@@ -178,13 +182,13 @@ def test_paired_bootstrap_identical_predictions():
     p = np.where(rng.random(N) < 0.8, y, 1 - y)
     a = pd.DataFrame({"idx": np.arange(N), "label": y, "prediction": p})
     b = a.sample(frac=1, random_state=0)  # same predictions, other row order
-    res = cr.paired_bootstrap("sst2", [{"validation": a}], [{"validation": b}], n_bootstrap=100)  # p = 1 for any B
-    assert res["delta"] == 0.0 and res["p"] == pytest.approx(1.0)
+    res = paired_bootstrap("sst2", [{"validation": a}], [{"validation": b}], n_bootstrap=100)  # p = 1 for any B
+    assert res.delta == 0.0 and res.p == pytest.approx(1.0)
     # STS-B (float predictions, pearson/spearman)
     ys = rng.uniform(0, 5, N)
     s = pd.DataFrame({"idx": np.arange(N), "label": ys, "prediction": ys + rng.normal(0, 1, N)})
-    res = cr.paired_bootstrap("stsb", [{"validation": s}] * 2, [{"validation": s}] * 2, n_bootstrap=100)
-    assert res["p"] == pytest.approx(1.0) and res["p_per_seed"] == [pytest.approx(1.0)] * 2
+    res = paired_bootstrap("stsb", [{"validation": s}] * 2, [{"validation": s}] * 2, n_bootstrap=100)
+    assert res.p == pytest.approx(1.0) and res.p_per_seed == [pytest.approx(1.0)] * 2
 
 
 def test_paired_bootstrap_large_consistent_difference():
@@ -193,11 +197,11 @@ def test_paired_bootstrap_large_consistent_difference():
     good = pd.DataFrame({"idx": np.arange(N), "label": y, "prediction": y})  # always right
     bad = good.assign(prediction=np.where(np.arange(N) % 2 == 0, y, 1 - y))  # right half the time
     for task in ("sst2", "mrpc", "cola"):  # accuracy; f1 + accuracy; matthews
-        res = cr.paired_bootstrap(task, [{"validation": good}], [{"validation": bad}], n_bootstrap=B)
-        assert res["delta"] > 0.2 and res["p"] < 0.01 and res["ci_low"] > 0
+        res = paired_bootstrap(task, [{"validation": good}], [{"validation": bad}], n_bootstrap=B)
+        assert res.delta > 0.2 and res.p < 0.01 and res.ci_low > 0
     # direction does not matter for a two-sided test
-    res = cr.paired_bootstrap("sst2", [{"validation": bad}], [{"validation": good}], n_bootstrap=B)
-    assert res["delta"] == pytest.approx(-0.5) and res["p"] < 0.01
+    res = paired_bootstrap("sst2", [{"validation": bad}], [{"validation": good}], n_bootstrap=B)
+    assert res.delta == pytest.approx(-0.5) and res.p < 0.01
 
 
 def test_paired_bootstrap_refuses_misaligned_predictions():
@@ -207,26 +211,26 @@ def test_paired_bootstrap_refuses_misaligned_predictions():
     a = pd.DataFrame({"idx": np.arange(N), "label": y, "prediction": y})
     shuffled = rng.permutation(N)
     b = a.assign(label=y[shuffled], prediction=1 - y[shuffled])  # its rows are another example's
-    res = cr.paired_bootstrap("sst2", [{"validation": a}], [{"validation": b}], n_bootstrap=B)
-    assert math.isnan(res["p"]) and math.isnan(res["delta"]) and res["p_per_seed"] == []
-    assert "labels differ" in res["notes"][0]
+    res = paired_bootstrap("sst2", [{"validation": a}], [{"validation": b}], n_bootstrap=B)
+    assert math.isnan(res.p) and math.isnan(res.delta) and res.p_per_seed == []
+    assert "labels differ" in res.notes[0]
 
 
 def test_welch_known_answer():
     a, b = [0.80, 0.81, 0.79], [0.84, 0.85, 0.83]
     # equal variances s^2 = 1e-4, n = 3: t = -0.04 / sqrt(2e-4 / 3), Welch df = 4
     t = -0.04 / math.sqrt(2e-4 / 3)
-    res = cr.welch(a, b)
-    assert res["t"] == pytest.approx(t) and res["p"] == pytest.approx(2 * stats.t.sf(abs(t), 4))
-    assert res["p"] < 0.05
-    assert math.isnan(cr.welch([0.8], [0.9])["p"])  # one seed: not computable, no crash
+    res = welch(a, b)
+    assert res.t == pytest.approx(t) and res.p == pytest.approx(2 * stats.t.sf(abs(t), 4))
+    assert res.p < 0.05
+    assert math.isnan(welch([0.8], [0.9]).p)  # one seed: not computable, no crash
 
 # -----------------------------------------------------------------------------
 # loading, table, outputs
 
 
 def test_broken_runs_skipped_with_reason(tmp_path):
-    runs, skipped = cr.load_runs([make_sweep(tmp_path)])
+    runs, skipped = load_runs([make_sweep(tmp_path)])
     assert len(runs) == 9 + 6
     reasons = {Path(p).name: r for p, r in skipped}
     assert set(reasons) == {"unfinished", "garbled", "no_metric"}
@@ -254,7 +258,7 @@ def test_table_values(tables):
     s = next(s for s in sig if (s["task"], s["a"], s["b"]) == ("sst2", "adalora", "lora"))
     assert s["paired_seeds"] == [0, 1, 2] and s["delta_boot"] == pytest.approx(0.04)
     assert s["p_boot"] < 0.01 and s["sig_boot"]
-    assert s["p_welch"] == pytest.approx(cr.welch(SST2["adalora"][0], SST2["lora"][0])["p"])
+    assert s["p_welch"] == pytest.approx(welch(SST2["adalora"][0], SST2["lora"][0]).p)
     assert ada["p_boot_vs_lora"] == s["p_boot"]
 
 
@@ -332,7 +336,7 @@ def test_same_seed_twice_is_ambiguous_and_both_are_skipped(tmp_path):
     write_run(tmp_path, "real", "sst2", "lora", 0, sst2_metrics(0.81), 380.0, {"validation": predictions(0.81)})
     write_run(tmp_path, "trial", "sst2", "lora", 0, sst2_metrics(0.58), 13.0, {"validation": predictions(0.58)})
     write_run(tmp_path, "other_seed", "sst2", "lora", 1, sst2_metrics(0.80), 370.0, {"validation": predictions(0.8)})
-    runs, skipped = cr.load_runs([tmp_path])
-    assert [r["name"] for r in runs] == ["other_seed"]
+    runs, skipped = load_runs([tmp_path])
+    assert [r.name for r in runs] == ["other_seed"]
     reasons = {Path(p).name: r for p, r in skipped}
     assert set(reasons) == {"real", "trial"} and all("ambiguous" in r for r in reasons.values())

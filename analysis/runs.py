@@ -1,0 +1,257 @@
+"""Finished runs on disk (docs/outputs.md) as typed records: a Run per run directory, a Group per
+task × rank budget × method with its seed statistics."""
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from adapters import METHODS
+from glue_tasks import GLUE_TASKS
+
+# task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean.
+# From the task table the runs were made with; MNLI's mismatched split adds the `_mm` metrics.
+MAIN_METRICS = {task: spec.main_metric_keys() for task, spec in GLUE_TASKS.items()}
+TASK_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]  # the usual GLUE order
+METHOD_ORDER = list(METHODS)
+METHOD_NAMES = {"lora": "LoRA", "adalora": "AdaLoRA", "glora": "GLoRA"}
+REQUIRED_KEYS = ["task", "method", "seed", "rank_budget", "train_runtime", "trainable_params"]
+
+
+def note(msg):
+    print(f"note: {msg}", file=sys.stderr)
+
+
+def method_name(m):
+    return METHOD_NAMES.get(m, m)
+
+
+def method_key(m):  # sort key: lora, adalora, glora, then anything else alphabetically
+    return (METHOD_ORDER.index(m), "") if m in METHOD_ORDER else (len(METHOD_ORDER), m)
+
+
+def task_key(t):
+    return TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER)
+
+
+def metric_split(task, metric):
+    """Which predictions_<split>.csv a main metric is computed on, and the plain metric name."""
+    return GLUE_TASKS[task].split_of(metric)
+
+
+@dataclass(frozen=True)
+class MeanStd:
+    """Mean and sample std (ddof=1; nan for a single value) over seeds."""
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, values):
+        v = np.asarray(values, float)
+        if len(v) == 0:
+            return cls(float("nan"), float("nan"))
+        return cls(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"))
+
+
+@dataclass
+class Run:
+    """One finished run. Scores on the metrics' own scale (0..1)."""
+    name: str
+    path: Path
+    task: str
+    method: str
+    seed: int
+    budget: int  # R_total
+    results: dict  # all_results.json as written
+    args: dict  # run_args.json as written
+    metrics: dict  # main metric key (and MCC) -> value
+    score: float  # mean of the task's main metrics
+    time: float  # train_runtime (s)
+    hook_seconds: float
+    params: float  # trainable parameters, adapter + head
+    params_adapter: float
+    ranks: dict | None  # ranks.json, when readable
+    total_rank: float
+    warnings: list = field(default_factory=list)
+
+
+def read_json(path):
+    """(object, None) or (None, reason)."""
+    try:
+        with open(path) as f:
+            return json.load(f), None
+    except FileNotFoundError:
+        return None, f"no {path.name}"
+    except (OSError, ValueError) as e:
+        return None, f"unreadable {path.name} ({type(e).__name__}: {e})"
+
+
+def find_run_dirs(paths):
+    """Run dirs (dirs holding run_args.json) at or below each path, first-seen order, no repeats."""
+    seen, dirs = set(), []
+    for p in map(Path, paths):
+        for d in sorted(q.parent for q in p.rglob("run_args.json")):
+            if d.resolve() not in seen:
+                seen.add(d.resolve())
+                dirs.append(d)
+    return dirs
+
+
+class Unusable(Exception):
+    """A run directory that cannot enter the comparison; the message says why."""
+
+
+def read_results(d):
+    """(run_args, all_results, task) of a finished run whose results hold the task's main metrics."""
+    run_args, err = read_json(d / "run_args.json")
+    if err:
+        raise Unusable(err)
+    if not (d / "all_results.json").is_file():
+        raise Unusable("unfinished: no all_results.json")
+    res, err = read_json(d / "all_results.json")
+    if err:
+        raise Unusable(err)
+    if not isinstance(res, dict):
+        raise Unusable("all_results.json is not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in res]
+    if missing:
+        raise Unusable(f"missing keys in all_results.json: {', '.join(missing)}")
+    task = str(res["task"]).lower().replace("-", "")
+    if task not in MAIN_METRICS:
+        raise Unusable(f"unknown task {res['task']!r}")
+    missing = [f"eval_{m}" for m in MAIN_METRICS[task] if f"eval_{m}" not in res]
+    if missing:
+        raise Unusable(f"missing keys in all_results.json: {', '.join(missing)}")
+    return run_args, res, task
+
+
+def total_rank(ranks, d, warnings):
+    modules = (ranks or {}).get("modules") or {}
+    try:
+        return float(sum(m["final_rank"] for m in modules.values())) if modules else float("nan")
+    except (KeyError, TypeError):
+        warnings.append(f"{d}: ranks.json modules lack final_rank")
+        return float("nan")
+
+
+def load_run(d):
+    """(Run, None) for a finished, readable run; (None, reason) otherwise."""
+    d = Path(d)
+    try:
+        run_args, res, task = read_results(d)
+    except Unusable as e:
+        return None, str(e)
+    main = MAIN_METRICS[task]
+    try:
+        metrics = {m: float(res[f"eval_{m}"]) for m in main}
+        for k in ("matthews_correlation", "matthews_correlation_mm"):  # reported, not ranked by
+            if f"eval_{k}" in res and k not in metrics:
+                metrics[k] = float(res[f"eval_{k}"])
+        score, time = float(np.mean([metrics[m] for m in main])), float(res["train_runtime"])
+        numbers = dict(method=str(res["method"]).lower(), seed=int(res["seed"]), budget=int(res["rank_budget"]),
+                       hook_seconds=float(res.get("method_hook_seconds", 0.0)),
+                       params=float(res["trainable_params"]),
+                       params_adapter=float(res.get("trainable_params_adapter", "nan")))
+    except (TypeError, ValueError) as e:
+        return None, f"non-numeric value in all_results.json ({e})"
+    bad = [k for k, v in (("score", score), ("time", time)) if not math.isfinite(v)]
+    if bad:
+        return None, f"non-finite {', '.join(bad)} in all_results.json"
+    # the rank record is optional for the table: a missing one only costs the rank columns/figures
+    ranks, err = read_json(d / "ranks.json")
+    ranks = ranks if isinstance(ranks, dict) else None
+    warnings = [f"{d}: {err}"] if err else []
+    return Run(name=d.name, path=d, task=task, results=res, args=run_args, metrics=metrics, score=score, time=time,
+               ranks=ranks, total_rank=total_rank(ranks, d, warnings), warnings=warnings, **numbers), None
+
+
+def load_runs(paths):
+    """Load every run below paths. Returns (runs, skipped) with skipped = [(path, reason)]."""
+    runs, skipped, by_key = [], [], {}
+    for d in find_run_dirs(paths):
+        run, reason = load_run(d)
+        if run is None:
+            skipped.append((str(d), reason))
+            continue
+        by_key.setdefault((run.task, run.budget, run.method, run.seed), []).append(run)
+    for same in by_key.values():
+        if len(same) == 1:
+            runs.append(same[0])
+            continue
+        # The same seed twice (say a trial run beside the real one): which one is meant cannot be known, and
+        # keeping both would double-count the seed. Keep neither and say so.
+        for run in same:
+            others = ", ".join(str(r.path) for r in same if r is not run)
+            skipped.append((str(run.path), f"ambiguous: same task/budget/method/seed as {others}; keep one"))
+    # run name = directory name; only where two runs share one, add parent dirs to tell them apart
+    names = [r.name for r in runs]
+    for r in runs:
+        if names.count(r.name) > 1:
+            r.name = "__".join(r.path.resolve().parts[-3:])
+    return runs, skipped
+
+
+@dataclass
+class Group:
+    """The runs (seeds) of one task × rank budget × method, sorted by seed."""
+    task: str
+    budget: int
+    method: str
+    runs: list
+
+    @property
+    def n(self):
+        return len(self.runs)
+
+    @property
+    def seeds(self):
+        return [r.seed for r in self.runs]
+
+    @cached_property
+    def scores(self):
+        return np.array([r.score for r in self.runs])
+
+    @cached_property
+    def score(self):
+        return MeanStd.of(self.scores)
+
+    @cached_property
+    def metrics(self):
+        """Metric key -> MeanStd, for the metrics every run has."""
+        names = [m for m in self.runs[0].metrics if all(m in r.metrics for r in self.runs)]
+        return {m: MeanStd.of([r.metrics[m] for r in self.runs]) for m in names}
+
+    @cached_property
+    def time(self):
+        return MeanStd.of([r.time for r in self.runs])
+
+    def mean_of(self, attr):
+        return float(np.mean([getattr(r, attr) for r in self.runs]))
+
+
+def aggregate(runs):
+    """{(task, budget, method): Group}, in GLUE task order, then budget, then method order."""
+    by_key = {}
+    for r in runs:
+        by_key.setdefault((r.task, r.budget, r.method), []).append(r)
+    groups = {key: Group(*key, sorted(rs, key=lambda r: r.seed)) for key, rs in by_key.items()}
+    return dict(sorted(groups.items(), key=lambda kv: (task_key(kv[0][0]), kv[0][0], kv[0][1], method_key(kv[0][2]))))
+
+
+def load_predictions(run):
+    """({split: DataFrame(idx, label, prediction)}, None) for every split the task's metrics need, or (None, reason)."""
+    out = {}
+    for split in sorted({metric_split(run.task, m)[0] for m in MAIN_METRICS[run.task]}):
+        path = run.path / f"predictions_{split}.csv"
+        try:
+            df = pd.read_csv(path)
+        except (OSError, ValueError) as e:
+            return None, f"{path}: {type(e).__name__}"
+        if not {"idx", "label", "prediction"} <= set(df.columns) or len(df) == 0:
+            return None, f"{path}: needs columns idx,label,prediction and at least one row"
+        out[split] = df
+    return out, None

@@ -1,0 +1,200 @@
+"""The comparison table (one output row per task × budget × method, plus GLUE averages) and its Markdown.
+
+Output rows are plain dicts: they are the CSV/JSON schema, column name -> value, with one pair of
+mean/std columns per metric the task has."""
+import math
+from pathlib import Path
+
+import numpy as np
+
+from analysis.runs import MAIN_METRICS, method_key, method_name
+from analysis.stats import share_of_gain
+
+SHORT = {"accuracy": "acc", "accuracy_mm": "acc_mm", "f1": "f1", "matthews_correlation": "mcc",
+         "pearson": "pearson", "spearmanr": "spearman"}
+GLUE_AVG = "GLUE avg"
+NAN = float("nan")
+
+
+def make_table(groups, sig=(), n_bootstrap=2000, seed=0, alpha=0.05):
+    """One row per (task, budget, method) plus a GLUE-average row per (budget, method) when there
+    are >= 2 tasks. Values on the metrics' own scale (0..1); overhead in %."""
+    sig = {(s.task, s.budget, s.a, s.b): s for s in sig}
+    boot = {"n_bootstrap": n_bootstrap, "seed": seed, "alpha": alpha}
+    rows = []
+    for (task, budget, method), g in groups.items():
+        row = {"task": task, "budget": budget, "method": method, "n_seeds": g.n,
+               "seeds": " ".join(map(str, g.seeds)), "main_metrics": " ".join(MAIN_METRICS[task]),
+               "score_mean": g.score.mean, "score_std": g.score.std}
+        for m, ms in g.metrics.items():
+            row[f"{m}_mean"], row[f"{m}_std"] = ms.mean, ms.std
+        row.update(trainable_params=g.mean_of("params"), trainable_params_adapter=g.mean_of("params_adapter"),
+                   total_rank=g.mean_of("total_rank"), train_time_mean=g.time.mean, train_time_std=g.time.std,
+                   hook_seconds_mean=g.mean_of("hook_seconds"))
+        lora = groups.get((task, budget, "lora"))
+        row["overhead_vs_lora_pct"] = 100 * (g.time.mean / lora.time.mean - 1) if lora else NAN
+        row["delta_vs_lora"] = g.score.mean - lora.score.mean if lora else NAN
+        s = sig.get((task, budget, method, "lora"))
+        row["p_boot_vs_lora"], row["p_welch_vs_lora"] = (s.p_boot, s.p_welch) if s else (NAN, NAN)
+        ada = groups.get((task, budget, "adalora"))
+        if method == "glora" and lora and ada:
+            row.update(share_columns(share_of_gain(lora.scores, ada.scores, g.scores, **boot)))
+        rows.append(row)
+
+    for budget in dict.fromkeys(b for _, b, _ in groups):
+        methods = sorted({m for _, b, m in groups if b == budget}, key=method_key)
+        # average only over tasks every method has, so the averages compare like with like
+        tasks = [t for t in dict.fromkeys(t for t, _, _ in groups) if all((t, budget, m) in groups for m in methods)]
+        if len(tasks) < 2:
+            continue
+        G = {m: [groups[(t, budget, m)] for t in tasks] for m in methods}
+        avg = {m: float(np.mean([g.score.mean for g in G[m]])) for m in methods}
+        time = {m: float(np.mean([g.time.mean for g in G[m]])) for m in methods}
+        for m in methods:
+            row = {"task": GLUE_AVG, "budget": budget, "method": m, "n_seeds": min(g.n for g in G[m]),
+                   "seeds": "", "main_metrics": "", "avg_over": " ".join(tasks), "score_mean": avg[m], "score_std": NAN,
+                   "train_time_mean": time[m], "train_time_std": NAN,
+                   "overhead_vs_lora_pct": 100 * (time[m] / time["lora"] - 1) if "lora" in avg else NAN,
+                   "delta_vs_lora": avg[m] - avg["lora"] if "lora" in avg else NAN}
+            if m == "glora" and "lora" in G and "adalora" in G:
+                row.update(share_columns(share_of_gain(*([g.scores for g in G[k]] for k in ("lora", "adalora", "glora")),
+                                                       **boot)))
+            rows.append(row)
+    return rows
+
+
+def share_columns(s):
+    return {"share_of_gain": s.share, "share_ci_low": s.ci_low, "share_ci_high": s.ci_high,
+            "share_defined": s.defined, "share_note": s.note}
+
+
+def fmt(x, scale=100.0, digits=2):
+    return "—" if x is None or not np.isfinite(x) else f"{x * scale:.{digits}f}"
+
+
+def fmt_pm(mu, sd, scale=100.0):
+    return fmt(mu, scale) if not np.isfinite(sd) else f"{fmt(mu, scale)} ± {fmt(sd, scale)}"
+
+
+def fmt_p(p, alpha):
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return f"{p:.3g}{'*' if p < alpha else ''}"
+
+
+def fmt_share(row):
+    if "share_defined" not in row:
+        return ""
+    if not row["share_defined"]:
+        return "undefined (AdaLoRA does not beat LoRA)"
+    ci = (f" [{fmt(row['share_ci_low'], 100, 0)}, {fmt(row['share_ci_high'], 100, 0)}]"
+          if row["share_ci_low"] is not None else " [CI n/a]")
+    return f"**{fmt(row['share_of_gain'], 100, 0)}%**{ci}"
+
+
+def md_table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def headline(rows, alpha):
+    """The share of AdaLoRA's gain recovered: one line on the GLUE average if there is one, else one per task."""
+    out = []
+    for budget in dict.fromkeys(r["budget"] for r in rows):
+        glora = [r for r in rows if r["budget"] == budget and r["method"] == "glora" and "share_defined" in r]
+        glora = [r for r in glora if r["task"] == GLUE_AVG] or glora
+        for r in glora:
+            where = f"GLUE avg over {r['avg_over'].replace(' ', ', ')}" if r["task"] == GLUE_AVG else r["task"]
+            ovh = {x["method"]: x["overhead_vs_lora_pct"] for x in rows if (x["task"], x["budget"]) == (r["task"], budget)}
+            cost = ", ".join(f"{method_name(m)} {v:+.1f}%" for m, v in ovh.items() if m != "lora" and np.isfinite(v))
+            if r["share_defined"]:
+                ci = ("" if r["share_ci_low"] is None else
+                      f" (seed-bootstrap {1 - alpha:.0%} CI {fmt(r['share_ci_low'], 100, 0)}% to "
+                      f"{fmt(r['share_ci_high'], 100, 0)}%)")
+                out.append(f"**GLoRA recovers {fmt(r['share_of_gain'], 100, 0)}% of AdaLoRA's gain over LoRA**{ci} "
+                           f"on {where}, R_total = {budget}. Training-time overhead vs LoRA: {cost or 'n/a'}."
+                           + (f" ({r['share_note']})" if r["share_note"] else ""))
+            else:
+                out.append(f"**Share of AdaLoRA's gain recovered by GLoRA: undefined** on {where}, R_total = {budget}: "
+                           f"{r['share_note']}. Training-time overhead vs LoRA: {cost or 'n/a'}.")
+            out.append("")
+    return out
+
+
+def results_table(rows, alpha):
+    headers = ["task", "R_total", "method", "seeds", "main metric(s)", "score", "MCC", "trainable params",
+               "total rank", "train time (s)", "overhead vs LoRA", "Δ score vs LoRA", "share of AdaLoRA's gain",
+               "p boot vs LoRA", "p Welch vs LoRA"]
+    body = []
+    for r in rows:
+        if r["task"] == GLUE_AVG:
+            main = f"mean over {r['avg_over'].replace(' ', ', ')}"
+            mcc = params = rank = "—"
+        else:
+            main = " / ".join(f"{SHORT.get(m, m)} {fmt_pm(r[f'{m}_mean'], r[f'{m}_std'])}" for m in r["main_metrics"].split())
+            mccs = [(k, r[f"{k}_mean"], r[f"{k}_std"]) for k in ("matthews_correlation", "matthews_correlation_mm")
+                    if f"{k}_mean" in r]
+            mcc = " / ".join(("mm " if k.endswith("_mm") else "") + fmt_pm(mu, sd) for k, mu, sd in mccs) or "—"
+            params, rank = f"{r['trainable_params']:,.0f}", fmt(r["total_rank"], 1, 0)
+        ovh = "" if r["method"] == "lora" else fmt(r["overhead_vs_lora_pct"], 1, 1) + "%"
+        delta = "" if r["method"] == "lora" else f"{r['delta_vs_lora'] * 100:+.2f}" if np.isfinite(r["delta_vs_lora"]) else "—"
+        p_b = p_w = ""
+        if r["method"] != "lora" and r["task"] != GLUE_AVG:
+            p_b, p_w = fmt_p(r["p_boot_vs_lora"], alpha), fmt_p(r["p_welch_vs_lora"], alpha)
+        body.append([r["task"], r["budget"], method_name(r["method"]), r["n_seeds"], main,
+                     fmt_pm(r["score_mean"], r["score_std"]), mcc, params, rank,
+                     fmt_pm(r["train_time_mean"], r["train_time_std"], 1), ovh, delta, fmt_share(r), p_b, p_w])
+    return md_table(headers, body)
+
+
+def significance_table(sig, alpha):
+    headers = ["task", "R_total", "A vs B", "seeds (A, B, paired)", "Δ score A−B", f"bootstrap {1 - alpha:.0%} CI",
+               "p paired bootstrap", "p per seed", "p Welch", f"significant at α = {alpha}"]
+    body = []
+    for s in sig:
+        verdict = " + ".join(n for n, ok in (("bootstrap", s.sig_boot), ("Welch", s.sig_welch)) if ok) or "no"
+        ci = "—" if not np.isfinite(s.boot_ci_low) else f"[{s.boot_ci_low * 100:+.2f}, {s.boot_ci_high * 100:+.2f}]"
+        per_seed = ", ".join(f"s{k}: {fmt_p(p, alpha)}" for k, p in zip(s.paired_seeds, s.p_boot_per_seed)) or "—"
+        body.append([s.task, s.budget, f"{method_name(s.a)} vs {method_name(s.b)}",
+                     f"{s.n_a}, {s.n_b}, {len(s.paired_seeds)}", f"{s.delta * 100:+.2f}", ci,
+                     fmt_p(s.p_boot, alpha), per_seed, fmt_p(s.p_welch, alpha), verdict])
+    notes = [f"- {s.task} {method_name(s.a)} vs {method_name(s.b)}: {n}" for s in sig for n in s.notes]
+    return md_table(headers, body), notes
+
+
+def render_markdown(rows, sig, skipped, warn, alpha, n_bootstrap, seed):
+    out = ["# LoRA vs AdaLoRA vs GLoRA", ""] + headline(rows, alpha)
+    out += [(f"Scores ×100, mean ± sample std over seeds (n = seeds). Score = mean of the task's main metrics. "
+             f"Share of gain = (GLoRA − LoRA) / (AdaLoRA − LoRA) on the score, CI from {n_bootstrap} seed resamples. "
+             f"**Significance threshold α = {alpha}: p-values below it are marked \\*** (two-sided, no multiple-comparison "
+             f"correction). Paired bootstrap: {n_bootstrap} resamples of dev examples (matched by idx, seed-paired runs, "
+             f"bootstrap seed {seed}); Welch: t-test over per-seed scores. GLUE avg: mean task score over the tasks "
+             f"every method has; its seeds = the fewest of any task, its train time = mean per task (so its overhead "
+             f"compares total training time)."), ""]
+    out += ["## Results", "", results_table(rows, alpha), ""]
+    if sig:
+        table, notes = significance_table(sig, alpha)
+        out += ["## Significance", "", table, ""]
+        if notes:
+            out += notes + [""]
+    if skipped:
+        out += ["## Skipped runs", ""] + [f"- `{p}`: {reason}" for p, reason in skipped] + [""]
+    if warn:
+        out += ["## Warnings", ""] + [f"- {w}" for w in warn] + [""]
+    return "\n".join(out)
+
+
+def to_json(x):
+    """JSON-safe copy: nan/inf -> null, numpy -> python, paths -> str."""
+    if isinstance(x, dict):
+        return {str(k): to_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_json(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
