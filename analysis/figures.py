@@ -1,5 +1,5 @@
-"""Paper figures of the comparison: bars per metric, score vs time, learning curves, rank heatmaps,
-GLoRA's score vs assigned rank."""
+"""Paper figures of the comparison: bars per metric with the seeds on them, score per seed (box plots),
+score vs time, confusion matrices, learning curves, rank heatmaps, GLoRA's score vs assigned rank."""
 import math
 from pathlib import Path
 
@@ -9,9 +9,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analysis.metrics import spearman  # noqa: E402
-from analysis.runs import MAIN_METRICS, method_key, method_name, note, read_json  # noqa: E402
+from analysis.metrics import confusion_matrix, spearman  # noqa: E402
+from analysis.runs import MAIN_METRICS, load_predictions, method_key, method_name, note, read_json  # noqa: E402
 from analysis.tables import GLUE_AVG  # noqa: E402
+from glue_tasks import GLUE_TASKS  # noqa: E402
 
 METHOD_COLORS = {"lora": "#4c72b0", "adalora": "#dd8452", "glora": "#55a868"}
 MATRIX_ORDER = ["query", "key", "value", "attention_output", "ffn_in", "ffn_out"]
@@ -35,6 +36,14 @@ def color(method):
     if method in METHOD_COLORS:
         return METHOD_COLORS[method]
     return plt.get_cmap("tab10")(3 + sum(map(ord, method)) % 7)  # stable, away from the three above
+
+
+def seed_values(group, metric):
+    """×100 per-seed values of metric ("score" = task score) in a group; none for a missing group / GLUE avg."""
+    if group is None:
+        return []
+    return [100 * (r.score if metric == "score" else r.metrics[metric]) for r in group.runs if metric == "score"
+            or metric in r.metrics]
 
 
 def fig_bars(groups, rows, out_dir):
@@ -71,16 +80,21 @@ def fig_bars(groups, rows, out_dir):
                     mu.append((g.score if m == "score" else g.metrics[m]).mean)
                     sd.append((g.score if m == "score" else g.metrics[m]).std)
             mu, sd = 100 * np.array(mu), 100 * np.array(sd)
-            ax.bar(pos + (i - (len(series) - 1) / 2) * width, mu, width, yerr=sd, capsize=3, label=label,
-                   color=color(method), edgecolor="black", linewidth=0.5)
-            lows.append(np.nanmin(mu - np.nan_to_num(sd)) if np.isfinite(mu).any() else 0)
+            x = pos + (i - (len(series) - 1) / 2) * width
+            ax.bar(x, mu, width, yerr=sd, capsize=3, label=label, color=color(method), edgecolor="black", linewidth=0.5)
+            # the seeds themselves on each bar: a mean of three can hide one outlier seed
+            seeds = [seed_values(groups.get((t, budget, method)), m) for _, t, m in xs]
+            for xj, vals in zip(x, seeds):
+                ax.scatter(xj + np.linspace(-0.2, 0.2, len(vals)) * width, vals, s=10, color="black", zorder=3)
+            lows.append(min([np.nanmin(mu - np.nan_to_num(sd)) if np.isfinite(mu).any() else 0]
+                            + [v for vals in seeds for v in vals]))
         # bars from 0 would hide differences of a point or two: start the axis a little below the lowest bar
         ax.set_ylim(bottom=max(0.0, math.floor(min(lows)) - 5))
         ax.set_xticks(pos, [x for x, _, _ in xs])
         name = "task score (mean of main metrics)" if metric == "score" else metric.replace("_", " ")
         ax.set_xlabel("task")
         ax.set_ylabel(f"{metric.replace('_', ' ')} ×100")
-        ax.set_title(f"{name}\nmean ± std over seeds", fontsize=10)
+        ax.set_title(f"{name}\nmean ± std over seeds, dots: seeds", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
@@ -255,9 +269,88 @@ def fig_score_vs_rank(groups, out_dir):
     return written
 
 
+def fig_seed_boxes(groups, out_dir):
+    """Task score per seed: one panel per task (and budget), a box and the seeds for each method."""
+    panels = list(dict.fromkeys((t, b) for t, b, _ in groups))
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.2 * nrow), squeeze=False)
+    several_budgets = len({b for _, b in panels}) > 1
+    for ax, (task, budget) in zip(axes.flat, panels):
+        gs = [g for (t, b, _), g in groups.items() if (t, b) == (task, budget)]
+        values = [seed_values(g, "score") for g in gs]
+        box = ax.boxplot(values, widths=0.5, patch_artist=True, medianprops={"color": "black"})
+        for patch, g in zip(box["boxes"], gs):
+            patch.set_facecolor(color(g.method))
+            patch.set_alpha(0.5)
+        for j, (g, vals) in enumerate(zip(gs, values), start=1):
+            ax.scatter(j + np.linspace(-0.12, 0.12, len(vals)), vals, s=16, color=color(g.method), edgecolor="black",
+                       zorder=3)
+        ax.set_xticks(range(1, len(gs) + 1), [method_name(g.method) for g in gs])
+        ax.set_title(task + (f", R_total={budget}" if several_budgets else ""))
+        ax.set_ylabel("task score ×100")
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("Task score per seed (box: quartiles over seeds, dots: seeds)")
+    fig.tight_layout()
+    return save(fig, out_dir, "comparison_score_seeds")
+
+
+def summed_confusion(group):
+    """{split: (k, k) counts} summed over the group's runs that have predictions (rows = true label), and
+    the number of runs summed. Classification tasks only."""
+    task = GLUE_TASKS[group.task]
+    sheets, used = {}, 0
+    for r in group.runs:
+        preds, err = load_predictions(r)
+        if preds is None:
+            note(f"{r.name} left out of the confusion matrix: {err}")
+            continue
+        used += 1
+        for split in task.split_names:
+            df = preds[split]
+            cm = confusion_matrix(df["label"].to_numpy(int), df["prediction"].to_numpy(int), task.num_labels)
+            sheets[split] = sheets.get(split, 0) + cm
+    return sheets, used
+
+
+def fig_confusion(groups, out_dir):
+    """One sheet per task, budget and method: counts (seeds summed) and row-normalised, per dev split."""
+    written = []
+    for (task, budget, method), g in groups.items():
+        if GLUE_TASKS[task].is_regression:
+            continue
+        sheets, used = summed_confusion(g)
+        several_budgets = sum(t == task and m == method for t, _, m in groups) > 1
+        stem = f"{task}{f'_r{budget}' if several_budgets else ''}_{method}_confusion"
+        if not sheets:
+            note(f"no {stem}: no runs with predictions")
+            continue
+        fig, axes = plt.subplots(len(sheets), 2, figsize=(7.5, 3.3 * len(sheets)), squeeze=False, layout="constrained")
+        for row, (split, cm) in zip(axes, sheets.items()):
+            norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+            for ax, values, what in ((row[0], cm, "counts"), (row[1], norm, "row-normalised")):
+                ax.imshow(values, cmap="Blues", vmin=0)
+                for i, j in np.ndindex(values.shape):
+                    text = f"{values[i, j]:,}" if what == "counts" else f"{values[i, j]:.2f}"
+                    dark = values[i, j] > 0.6 * values.max()
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+                k = len(values)
+                ax.set_xticks(range(k), range(k))
+                ax.set_yticks(range(k), range(k))
+                ax.set_xlabel("predicted class")
+                ax.set_ylabel("true class")
+                ax.set_title(f"{split}: {what}", fontsize=9)
+        fig.suptitle(f"{task}, {method_name(method)}, R_total={budget}: confusion, {used} seed{'s' * (used > 1)} summed")
+        written += save(fig, out_dir, stem)
+    return written
+
+
 def figures(runs, groups, rows, out_dir, learning_curves=True):
     """Write every figure the data allows; return the paths written."""
-    written = fig_bars(groups, rows, out_dir) + fig_metric_vs_time(groups, out_dir)
+    written = fig_bars(groups, rows, out_dir) + fig_seed_boxes(groups, out_dir) + fig_metric_vs_time(groups, out_dir)
+    written += fig_confusion(groups, out_dir)
     if learning_curves:
         for r in runs:
             written += fig_learning_curve(r, out_dir)

@@ -41,3 +41,76 @@ def spearman(y, p):
 
 METRIC_FNS = {"accuracy": accuracy, "f1": f1, "matthews_correlation": matthews,
               "pearson": pearson, "spearmanr": spearman}
+
+# -----------------------------------------------------------------------------
+# the same metrics on many bootstrap resamples at once. A resample of n examples is a row of counts
+# W[b, i] (how often example i was drawn); every metric here depends on the resample only through
+# those counts, so B resamples are a few matrix products instead of B Python loops.
+
+
+def confusion_matrix(y, p, num_classes):
+    """(num_classes, num_classes) counts, rows = true label, columns = prediction."""
+    return np.bincount(np.asarray(y, int) * num_classes + np.asarray(p, int),
+                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def weighted_confusion(W, y, p, num_classes):
+    """(B, k, k) confusion counts of each resample (rows of W)."""
+    cell = np.asarray(y, int) * num_classes + np.asarray(p, int)
+    onehot = np.zeros((len(cell), num_classes * num_classes))
+    onehot[np.arange(len(cell)), cell] = 1.0
+    return (W @ onehot).reshape(len(W), num_classes, num_classes)
+
+
+def accuracy_from_confusion(cm):
+    return np.trace(cm, axis1=1, axis2=2) / cm.sum((1, 2))
+
+
+def f1_from_confusion(cm):
+    tp = cm[:, 1, 1]
+    fp, fn = cm[:, :, 1].sum(1) - tp, cm[:, 1, :].sum(1) - tp
+    return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+
+
+def matthews_from_confusion(cm):
+    t, q, n = cm.sum(2), cm.sum(1), cm.sum((1, 2))  # true and predicted class counts, examples
+    num = np.trace(cm, axis1=1, axis2=2) * n - (t * q).sum(1)
+    den = np.sqrt(n * n - (q * q).sum(1)) * np.sqrt(n * n - (t * t).sum(1))
+    return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+
+
+def weighted_pearson(x, y, W):
+    """Pearson correlation of x and y (each (n,) or (B, n)) under count weights W (B, n); 0 where undefined."""
+    x, y = x - np.mean(x), y - np.mean(y)  # centre first: fewer digits lost in E[xy] - E[x]E[y]
+    n = W.sum(1)
+    mx, my = (W * x).sum(1) / n, (W * y).sum(1) / n
+    vx, vy = (W * x * x).sum(1) / n - mx**2, (W * y * y).sum(1) / n - my**2
+    cov = (W * x * y).sum(1) / n - mx * my
+    tiny = 1e-12 * np.maximum((W * x * x).sum(1) / n, (W * y * y).sum(1) / n) + 1e-300
+    ok = (vx > tiny) & (vy > tiny)
+    return np.where(ok, cov / np.sqrt(np.where(ok, vx * vy, 1.0)), 0.0)
+
+
+def weighted_ranks(x, W):
+    """(B, n) mid-ranks of x within each resample: what scipy's rankdata gives on the drawn sample,
+    for every drawn copy of an example (undrawn examples get a rank too, with weight 0)."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    new_value = np.r_[True, xs[1:] != xs[:-1]]
+    tie_group = np.cumsum(new_value) - 1
+    counts = np.add.reduceat(W[:, order], np.flatnonzero(new_value), axis=1)  # draws per distinct value
+    mid = np.cumsum(counts, axis=1) - counts + (counts + 1) / 2
+    ranks = np.empty(W.shape)
+    ranks[:, order] = mid[:, tie_group]
+    return ranks
+
+
+def weighted_metric(metric, W, y, p, num_classes):
+    """(B,) values of one GLUE metric on the resamples W of (labels y, predictions p)."""
+    if metric == "pearson":
+        return weighted_pearson(np.asarray(y, float), np.asarray(p, float), W)
+    if metric == "spearmanr":
+        return weighted_pearson(weighted_ranks(np.asarray(y, float), W), weighted_ranks(np.asarray(p, float), W), W)
+    cm = weighted_confusion(W, y, p, num_classes)
+    return {"accuracy": accuracy_from_confusion, "f1": f1_from_confusion,
+            "matthews_correlation": matthews_from_confusion}[metric](cm)

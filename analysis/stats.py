@@ -1,17 +1,25 @@
-"""Statistics of the comparison: share of AdaLoRA's gain recovered by GLoRA, and A-vs-B tests."""
+"""Statistics of the comparison: share of AdaLoRA's gain recovered by GLoRA, and the A-vs-B verdicts."""
+import math
 import warnings
-from dataclasses import dataclass, field
-from functools import reduce
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
-from analysis.metrics import METRIC_FNS
-from analysis.runs import MAIN_METRICS, METHOD_ORDER, load_predictions, metric_split
+from analysis.bootstrap import (
+    HierarchicalBootstrap,
+    Misaligned,
+    PairedBootstrap,
+    hierarchical_from_scores,
+    paired_from_scores,
+    resampled_scores,
+)
+from analysis.runs import METHOD_ORDER, load_predictions
 
 # comparisons for the significance table: (A, B) means A - B
 PAIRS = [("adalora", "lora"), ("glora", "lora"), ("glora", "adalora")]
 NAN = float("nan")
+MIN_SEEDS = 3  # per method, for a verdict: with fewer, seed-to-seed variance is not estimated at all
 
 
 @dataclass
@@ -25,6 +33,17 @@ class ShareOfGain:
     glora_gain: float
     frac_undefined: float | None
     note: str
+    n_usable: int | None = None  # resamples where AdaLoRA beats LoRA: the only ones the ratio exists on
+    n_resamples: int | None = None
+    estimable: bool = False  # enough usable resamples for an interval (min_usable_fraction)
+
+
+def min_usable_fraction(alpha):
+    """The share's interval is reported only when AdaLoRA beats LoRA in at least 1 - alpha/2 of the
+    resamples, i.e. when the gain's own percentile interval excludes 0. Otherwise the denominator
+    can be 0 inside the interval and the ratio's interval is unbounded (Fieller's problem): an
+    interval from the remaining resamples alone would look finite only because they were selected."""
+    return 1 - alpha / 2
 
 
 def share_of_gain(lora, adalora, glora, n_bootstrap=2000, seed=0, alpha=0.05):
@@ -56,80 +75,19 @@ def share_of_gain(lora, adalora, glora, n_bootstrap=2000, seed=0, alpha=0.05):
     bl, ba, bg = boot(L), boot(A), boot(G)
     ok = ba - bl > 0
     out.share, out.defined, out.frac_undefined = glora_gain / ada_gain, True, float(1 - ok.mean())
-    if ok.any():
+    out.n_usable, out.n_resamples = int(ok.sum()), n_bootstrap
+    needed = math.ceil(min_usable_fraction(alpha) * n_bootstrap)
+    out.estimable = out.n_usable >= needed
+    notes = [f"{out.n_usable} of {n_bootstrap} resamples usable: AdaLoRA > LoRA in them"]
+    if out.estimable:
         ratios = (bg[ok] - bl[ok]) / (ba[ok] - bl[ok])
         out.ci_low, out.ci_high = (float(q) for q in np.quantile(ratios, [alpha / 2, 1 - alpha / 2]))
-    if out.frac_undefined > 0:
-        out.note = f"{out.frac_undefined:.0%} of resamples had AdaLoRA <= LoRA (left out of the CI)"
+    else:
+        notes.append(f"interval not estimable: needs >= {needed} ({min_usable_fraction(alpha):.1%})")
     if min(len(t) for t in L + A + G) < 2:
-        out.note = (out.note + "; " if out.note else "") + "a method has 1 seed: CI ignores its seed noise"
+        notes.append("a method has 1 seed: CI ignores its seed noise")
+    out.note = "; ".join(notes)
     return out
-
-
-def two_sided_p(d):
-    """Two-sided bootstrap p-value that the difference is 0: twice the smaller tail mass at 0,
-    with the +1 correction so a finite bootstrap never claims p = 0."""
-    B = len(d)
-    lo, hi = (np.sum(d <= 0) + 1) / (B + 1), (np.sum(d >= 0) + 1) / (B + 1)
-    return float(min(1.0, 2 * min(lo, hi)))
-
-
-@dataclass
-class PairedBootstrap:
-    """Paired bootstrap over dev examples of A - B; nan (with notes) when no paired test can be made."""
-    delta: float = NAN
-    ci_low: float = NAN
-    ci_high: float = NAN
-    p: float = NAN
-    delta_per_seed: list = field(default_factory=list)
-    p_per_seed: list = field(default_factory=list)
-    n_examples: dict = field(default_factory=dict)  # split -> examples used
-    notes: list = field(default_factory=list)
-
-
-def paired_bootstrap(task, preds_a, preds_b, n_bootstrap=2000, seed=0, alpha=0.05):
-    """Paired bootstrap over dev examples for method A vs method B.
-
-    preds_a[k], preds_b[k]: {split: DataFrame(idx, label, prediction)} of the runs with the k-th
-    shared seed. Examples are matched by idx (only idx present in every run are used). Each
-    resample draws the same examples for all runs, so every seed pair sees the same resample; the
-    statistic is the task score (metrics recomputed on the resample) of A minus B, averaged over
-    the seed pairs. Per-seed p-values come from the same resamples.
-    """
-    entries = [(m, *metric_split(task, m)) for m in MAIN_METRICS[task]]  # (key, split, metric)
-    K = len(preds_a)
-    data = {}
-    for split in sorted({s for _, s, _ in entries}):
-        frames = [p[split].drop_duplicates("idx").set_index("idx") for p in preds_a + preds_b]
-        idx = reduce(np.intersect1d, [f.index.to_numpy() for f in frames])
-        frames = [f.loc[idx] for f in frames]
-        y = frames[0]["label"].to_numpy()
-        if any(not np.array_equal(f["label"].to_numpy(), y) for f in frames[1:]):
-            # Rows are not matched to their examples (or the dev data differ): pairing them would test noise.
-            return PairedBootstrap(notes=[f"{split}: labels differ between runs for the same idx (predictions not "
-                                          "in idx order, or different dev data): no paired bootstrap"])
-        data[split] = (y, np.stack([f["prediction"].to_numpy() for f in frames]))
-
-    def deltas(sample):  # (K,) score(A) - score(B) per seed pair on one resample
-        scores = np.zeros(2 * K)
-        for split, (y, P) in data.items():
-            y, P = y[sample[split]], P[:, sample[split]]  # index once per split, not per metric and run
-            for metric in [metric for _, s, metric in entries if s == split]:
-                scores += [METRIC_FNS[metric](y, row) for row in P]
-        scores /= len(entries)
-        return scores[:K] - scores[K:]
-
-    observed = deltas({s: slice(None) for s in data})
-    rng = np.random.default_rng(seed)
-    boot = np.empty((n_bootstrap, K))
-    for b in range(n_bootstrap):
-        boot[b] = deltas({s: rng.integers(0, len(y), len(y)) for s, (y, _) in data.items()})
-    pooled = boot.mean(1)
-    lo, hi = np.quantile(pooled, [alpha / 2, 1 - alpha / 2])
-    return PairedBootstrap(delta=float(observed.mean()), ci_low=float(lo), ci_high=float(hi), p=two_sided_p(pooled),
-                           delta_per_seed=[float(x) for x in observed],
-                           p_per_seed=[two_sided_p(boot[:, k]) for k in range(K)],
-                           n_examples={s: len(y) for s, (y, _) in data.items()})
 
 
 @dataclass
@@ -163,6 +121,7 @@ class Comparison:
     notes: list
     p_welch: float
     t_welch: float
+    # per-seed diagnostic: seed-paired runs, dev examples resampled, seeds not
     paired_seeds: list
     delta_boot: float
     boot_ci_low: float
@@ -173,6 +132,27 @@ class Comparison:
     n_examples: dict
     sig_boot: bool
     sig_welch: bool
+    # the verdict's test: seeds and dev examples resampled (every run with predictions, seeds need not match)
+    hier_n_a: int
+    hier_n_b: int
+    delta_hier: float
+    hier_ci_low: float
+    hier_ci_high: float
+    p_hier: float
+    sig_hier: bool
+    verdict: str
+
+
+def verdict(n_a, n_b, hier, w, alpha):
+    """'significant' / 'not significant' from the hierarchical bootstrap (Welch where no predictions),
+    or why there is none. Never from the examples-only bootstrap."""
+    if min(n_a, n_b) < MIN_SEEDS:
+        return f"too few seeds (< {MIN_SEEDS} per method)"
+    if math.isfinite(hier.p):
+        return "significant" if hier.p < alpha else "not significant"
+    if math.isfinite(w.p):
+        return ("significant" if w.p < alpha else "not significant") + " (Welch only: no predictions)"
+    return "n/a"
 
 
 def method_pairs(methods):
@@ -181,43 +161,64 @@ def method_pairs(methods):
     return [(a, b) for a, b in pairs if a in methods and b in methods]
 
 
+def compare(ga, gb, preds, n_bootstrap, seed, alpha):
+    """One Comparison of group A vs group B. preds(run) -> (predictions or None, reason)."""
+    notes = []
+    w = welch(ga.scores, gb.scores)
+    if w.note:
+        notes.append(w.note)
+    with_preds = {}
+    for g in (ga, gb):
+        for r in g.runs:
+            p, err = preds(r)
+            if p is None:
+                notes.append(f"{g.method} seed {r.seed}: no predictions ({err})")
+            else:
+                with_preds[(g.method, r.seed)] = p
+    runs_a = [r.seed for r in ga.runs if (ga.method, r.seed) in with_preds]
+    runs_b = [r.seed for r in gb.runs if (gb.method, r.seed) in with_preds]
+    paired = [s for s in runs_a if s in runs_b]
+    boot, hier = PairedBootstrap(), HierarchicalBootstrap()
+    if runs_a and runs_b:
+        try:
+            scores = resampled_scores(ga.task, [with_preds[(ga.method, s)] for s in runs_a] +
+                                      [with_preds[(gb.method, s)] for s in runs_b],
+                                      n_bootstrap, np.random.default_rng(seed))
+            hier = hierarchical_from_scores(scores, len(runs_a), seed, alpha)
+            if paired:
+                boot = paired_from_scores(scores, [(runs_a.index(s), len(runs_a) + runs_b.index(s)) for s in paired],
+                                          alpha)
+            else:
+                notes.append("no seed-paired runs with predictions: no per-seed bootstrap")
+        except Misaligned as e:
+            notes.append(str(e))
+            paired = []
+    else:
+        notes.append("no runs with predictions for one method: no paired bootstrap, no hierarchical bootstrap")
+    n_a, n_b = (len(runs_a), len(runs_b)) if math.isfinite(hier.p) else (ga.n, gb.n)
+    return Comparison(
+        task=ga.task, budget=ga.budget, a=ga.method, b=gb.method, delta=ga.score.mean - gb.score.mean,
+        n_a=ga.n, n_b=gb.n, notes=notes, p_welch=w.p, t_welch=w.t, paired_seeds=paired if math.isfinite(boot.p) else [],
+        delta_boot=boot.delta, boot_ci_low=boot.ci_low, boot_ci_high=boot.ci_high, p_boot=boot.p,
+        p_boot_per_seed=boot.p_per_seed, delta_per_seed=boot.delta_per_seed, n_examples=boot.n_examples,
+        sig_boot=bool(boot.p < alpha), sig_welch=bool(w.p < alpha),  # nan < alpha is False
+        hier_n_a=len(runs_a), hier_n_b=len(runs_b), delta_hier=hier.delta, hier_ci_low=hier.ci_low,
+        hier_ci_high=hier.ci_high, p_hier=hier.p, sig_hier=bool(hier.p < alpha),
+        verdict=verdict(n_a, n_b, hier, w, alpha))
+
+
 def significance(groups, n_bootstrap=2000, seed=0, alpha=0.05):
-    """Per (task, budget) and method pair A vs B: paired bootstrap over dev examples (seed-paired
-    runs) and Welch's t-test over per-seed scores. Returns [Comparison]."""
-    pred_cache, rows = {}, []
+    """Every method pair on every (task, budget): [Comparison]."""
+    cache = {}
 
     def preds(run):
-        if run.path not in pred_cache:
-            pred_cache[run.path] = load_predictions(run)
-        return pred_cache[run.path]
+        if run.path not in cache:
+            cache[run.path] = load_predictions(run)
+        return cache[run.path]
 
+    rows = []
     for (task, budget) in dict.fromkeys((t, b) for t, b, _ in groups):
         methods = [m for t, b, m in groups if (t, b) == (task, budget)]
         for a, b in method_pairs(methods):
-            ga, gb = groups[(task, budget, a)], groups[(task, budget, b)]
-            notes = []
-            w = welch(ga.scores, gb.scores)
-            if w.note:
-                notes.append(w.note)
-            # pair runs with the same seed, and only those whose predictions load
-            ra = {r.seed: r for r in ga.runs}
-            rb = {r.seed: r for r in gb.runs}
-            seeds = []
-            for s in sorted(set(ra) & set(rb)):
-                (pa, ea), (pb, eb) = preds(ra[s]), preds(rb[s])
-                if pa is None or pb is None:
-                    notes.append(f"seed {s}: no predictions ({ea or eb})")
-                else:
-                    seeds.append(s)
-            if seeds:
-                boot = paired_bootstrap(task, [preds(ra[s])[0] for s in seeds], [preds(rb[s])[0] for s in seeds],
-                                        n_bootstrap=n_bootstrap, seed=seed, alpha=alpha)
-            else:
-                boot = PairedBootstrap(notes=["no seed-paired runs with predictions: no paired bootstrap"])
-            rows.append(Comparison(
-                task=task, budget=budget, a=a, b=b, delta=ga.score.mean - gb.score.mean, n_a=ga.n, n_b=gb.n,
-                notes=notes + boot.notes, p_welch=w.p, t_welch=w.t, paired_seeds=seeds, delta_boot=boot.delta,
-                boot_ci_low=boot.ci_low, boot_ci_high=boot.ci_high, p_boot=boot.p, p_boot_per_seed=boot.p_per_seed,
-                delta_per_seed=boot.delta_per_seed, n_examples=boot.n_examples,
-                sig_boot=bool(boot.p < alpha), sig_welch=bool(w.p < alpha)))  # nan < alpha is False
+            rows.append(compare(groups[(task, budget, a)], groups[(task, budget, b)], preds, n_bootstrap, seed, alpha))
     return rows

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.runs import MAIN_METRICS, method_key, method_name
-from analysis.stats import share_of_gain
+from analysis.stats import MIN_SEEDS, min_usable_fraction, share_of_gain
 
 SHORT = {"accuracy": "acc", "accuracy_mm": "acc_mm", "f1": "f1", "matthews_correlation": "mcc",
          "pearson": "pearson", "spearmanr": "spearman"}
@@ -36,6 +36,7 @@ def make_table(groups, sig=(), n_bootstrap=2000, seed=0, alpha=0.05):
         row["delta_vs_lora"] = g.score.mean - lora.score.mean if lora else NAN
         s = sig.get((task, budget, method, "lora"))
         row["p_boot_vs_lora"], row["p_welch_vs_lora"] = (s.p_boot, s.p_welch) if s else (NAN, NAN)
+        row["p_hier_vs_lora"], row["verdict_vs_lora"] = (s.p_hier, s.verdict) if s else (NAN, "")
         ada = groups.get((task, budget, "adalora"))
         if method == "glora" and lora and ada:
             row.update(share_columns(share_of_gain(lora.scores, ada.scores, g.scores, **boot)))
@@ -65,7 +66,8 @@ def make_table(groups, sig=(), n_bootstrap=2000, seed=0, alpha=0.05):
 
 def share_columns(s):
     return {"share_of_gain": s.share, "share_ci_low": s.ci_low, "share_ci_high": s.ci_high,
-            "share_defined": s.defined, "share_note": s.note}
+            "share_defined": s.defined, "share_estimable": s.estimable, "share_usable_resamples": s.n_usable,
+            "share_resamples": s.n_resamples, "share_note": s.note}
 
 
 def fmt(x, scale=100.0, digits=2):
@@ -87,9 +89,11 @@ def fmt_share(row):
         return ""
     if not row["share_defined"]:
         return "undefined (AdaLoRA does not beat LoRA)"
-    ci = (f" [{fmt(row['share_ci_low'], 100, 0)}, {fmt(row['share_ci_high'], 100, 0)}]"
-          if row["share_ci_low"] is not None else " [CI n/a]")
-    return f"**{fmt(row['share_of_gain'], 100, 0)}%**{ci}"
+    usable = f"{row['share_usable_resamples']}/{row['share_resamples']} resamples usable"
+    if not row["share_estimable"]:
+        return f"**{fmt(row['share_of_gain'], 100, 0)}%** [interval not estimable: {usable}]"
+    return (f"**{fmt(row['share_of_gain'], 100, 0)}%** [{fmt(row['share_ci_low'], 100, 0)}, "
+            f"{fmt(row['share_ci_high'], 100, 0)}] ({usable})")
 
 
 def md_table(headers, rows):
@@ -109,9 +113,9 @@ def headline(rows, alpha):
             ovh = {x["method"]: x["overhead_vs_lora_pct"] for x in rows if (x["task"], x["budget"]) == (r["task"], budget)}
             cost = ", ".join(f"{method_name(m)} {v:+.1f}%" for m, v in ovh.items() if m != "lora" and np.isfinite(v))
             if r["share_defined"]:
-                ci = ("" if r["share_ci_low"] is None else
-                      f" (seed-bootstrap {1 - alpha:.0%} CI {fmt(r['share_ci_low'], 100, 0)}% to "
-                      f"{fmt(r['share_ci_high'], 100, 0)}%)")
+                ci = (f" (seed-bootstrap {1 - alpha:.0%} CI {fmt(r['share_ci_low'], 100, 0)}% to "
+                      f"{fmt(r['share_ci_high'], 100, 0)}%)" if r["share_estimable"] else
+                      f" ({1 - alpha:.0%} interval not estimable)")
                 out.append(f"**GLoRA recovers {fmt(r['share_of_gain'], 100, 0)}% of AdaLoRA's gain over LoRA**{ci} "
                            f"on {where}, R_total = {budget}. Training-time overhead vs LoRA: {cost or 'n/a'}."
                            + (f" ({r['share_note']})" if r["share_note"] else ""))
@@ -125,7 +129,7 @@ def headline(rows, alpha):
 def results_table(rows, alpha):
     headers = ["task", "R_total", "method", "seeds", "main metric(s)", "score", "MCC", "trainable params",
                "total rank", "train time (s)", "overhead vs LoRA", "Δ score vs LoRA", "share of AdaLoRA's gain",
-               "p boot vs LoRA", "p Welch vs LoRA"]
+               "p seeds+examples vs LoRA", "p Welch vs LoRA", f"verdict vs LoRA (α = {alpha})"]
     body = []
     for r in rows:
         if r["task"] == GLUE_AVG:
@@ -139,26 +143,31 @@ def results_table(rows, alpha):
             params, rank = f"{r['trainable_params']:,.0f}", fmt(r["total_rank"], 1, 0)
         ovh = "" if r["method"] == "lora" else fmt(r["overhead_vs_lora_pct"], 1, 1) + "%"
         delta = "" if r["method"] == "lora" else f"{r['delta_vs_lora'] * 100:+.2f}" if np.isfinite(r["delta_vs_lora"]) else "—"
-        p_b = p_w = ""
+        p_h = p_w = verdict = ""
         if r["method"] != "lora" and r["task"] != GLUE_AVG:
-            p_b, p_w = fmt_p(r["p_boot_vs_lora"], alpha), fmt_p(r["p_welch_vs_lora"], alpha)
+            p_h, p_w, verdict = fmt_p(r["p_hier_vs_lora"], alpha), fmt_p(r["p_welch_vs_lora"], alpha), r["verdict_vs_lora"]
         body.append([r["task"], r["budget"], method_name(r["method"]), r["n_seeds"], main,
                      fmt_pm(r["score_mean"], r["score_std"]), mcc, params, rank,
-                     fmt_pm(r["train_time_mean"], r["train_time_std"], 1), ovh, delta, fmt_share(r), p_b, p_w])
+                     fmt_pm(r["train_time_mean"], r["train_time_std"], 1), ovh, delta, fmt_share(r), p_h, p_w, verdict])
     return md_table(headers, body)
 
 
+def fmt_ci(lo, hi):
+    return "—" if not np.isfinite(lo) else f"[{lo * 100:+.2f}, {hi * 100:+.2f}]"
+
+
 def significance_table(sig, alpha):
-    headers = ["task", "R_total", "A vs B", "seeds (A, B, paired)", "Δ score A−B", f"bootstrap {1 - alpha:.0%} CI",
-               "p paired bootstrap", "p per seed", "p Welch", f"significant at α = {alpha}"]
+    level = f"{1 - alpha:.0%}"
+    headers = ["task", "R_total", "A vs B", "seeds (A, B)", "Δ score A−B", f"seeds+examples bootstrap {level} CI",
+               "p seeds+examples", "p Welch", f"verdict at α = {alpha}",
+               "per-seed diagnostic: paired seeds", f"examples-only {level} CI", "p examples-only", "p per seed"]
     body = []
     for s in sig:
-        verdict = " + ".join(n for n, ok in (("bootstrap", s.sig_boot), ("Welch", s.sig_welch)) if ok) or "no"
-        ci = "—" if not np.isfinite(s.boot_ci_low) else f"[{s.boot_ci_low * 100:+.2f}, {s.boot_ci_high * 100:+.2f}]"
         per_seed = ", ".join(f"s{k}: {fmt_p(p, alpha)}" for k, p in zip(s.paired_seeds, s.p_boot_per_seed)) or "—"
-        body.append([s.task, s.budget, f"{method_name(s.a)} vs {method_name(s.b)}",
-                     f"{s.n_a}, {s.n_b}, {len(s.paired_seeds)}", f"{s.delta * 100:+.2f}", ci,
-                     fmt_p(s.p_boot, alpha), per_seed, fmt_p(s.p_welch, alpha), verdict])
+        body.append([s.task, s.budget, f"{method_name(s.a)} vs {method_name(s.b)}", f"{s.n_a}, {s.n_b}",
+                     f"{s.delta * 100:+.2f}", fmt_ci(s.hier_ci_low, s.hier_ci_high), fmt_p(s.p_hier, alpha),
+                     fmt_p(s.p_welch, alpha), s.verdict, len(s.paired_seeds), fmt_ci(s.boot_ci_low, s.boot_ci_high),
+                     fmt_p(s.p_boot, alpha), per_seed])
     notes = [f"- {s.task} {method_name(s.a)} vs {method_name(s.b)}: {n}" for s in sig for n in s.notes]
     return md_table(headers, body), notes
 
@@ -166,10 +175,16 @@ def significance_table(sig, alpha):
 def render_markdown(rows, sig, skipped, warn, alpha, n_bootstrap, seed):
     out = ["# LoRA vs AdaLoRA vs GLoRA", ""] + headline(rows, alpha)
     out += [(f"Scores ×100, mean ± sample std over seeds (n = seeds). Score = mean of the task's main metrics. "
-             f"Share of gain = (GLoRA − LoRA) / (AdaLoRA − LoRA) on the score, CI from {n_bootstrap} seed resamples. "
+             f"Share of gain = (GLoRA − LoRA) / (AdaLoRA − LoRA) on the score, CI from {n_bootstrap} seed resamples, "
+             f"only from resamples where AdaLoRA beats LoRA, and only when at least {min_usable_fraction(alpha):.1%} "
+             f"of them do (else 'not estimable'). "
              f"**Significance threshold α = {alpha}: p-values below it are marked \\*** (two-sided, no multiple-comparison "
-             f"correction). Paired bootstrap: {n_bootstrap} resamples of dev examples (matched by idx, seed-paired runs, "
-             f"bootstrap seed {seed}); Welch: t-test over per-seed scores. GLUE avg: mean task score over the tasks "
+             f"correction). **Verdict:** the seeds+examples (hierarchical) bootstrap: {n_bootstrap} resamples, each "
+             f"drawing each method's seeds with replacement and one resample of dev examples (matched by idx) for all "
+             f"runs (bootstrap seed {seed}); with fewer than {MIN_SEEDS} seeds per method it reads 'too few seeds'. "
+             f"Welch: t-test over per-seed scores, beside it. The examples-only paired bootstrap (seed-paired runs, "
+             f"same example resamples, seeds not resampled) is a per-seed diagnostic: it ignores seed-to-seed "
+             f"variance and is not a verdict. GLUE avg: mean task score over the tasks "
              f"every method has; its seeds = the fewest of any task, its train time = mean per task (so its overhead "
              f"compares total training time)."), ""]
     out += ["## Results", "", results_table(rows, alpha), ""]

@@ -13,8 +13,9 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import compare_runs as cr
 from analysis import metrics as metric_fns
+from analysis.bootstrap import paired_bootstrap
 from analysis.runs import load_runs
-from analysis.stats import paired_bootstrap, share_of_gain, welch
+from analysis.stats import share_of_gain, welch
 
 N = 200  # dev examples per split
 B = 300  # bootstrap resamples: enough for p < 0.01 (the smallest possible p is 2/(B+1) = 0.0066)
