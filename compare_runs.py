@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.fairness import tuning_warnings
 from analysis.figures import figures
 from analysis.runs import aggregate, load_runs, note
 from analysis.stats import significance
@@ -56,7 +57,10 @@ def main(argv=None):
     comparisons = significance(groups, **kw)
     rows = make_table(groups, comparisons, **kw)
     warn = [w for r in runs for w in r.warnings]
-    md = render_markdown(rows, comparisons, skipped, warn, args.alpha, args.n_bootstrap, args.bootstrap_seed)
+    tuning_warn = tuning_warnings(groups)
+    for w in tuning_warn:
+        print(f"warning: {w}", file=sys.stderr)
+    md = render_markdown(rows, comparisons, skipped, warn, args.alpha, args.n_bootstrap, args.bootstrap_seed, tuning_warn)
     print(md)
     (out_dir / "comparison.md").write_text(md + "\n")
     pd.DataFrame(rows).to_csv(out_dir / "comparison.csv", index=False)
@@ -68,7 +72,8 @@ def main(argv=None):
                 "runs": [str(r.path) for r in runs]}
     with open(out_dir / "comparison.json", "w") as f:
         json.dump(to_json({"settings": settings, "table": rows, "significance": sig,
-                           "skipped": [{"path": p, "reason": r} for p, r in skipped], "warnings": warn}), f, indent=2)
+                           "skipped": [{"path": p, "reason": r} for p, r in skipped], "warnings": warn,
+                           "tuning_warnings": tuning_warn}), f, indent=2)
     if not args.no_figures:
         written = figures(runs, groups, rows, out_dir, learning_curves=not args.no_learning_curves)
         note(f"{len(written)} figure files written to {out_dir}")

@@ -77,6 +77,28 @@ class Run:
     ranks: dict | None  # ranks.json, when readable
     total_rank: float
     warnings: list = field(default_factory=list)
+    adapter_params_effective: float = float("nan")  # LoRA parameters of non-zero components at the end, no head
+    hpo: "Hpo | None" = None  # run_args.json's "hpo" block, when the hyper-parameters were tuned
+
+
+@dataclass(frozen=True)
+class Hpo:
+    """How a run's hyper-parameters were tuned (run_args.json "hpo")."""
+    study_name: str
+    n_trials: int
+    n_complete: int
+    n_pruned: int
+    tuned_on: str  # "tuning_split" or "dev"
+
+    @classmethod
+    def of(cls, block):
+        if not isinstance(block, dict):
+            return None
+        try:
+            return cls(str(block.get("study_name", "")), int(block["n_trials"]), int(block.get("n_complete", -1)),
+                       int(block.get("n_pruned", -1)), str(block.get("tuned_on", "?")))
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 def read_json(path):
@@ -138,6 +160,17 @@ def total_rank(ranks, d, warnings):
         return float("nan")
 
 
+def effective_adapter_params(res, ranks):
+    """all_results.json's adapter_params_effective, or from ranks.json: sum of final_rank * (d_in + d_out)."""
+    if "adapter_params_effective" in res:
+        return float(res["adapter_params_effective"])
+    modules = (ranks or {}).get("modules") or {}
+    try:
+        return float(sum(m["final_rank"] * (m["d_in"] + m["d_out"]) for m in modules.values())) if modules else float("nan")
+    except (KeyError, TypeError):
+        return float("nan")
+
+
 def load_run(d):
     """(Run, None) for a finished, readable run; (None, reason) otherwise."""
     d = Path(d)
@@ -165,8 +198,13 @@ def load_run(d):
     ranks, err = read_json(d / "ranks.json")
     ranks = ranks if isinstance(ranks, dict) else None
     warnings = [f"{d}: {err}"] if err else []
+    try:
+        params_effective = effective_adapter_params(res, ranks)
+    except (TypeError, ValueError) as e:
+        return None, f"non-numeric adapter_params_effective in all_results.json ({e})"
     return Run(name=d.name, path=d, task=task, results=res, args=run_args, metrics=metrics, score=score, time=time,
-               ranks=ranks, total_rank=total_rank(ranks, d, warnings), warnings=warnings, **numbers), None
+               ranks=ranks, total_rank=total_rank(ranks, d, warnings), warnings=warnings,
+               adapter_params_effective=params_effective, hpo=Hpo.of((run_args or {}).get("hpo")), **numbers), None
 
 
 def load_runs(paths):

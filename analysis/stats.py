@@ -14,6 +14,7 @@ from analysis.bootstrap import (
     paired_from_scores,
     resampled_scores,
 )
+from analysis.fairness import unequal_capacity
 from analysis.runs import METHOD_ORDER, load_predictions
 
 # comparisons for the significance table: (A, B) means A - B
@@ -141,6 +142,7 @@ class Comparison:
     p_hier: float
     sig_hier: bool
     verdict: str
+    capacity: str  # "" or "unequal capacity (...)": adapter parameters more than 2 % apart
 
 
 def verdict(n_a, n_b, hier, w, alpha):
@@ -204,7 +206,7 @@ def compare(ga, gb, preds, n_bootstrap, seed, alpha):
         sig_boot=bool(boot.p < alpha), sig_welch=bool(w.p < alpha),  # nan < alpha is False
         hier_n_a=len(runs_a), hier_n_b=len(runs_b), delta_hier=hier.delta, hier_ci_low=hier.ci_low,
         hier_ci_high=hier.ci_high, p_hier=hier.p, sig_hier=bool(hier.p < alpha),
-        verdict=verdict(n_a, n_b, hier, w, alpha))
+        verdict=verdict(n_a, n_b, hier, w, alpha), capacity=unequal_capacity([ga, gb]))
 
 
 def significance(groups, n_bootstrap=2000, seed=0, alpha=0.05):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.fairness import hpo_summary, unequal_capacity
 from analysis.runs import MAIN_METRICS, method_key, method_name
 from analysis.stats import MIN_SEEDS, min_usable_fraction, share_of_gain
 
@@ -29,6 +30,7 @@ def make_table(groups, sig=(), n_bootstrap=2000, seed=0, alpha=0.05):
         for m, ms in g.metrics.items():
             row[f"{m}_mean"], row[f"{m}_std"] = ms.mean, ms.std
         row.update(trainable_params=g.mean_of("params"), trainable_params_adapter=g.mean_of("params_adapter"),
+                   adapter_params_effective=g.mean_of("adapter_params_effective"), tuning=hpo_summary(g),
                    total_rank=g.mean_of("total_rank"), train_time_mean=g.time.mean, train_time_std=g.time.std,
                    hook_seconds_mean=g.mean_of("hook_seconds"))
         lora = groups.get((task, budget, "lora"))
@@ -39,7 +41,8 @@ def make_table(groups, sig=(), n_bootstrap=2000, seed=0, alpha=0.05):
         row["p_hier_vs_lora"], row["verdict_vs_lora"] = (s.p_hier, s.verdict) if s else (NAN, "")
         ada = groups.get((task, budget, "adalora"))
         if method == "glora" and lora and ada:
-            row.update(share_columns(share_of_gain(lora.scores, ada.scores, g.scores, **boot)))
+            row.update(share_columns(share_of_gain(lora.scores, ada.scores, g.scores, **boot)),
+                       share_capacity=unequal_capacity([lora, ada, g]))
         rows.append(row)
 
     for budget in dict.fromkeys(b for _, b, _ in groups):
@@ -60,6 +63,8 @@ def make_table(groups, sig=(), n_bootstrap=2000, seed=0, alpha=0.05):
             if m == "glora" and "lora" in G and "adalora" in G:
                 row.update(share_columns(share_of_gain(*([g.scores for g in G[k]] for k in ("lora", "adalora", "glora")),
                                                        **boot)))
+                unequal = [t for t in tasks if unequal_capacity([groups[(t, budget, k)] for k in ("lora", "adalora", "glora")])]
+                row["share_capacity"] = f"unequal capacity on {', '.join(unequal)}" if unequal else ""
             rows.append(row)
     return rows
 
@@ -87,6 +92,8 @@ def fmt_p(p, alpha):
 def fmt_share(row):
     if "share_defined" not in row:
         return ""
+    if row.get("share_capacity"):
+        return fmt_share({**row, "share_capacity": ""}) + "; " + row["share_capacity"]
     if not row["share_defined"]:
         return "undefined (AdaLoRA does not beat LoRA)"
     usable = f"{row['share_usable_resamples']}/{row['share_resamples']} resamples usable"
@@ -118,7 +125,8 @@ def headline(rows, alpha):
                       f" ({1 - alpha:.0%} interval not estimable)")
                 out.append(f"**GLoRA recovers {fmt(r['share_of_gain'], 100, 0)}% of AdaLoRA's gain over LoRA**{ci} "
                            f"on {where}, R_total = {budget}. Training-time overhead vs LoRA: {cost or 'n/a'}."
-                           + (f" ({r['share_note']})" if r["share_note"] else ""))
+                           + (f" ({r['share_note']})" if r["share_note"] else "")
+                           + (f" **{r['share_capacity']}.**" if r.get("share_capacity") else ""))
             else:
                 out.append(f"**Share of AdaLoRA's gain recovered by GLoRA: undefined** on {where}, R_total = {budget}: "
                            f"{r['share_note']}. Training-time overhead vs LoRA: {cost or 'n/a'}.")
@@ -128,26 +136,28 @@ def headline(rows, alpha):
 
 def results_table(rows, alpha):
     headers = ["task", "R_total", "method", "seeds", "main metric(s)", "score", "MCC", "trainable params",
+               "adapter params (effective)",
                "total rank", "train time (s)", "overhead vs LoRA", "Δ score vs LoRA", "share of AdaLoRA's gain",
                "p seeds+examples vs LoRA", "p Welch vs LoRA", f"verdict vs LoRA (α = {alpha})"]
     body = []
     for r in rows:
         if r["task"] == GLUE_AVG:
             main = f"mean over {r['avg_over'].replace(' ', ', ')}"
-            mcc = params = rank = "—"
+            mcc = params = adapter = rank = "—"
         else:
             main = " / ".join(f"{SHORT.get(m, m)} {fmt_pm(r[f'{m}_mean'], r[f'{m}_std'])}" for m in r["main_metrics"].split())
             mccs = [(k, r[f"{k}_mean"], r[f"{k}_std"]) for k in ("matthews_correlation", "matthews_correlation_mm")
                     if f"{k}_mean" in r]
             mcc = " / ".join(("mm " if k.endswith("_mm") else "") + fmt_pm(mu, sd) for k, mu, sd in mccs) or "—"
             params, rank = f"{r['trainable_params']:,.0f}", fmt(r["total_rank"], 1, 0)
+            adapter = f"{r['adapter_params_effective']:,.0f}" if np.isfinite(r["adapter_params_effective"]) else "—"
         ovh = "" if r["method"] == "lora" else fmt(r["overhead_vs_lora_pct"], 1, 1) + "%"
         delta = "" if r["method"] == "lora" else f"{r['delta_vs_lora'] * 100:+.2f}" if np.isfinite(r["delta_vs_lora"]) else "—"
         p_h = p_w = verdict = ""
         if r["method"] != "lora" and r["task"] != GLUE_AVG:
             p_h, p_w, verdict = fmt_p(r["p_hier_vs_lora"], alpha), fmt_p(r["p_welch_vs_lora"], alpha), r["verdict_vs_lora"]
         body.append([r["task"], r["budget"], method_name(r["method"]), r["n_seeds"], main,
-                     fmt_pm(r["score_mean"], r["score_std"]), mcc, params, rank,
+                     fmt_pm(r["score_mean"], r["score_std"]), mcc, params, adapter, rank,
                      fmt_pm(r["train_time_mean"], r["train_time_std"], 1), ovh, delta, fmt_share(r), p_h, p_w, verdict])
     return md_table(headers, body)
 
@@ -159,20 +169,30 @@ def fmt_ci(lo, hi):
 def significance_table(sig, alpha):
     level = f"{1 - alpha:.0%}"
     headers = ["task", "R_total", "A vs B", "seeds (A, B)", "Δ score A−B", f"seeds+examples bootstrap {level} CI",
-               "p seeds+examples", "p Welch", f"verdict at α = {alpha}",
+               "p seeds+examples", "p Welch", f"verdict at α = {alpha}", "capacity",
                "per-seed diagnostic: paired seeds", f"examples-only {level} CI", "p examples-only", "p per seed"]
     body = []
     for s in sig:
         per_seed = ", ".join(f"s{k}: {fmt_p(p, alpha)}" for k, p in zip(s.paired_seeds, s.p_boot_per_seed)) or "—"
         body.append([s.task, s.budget, f"{method_name(s.a)} vs {method_name(s.b)}", f"{s.n_a}, {s.n_b}",
                      f"{s.delta * 100:+.2f}", fmt_ci(s.hier_ci_low, s.hier_ci_high), fmt_p(s.p_hier, alpha),
-                     fmt_p(s.p_welch, alpha), s.verdict, len(s.paired_seeds), fmt_ci(s.boot_ci_low, s.boot_ci_high),
+                     fmt_p(s.p_welch, alpha), s.verdict, s.capacity or "equal", len(s.paired_seeds), fmt_ci(s.boot_ci_low, s.boot_ci_high),
                      fmt_p(s.p_boot, alpha), per_seed])
     notes = [f"- {s.task} {method_name(s.a)} vs {method_name(s.b)}: {n}" for s in sig for n in s.notes]
     return md_table(headers, body), notes
 
 
-def render_markdown(rows, sig, skipped, warn, alpha, n_bootstrap, seed):
+def tuning_section(rows, tuning_warn):
+    """Trials per method, when any run was tuned, and the warnings about unequal effort."""
+    tuned = [r for r in rows if r.get("tuning", "not tuned") != "not tuned"]
+    if not tuned and not tuning_warn:
+        return []
+    body = [[r["task"], r["budget"], method_name(r["method"]), r["tuning"]] for r in rows if "tuning" in r]
+    return (["## Tuning", "", md_table(["task", "R_total", "method", "hyper-parameter search"], body), ""]
+            + [f"- **warning:** {w}" for w in tuning_warn] + [""])
+
+
+def render_markdown(rows, sig, skipped, warn, alpha, n_bootstrap, seed, tuning_warn=()):
     out = ["# LoRA vs AdaLoRA vs GLoRA", ""] + headline(rows, alpha)
     out += [(f"Scores ×100, mean ± sample std over seeds (n = seeds). Score = mean of the task's main metrics. "
              f"Share of gain = (GLoRA − LoRA) / (AdaLoRA − LoRA) on the score, CI from {n_bootstrap} seed resamples, "
@@ -186,8 +206,10 @@ def render_markdown(rows, sig, skipped, warn, alpha, n_bootstrap, seed):
              f"same example resamples, seeds not resampled) is a per-seed diagnostic: it ignores seed-to-seed "
              f"variance and is not a verdict. GLUE avg: mean task score over the tasks "
              f"every method has; its seeds = the fewest of any task, its train time = mean per task (so its overhead "
-             f"compares total training time)."), ""]
-    out += ["## Results", "", results_table(rows, alpha), ""]
+             f"compares total training time). Adapter params (effective): LoRA parameters of the non-zero components at "
+             f"the end, task head excluded; a pair more than 2 % apart is marked 'unequal capacity'."), ""]
+    out += [f"- **warning:** {w}" for w in tuning_warn] + ([""] if tuning_warn else [])
+    out += ["## Results", "", results_table(rows, alpha), ""] + tuning_section(rows, tuning_warn)
     if sig:
         table, notes = significance_table(sig, alpha)
         out += ["## Significance", "", table, ""]
