@@ -4,6 +4,7 @@ Every method adapts the same matrices with the same total rank R_total = sum of 
 matrices, so differences in accuracy come from how the rank is spent, not how much there is.
 """
 
+import dataclasses
 import re
 import time
 
@@ -69,30 +70,18 @@ def head_modules(model) -> list:
     ]
 
 
-def build_peft_config(peft_args, targets, head, total_step: int):
-    """The peft config of `--method`. GLoRA starts as uniform LoRA; its callback re-apportions the ranks."""
+def build_peft_config(plan):
+    """The peft config of the plan's method. GLoRA starts as uniform LoRA; `glora_callback.GLoRA` re-apportions."""
     common = dict(
         task_type=TaskType.SEQ_CLS,
-        target_modules=targets,
-        modules_to_save=head,
-        lora_dropout=peft_args.lora_dropout,
+        target_modules=list(plan.targets),
+        modules_to_save=list(plan.head),
+        lora_dropout=plan.lora_dropout,
     )
-    if peft_args.method in ("lora", "glora"):
-        return LoraConfig(r=peft_args.lora_r, lora_alpha=peft_args.lora_alpha, **common)
-    target_r = peft_args.rank_budget // len(targets)
-    return AdaLoraConfig(
-        init_r=peft_args.init_r,
-        target_r=target_r,
-        lora_alpha=peft_args.lora_alpha,
-        tinit=peft_args.tinit,
-        tfinal=peft_args.tfinal,
-        deltaT=peft_args.deltaT,
-        beta1=peft_args.beta1,
-        beta2=peft_args.beta2,
-        orth_reg_weight=peft_args.orth_reg_weight,
-        total_step=total_step,
-        **common,
-    )
+    if plan.adalora is None:
+        return LoraConfig(r=plan.lora_r, lora_alpha=plan.lora_alpha, **common)
+    # AdaLoraPlan's fields are AdaLoraConfig's schedule arguments, by name.
+    return AdaLoraConfig(lora_alpha=plan.lora_alpha, **dataclasses.asdict(plan.adalora), **common)
 
 
 def lora_layers(peft_model):
@@ -134,7 +123,7 @@ def trainable_parameters(peft_model, head) -> dict:
     return {"trainable_params_adapter": adapter, "trainable_params_head": head_count, "trainable_params": adapter + head_count}
 
 
-def rank_record(peft_model, method, rank_budget, initial_ranks) -> dict:
+def rank_record(peft_model, plan, initial_ranks) -> dict:
     """The `ranks.json` record: per module its place, shape and initial/final rank (see docs/outputs.md)."""
     modules = {}
     final = current_ranks(peft_model, count_masked=True)
@@ -149,7 +138,7 @@ def rank_record(peft_model, method, rank_budget, initial_ranks) -> dict:
             "initial_rank": initial_ranks[name],
             "final_rank": final[name],
         }
-    return {"method": method, "rank_budget": rank_budget, "num_adapted_matrices": len(modules), "modules": modules}
+    return {"method": plan.method, "rank_budget": plan.rank_budget, "num_adapted_matrices": len(modules), "modules": modules}
 
 
 class AdaLoraCallback(TrainerCallback):
@@ -159,11 +148,20 @@ class AdaLoraCallback(TrainerCallback):
     gradients for its sensitivity scores. `global_step` there is the index of the step just taken.
     """
 
-    def __init__(self, peft_model):
+    def __init__(self, peft_model, schedule):
         self.peft_model = peft_model
+        self.schedule = schedule  # plan.AdaLoraPlan
         self.hook_seconds = 0.0
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         start = time.perf_counter()
         self.peft_model.base_model.update_and_allocate(state.global_step)
         self.hook_seconds += time.perf_counter() - start
+
+    @property
+    def method_seconds(self) -> float:
+        return self.hook_seconds
+
+    def add_to_record(self, record: dict):
+        """ranks.json's `adalora` block: the schedule peft ran and the seconds spent in its hook."""
+        record["adalora"] = {**dataclasses.asdict(self.schedule), "hook_seconds": self.hook_seconds}

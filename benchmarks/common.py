@@ -1,12 +1,11 @@
 """Pieces shared by the benchmark scripts: models, one peft model per method built with the project's own
-code, and one optimizer step exactly as the Trainer takes it.
+code (arguments' defaults, plan, adapters, glora_callback), and one optimizer step exactly as the Trainer takes it.
 
-Imports only torch, transformers, peft and the project's adapters / glora_callback / lora_resize /
-rank_allocation, so that benchmarks/gpu.sh runs on a bare GPU machine (no datasets, scikit-learn, ...).
+Imports only torch, transformers, peft, pyyaml and the project's modules that need nothing more, so that
+benchmarks/gpu.sh runs on a bare GPU machine (no datasets, scikit-learn, ...).
 """
 
 import copy
-import math
 import os
 import sys
 import time
@@ -29,8 +28,9 @@ from transformers import get_linear_schedule_with_warmup  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from adapters import MATRIX_PATTERNS, build_peft_config, head_modules, lora_layers, resolve_targets  # noqa: E402
-from glora_callback import GLoRACallback  # noqa: E402
-from lora_resize import carry_optimizer_state  # noqa: E402
+from arguments import PeftArguments  # noqa: E402
+from glora_callback import GLoRA, LoopHost  # noqa: E402
+from plan import RunPlan, resolve_adalora, resolve_glora, resolve_rank_budget  # noqa: E402
 
 # DeBERTa-v3-base's architecture (microsoft/deberta-v3-base config.json), built with random weights.
 DEBERTA_V3_BASE = dict(
@@ -97,15 +97,19 @@ def autocast_context(device, bf16: bool):
 # ---- one method = a peft model + its optimizer, scheduler and hooks ----
 
 
-def peft_arguments(method, lora_r, num_targets, total_step, deltaT=10):
-    """The attributes `adapters.build_peft_config` reads, with the project's defaults (run_glue_peft.PeftArguments):
-    alpha 16 at r 8 (scaling 2), AdaLoRA init_r = 1.5 x target, beta1 = beta2 = 0.85, orthogonality weight 0.1.
-    AdaLoRA's schedule is set so that timed steps fall in its budget-decreasing phase (its most expensive one:
-    sensitivity update every step, masking every deltaT steps)."""
-    return SimpleNamespace(
-        method=method, lora_r=lora_r, lora_alpha=2.0 * lora_r, lora_dropout=0.0, rank_budget=lora_r * num_targets,
-        init_r=math.ceil(1.5 * lora_r), tinit=0, tfinal=total_step // 5, deltaT=deltaT, beta1=0.85, beta2=0.85,
-        orth_reg_weight=0.1,
+def method_plan(method, lora_r, targets, head, total_step, deltaT=10, signal="lora_b") -> RunPlan:
+    """The run plan of `method` with the project's defaults (arguments.PeftArguments) at rank `lora_r`. AdaLoRA's
+    schedule is set so that timed steps fall in its budget-decreasing phase (its most expensive one: sensitivity
+    update every step, masking every deltaT steps). GLoRA's warm-up is never reached by step count: the benchmark
+    calls `GLoRA.reallocate` itself when it wants the reallocation."""
+    peft = PeftArguments(method=method, lora_r=lora_r, tinit=0, tfinal=total_step // 5, deltaT=deltaT,
+                         glora_warmup_steps=total_step - 1, glora_signal=signal)
+    budget = resolve_rank_budget(peft, len(targets))
+    return RunPlan(
+        task="benchmark", method=method, output_dir="", targets=tuple(targets), head=tuple(head), rank_budget=budget,
+        lora_r=lora_r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_step, world_size=1,
+        adalora=resolve_adalora(peft, budget, len(targets), total_step) if method == "adalora" else None,
+        glora=resolve_glora(peft, budget, total_step, trial_run=True) if method == "glora" else None,
     )
 
 
@@ -119,37 +123,25 @@ def make_optimizer(model, lr=2e-4, weight_decay=0.01):
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
-def rebuild_after_resize(m, resized):
-    """GlueTrainer.rebuild_after_resize without accelerate: a new AdamW over the resized model with the AdamW
-    state carried over (kept slices of resized layers, whole state of the others) and the LR schedule continued."""
-    old_state = m.optimizer.state
-    old_scheduler = m.scheduler
-    m.optimizer = make_optimizer(m.model)
-    carry_optimizer_state(old_state, m.optimizer, resized)
-    m.scheduler = get_linear_schedule_with_warmup(m.optimizer, 0, m.total_step)
-    m.scheduler.load_state_dict(old_scheduler.state_dict())
-    for group, lr in zip(m.optimizer.param_groups, old_scheduler.get_last_lr()):
-        group["lr"] = lr
-
-
-def build_method(base, kind, lora_r=8, signal="lora_b", glora_warmup=10**9, total_step=1000, deltaT=10, seed=0,
-                 targets=None):
-    """A namespace with `model` (the peft model on a deep copy of `base`), `optimizer`, `scheduler`, `glora`
-    (GLoRACallback or None), `adalora` (bool) and `step` (optimizer steps taken). kind: lora | adalora | glora."""
+def build_method(base, kind, lora_r=8, signal="lora_b", total_step=1000, deltaT=10, seed=0, targets=None):
+    """A namespace with `model` (the peft model on a deep copy of `base`), `host` (its optimizer and scheduler, which
+    GLoRA replaces when it reallocates), `glora` (glora_callback.GLoRA or None), `adalora` (bool) and `step`
+    (optimizer steps taken). kind: lora | adalora | glora."""
     model = copy.deepcopy(base)
     targets = targets or resolve_targets(model, list(MATRIX_PATTERNS))
-    head = head_modules(model)
-    peft_args = peft_arguments(kind, lora_r, len(targets), total_step, deltaT)
+    plan = method_plan(kind, lora_r, targets, head_modules(model), total_step, deltaT, signal)
     torch.manual_seed(seed)  # the same LoRA A initialisation for every method that shares the shapes
-    model = get_peft_model(model, build_peft_config(peft_args, targets, head, total_step))
+    model = get_peft_model(model, build_peft_config(plan))
     model.train()
-    m = SimpleNamespace(kind=kind, model=model, glora=None, adalora=kind == "adalora", step=0, total_step=total_step,
-                        rank_budget=peft_args.rank_budget, num_targets=len(targets))
-    m.optimizer = make_optimizer(model)
-    m.scheduler = get_linear_schedule_with_warmup(m.optimizer, 0, total_step)
+    optimizer = make_optimizer(model)
+    host = LoopHost(optimizer, get_linear_schedule_with_warmup(optimizer, 0, total_step),
+                    make_optimizer=lambda: make_optimizer(model),
+                    make_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, 0, total_step))
+    m = SimpleNamespace(kind=kind, model=model, host=host, glora=None, adalora=kind == "adalora", step=0,
+                        total_step=total_step, rank_budget=plan.rank_budget, num_targets=len(targets))
     if kind == "glora":
-        m.glora = GLoRACallback(model, peft_args.rank_budget, glora_warmup, 0.9, signal, 1, None)
-        m.glora.on_resize = lambda resized: rebuild_after_resize(m, resized)
+        m.glora = GLoRA(model, plan.glora)
+        m.glora.attach(host)
     return m
 
 
@@ -195,26 +187,21 @@ def train_step(m, batch, autocast_ctx=None, max_grad_norm=1.0, hook_timer=None):
         with timer:
             m.glora.observe_gradients(1.0)  # a no-op once GLoRA has reallocated, as in the Trainer
     torch.nn.utils.clip_grad_norm_(m.model.parameters(), max_grad_norm)
-    m.optimizer.step()
+    m.host.optimizer.step()
     if m.adalora:
         with timer:
             m.model.base_model.update_and_allocate(m.step)
-    m.scheduler.step()
+    m.host.lr_scheduler.step()
     m.model.zero_grad(set_to_none=True)
     m.step += 1
     return loss
 
 
 def reallocate(m, device):
-    """Trigger GLoRA's real reallocation now (allocate + resize + optimizer rebuild); return its seconds."""
-    from transformers import TrainerControl, TrainerState
-
-    m.glora.warmup_steps = m.step
-    state = TrainerState()
-    state.global_step = m.step
+    """GLoRA's real reallocation now (allocate + resize + optimizer rebuild); return its seconds."""
     sync(device)
     start = time.perf_counter()
-    m.glora.on_step_end(None, state, TrainerControl())
+    m.glora.reallocate(m.step)
     sync(device)
     return time.perf_counter() - start
 
@@ -244,7 +231,7 @@ def resident_bytes(m) -> dict:
         return total
 
     model = size(list(m.model.parameters()) + list(m.model.buffers()))
-    optimizer = size(v for s in m.optimizer.state.values() for v in s.values())
+    optimizer = size(v for s in m.host.optimizer.state.values() for v in s.values())
     method = 0
     if m.glora is not None:
         method = size([m.glora.ema] + list(m.glora._delta_buffers or []))

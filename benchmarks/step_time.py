@@ -11,7 +11,7 @@ optimizer and method state) and, on CUDA, the measured peak of a step.
 
 Methods: lora; adalora (orthogonality loss in its forward, update_and_allocate every step); glora_<signal> in the
 warm-up phase (observe_gradients every step; `delta` also has its forward/backward hooks); glora_after: a GLoRA
-model reallocated by its real callback (GLoRACallback.on_step_end) after the warm-up rounds. The seconds of each
+model reallocated by its real code (GLoRA.reallocate) after the warm-up rounds. The seconds of each
 reallocation (allocation + resize + optimizer rebuild) are reported in units of a LoRA step.
 
     python benchmarks/step_time.py --model minilm --seq_len 64 --iters 25        # CPU, packaged MiniLM
@@ -250,7 +250,7 @@ def main(argv=None):
     for name, m in methods.items():
         if m.glora is not None and not m.glora.done:
             seconds = reallocate(m, args.device)
-            results["reallocation"].append({"model": name, "signal": m.glora.signal, "seconds": seconds})
+            results["reallocation"].append({"model": name, "signal": m.glora.plan.signal, "seconds": seconds})
     print("\n== GLoRA reallocation (allocate + resize + AdamW rebuild with state carried over), once per model ==")
     for item in results["reallocation"]:
         units = {L: item["seconds"] / (rows["lora"]["median_ms"] / 1e3) for L, rows in results["by_seq_len"].items()}

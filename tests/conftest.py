@@ -1,7 +1,6 @@
 """Fixtures: tiny random DeBERTa-v2 and BERT models and GLUE-format data written by the tests (no hub)."""
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def minilm_path() -> Path:
@@ -115,6 +113,13 @@ def trial_args(model_dir, data_dir, task, method, out, *extra):
         "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
         "--lora_r", "4", "--learning_rate", "5e-3", "--dataloader_num_workers", "0", *extra,
     ]
+
+
+def glora_plan(rank_budget, warmup_steps, beta=0.9, signal="lora_b", min_rank=1, max_rank=None):
+    from plan import GLoRAPlan
+
+    return GLoRAPlan(rank_budget=rank_budget, warmup_steps=warmup_steps, beta=beta, signal=signal, min_rank=min_rank,
+                     max_rank=max_rank)
 
 
 class Tiny(torch.nn.Module):

@@ -2,12 +2,9 @@
 
 import math
 import subprocess
-import sys
 
 import pytest
 from conftest import ROOT, write_glue_fixture
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 METHODS = ["lora", "adalora", "glora_lora_b", "glora_lora_ab", "glora_delta", "glora_after"]
 

@@ -2,7 +2,6 @@
 specifies."""
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import compare_runs as cr
 from analysis import metrics as metric_fns
 from analysis.bootstrap import paired_bootstrap

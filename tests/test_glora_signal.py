@@ -1,26 +1,24 @@
-"""Tests for GLoRA's gradient signal (glora_callback.GLoRACallback.observe_gradients and its signals).
+"""Tests for GLoRA's gradient signal (glora_callback.GLoRA.observe_gradients and its signals).
 
 Trainer-level checks run run_glue_peft.main three times for one optimizer step on a tiny dropout-free BERT
 (dropout would draw different masks for one batch of 16 and two of 8) and record what the callback computes;
 the rest drive the callback directly on small peft models.
 """
 
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
-from conftest import Tiny, trial_args, write_glue_fixture
+from conftest import Tiny, glora_plan, trial_args, write_glue_fixture
 from peft import LoraConfig, get_peft_model
 from transformers import TrainerState
 
 import glora_callback
 import run_glue_peft
 from adapters import lora_layers, resolve_targets
-from glora_callback import GLoRACallback
-
-SIGNALS = ("lora_b", "lora_ab", "delta")
-
+from glora_callback import SIGNALS, GLoRA, LoopHost
 
 # ---------------------------------------------------------------- recording real Trainer runs
 
@@ -45,20 +43,20 @@ def record_run(model_dir, data_dir, out, *extra):
     signal gives (the callback's own code for each), the EMA after it, and B's gradients just before the
     optimizer step (after clipping)."""
     records = {"norms": [], "ema": [], "observed_steps": [], "post_clip_b": [], "callback": None}
-    original_norms = GLoRACallback._gradient_norms
-    original_observe = GLoRACallback.observe_gradients
+    original_norms = GLoRA._gradient_norms
+    original_observe = GLoRA.observe_gradients
 
     def gradient_norms(self):
-        configured = self.signal
+        configured = self.plan
         norms = {}
         try:
             for signal in ("lora_b", "lora_ab"):  # non-destructive; `delta` zeroes its buffers, so it goes last
-                self.signal = signal
+                self.plan = dataclasses.replace(configured, signal=signal)
                 norms[signal] = original_norms(self).detach().to(torch.float64)
         finally:
-            self.signal = configured
+            self.plan = configured
         result = original_norms(self)
-        norms[configured] = result.detach().to(torch.float64)
+        norms[configured.signal] = result.detach().to(torch.float64)
         records["norms"].append(norms)
         return result
 
@@ -73,9 +71,9 @@ def record_run(model_dir, data_dir, out, *extra):
         records["post_clip_b"].append(torch.stack([g.float().norm() for g in grads]).to(torch.float64))
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(GLoRACallback, "_gradient_norms", gradient_norms)
-        mp.setattr(GLoRACallback, "observe_gradients", observe_gradients)
-        mp.setattr(GLoRACallback, "on_pre_optimizer_step", on_pre_optimizer_step, raising=False)
+        mp.setattr(GLoRA, "_gradient_norms", gradient_norms)
+        mp.setattr(GLoRA, "observe_gradients", observe_gradients)
+        mp.setattr(GLoRA, "on_pre_optimizer_step", on_pre_optimizer_step, raising=False)
         results = run_glue_peft.main(trial_args(
             model_dir, data_dir, "sst2", "glora", out, "--max_steps", "1", "--glora_warmup_steps", "1",
             "--glora_signal", "delta", "--max_eval_samples", "8", *extra,
@@ -142,7 +140,7 @@ def test_gradient_accumulation_matches_one_double_batch(runs):
 
 def test_gradient_accumulation_gives_the_same_shares_and_ranks(runs):
     """The shares s_k = g_k / sum(g) and the ranks do not depend on how the step's batch was split
-    (holds even with the loss-scaling bug above: a common factor cancels)."""
+    (a factor common to every module, such as a wrong loss scale, would cancel in the shares)."""
     ref, acc = runs["bs16"], runs["bs8x2"]
     names = ref["callback"].names
     ref_scores = torch.tensor([ref["ranks"]["modules"][n]["score"] for n in names], dtype=torch.float64)
@@ -182,7 +180,7 @@ def tiny_glora(signal="lora_b", warmup=3, beta=0.9):
     with torch.no_grad():  # non-zero B, so A gets a gradient too
         for layer in lora_layers(model).values():
             layer.lora_B["default"].weight.normal_(0, 0.3)
-    return model, GLoRACallback(model, rank_budget=8, warmup_steps=warmup, beta=beta, signal=signal)
+    return model, GLoRA(model, glora_plan(8, warmup, beta=beta, signal=signal))
 
 
 def backward(model, seed, nan=False):
@@ -269,7 +267,7 @@ def bert_peft(tiny_bert):
 def test_delta_signal_is_the_frobenius_norm_of_dL_dW(bert_peft):
     """(d) `delta` = ||dL/dW||_F of the adapted base matrix, summed over micro-batches, reset after each step."""
     model, batches = bert_peft
-    callback = GLoRACallback(model, rank_budget=8 * 4, warmup_steps=5, signal="delta")
+    callback = GLoRA(model, glora_plan(8 * 4, 5, signal="delta"))
     for layer in callback.layers.values():
         layer.get_base_layer().weight.requires_grad_(True)
     model.zero_grad()
@@ -297,8 +295,8 @@ def test_lora_ab_and_lora_b_signals(bert_peft):
     a = torch.stack([l.lora_A["default"].weight.grad.norm() for l in layers])
     b = torch.stack([l.lora_B["default"].weight.grad.norm() for l in layers])
     assert (a > 0).all() and (b > 0).all()
-    ab = GLoRACallback(model, rank_budget=64, warmup_steps=5, signal="lora_ab")
-    only_b = GLoRACallback(model, rank_budget=64, warmup_steps=5, signal="lora_b")
+    ab = GLoRA(model, glora_plan(64, 5, signal="lora_ab"))
+    only_b = GLoRA(model, glora_plan(64, 5, signal="lora_b"))
     torch.testing.assert_close(ab._gradient_norms(), torch.sqrt(a**2 + b**2), rtol=1e-6, atol=0)
     torch.testing.assert_close(only_b._gradient_norms(), b, rtol=1e-6, atol=0)
     # One layer by hand, in Python floats.
@@ -308,6 +306,10 @@ def test_lora_ab_and_lora_b_signals(bert_peft):
 def test_delta_hooks_removed_after_reallocation():
     """(e) After the reallocation no forward hook is left on any LoRA layer and the signal stops."""
     model, callback = tiny_glora(signal="delta", warmup=2)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    callback.attach(LoopHost(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                             make_optimizer=lambda: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]),
+                             make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)))
     assert all(len(layer._forward_hooks) == 1 for layer in callback.layers.values())
     backward(model, seed=1)
     callback.observe_gradients()
@@ -329,4 +331,4 @@ def test_delta_hooks_removed_after_reallocation():
 
 def test_glora_callback_module_is_the_one_run_glue_peft_uses():
     # The recording patches above act on this class; guard against the script importing another copy.
-    assert run_glue_peft.GLoRACallback is glora_callback.GLoRACallback
+    assert run_glue_peft.GLoRA is glora_callback.GLoRA

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, trial_args
+from conftest import ROOT, trial_args, write_glue_fixture
 from safetensors.torch import load_file
 
 import run_glue_peft
+from glora_callback import GLoRA
 
 
 def losses(out):
@@ -23,37 +24,49 @@ def learning_rates(out):
             if "learning_rate" in e]
 
 
-@pytest.mark.parametrize("arch", ["deberta", "bert"])
-def test_glora_reallocates_and_keeps_training(arch, tiny_deberta, tiny_bert, glue_dir, tmp_path, monkeypatch):
-    model_dir = tiny_deberta if arch == "deberta" else tiny_bert
+STEPS, WARMUP, BASE_LR = 40, 10, 5e-3
+
+
+@pytest.fixture(scope="module", params=["deberta", "bert"])
+def reallocated_run(request, tiny_deberta, tiny_bert, tmp_path_factory):
+    """A GLoRA run that reallocates at step 10 of 40, with the optimizer state seen around `GLoRA.rebuild`."""
+    model_dir = tiny_deberta if request.param == "deberta" else tiny_bert
+    root = tmp_path_factory.mktemp(f"glora_{request.param}")
     seen = {}
-    rebuild = run_glue_peft.GlueTrainer.rebuild_after_resize
+    rebuild = GLoRA.rebuild
 
     def spy(self, resized):
-        old_state = {p: {k: v.clone() for k, v in s.items()} for p, s in self.optimizer.optimizer.state.items()}
-        old_lr = [g["lr"] for g in self.optimizer.param_groups]
+        optimizer = self.host.optimizer
+        old_state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.optimizer.state.items()}
+        seen.update(old_lr=[g["lr"] for g in optimizer.param_groups], old_state=old_state)
         rebuild(self, resized)
-        new_state = {p: {k: v.clone() for k, v in s.items()} for p, s in self.optimizer.optimizer.state.items()}
-        seen.update(resized=resized, old_state=old_state, new_state=new_state, old_lr=old_lr, trainer=self)
+        new_state = {p: {k: v.clone() for k, v in s.items()} for p, s in self.host.optimizer.optimizer.state.items()}
+        seen.update(resized=resized, new_state=new_state, trainer=self.host.trainer)
 
-    monkeypatch.setattr(run_glue_peft.GlueTrainer, "rebuild_after_resize", spy)
-    out = tmp_path / "out"
-    steps, warmup = 40, 10
-    results = run_glue_peft.main(trial_args(model_dir, glue_dir("sst2", n_train=160), "sst2", "glora", out,
-                                            "--max_steps", str(steps), "--glora_warmup_steps", str(warmup)))
-    record = json.loads((out / "ranks.json").read_text())
+    out = root / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GLoRA, "rebuild", spy)
+        seen["results"] = run_glue_peft.main(trial_args(
+            model_dir, write_glue_fixture(root / "glue", "sst2", n_train=160), "sst2", "glora", out,
+            "--max_steps", str(STEPS), "--glora_warmup_steps", str(WARMUP)))
+    seen["record"] = json.loads((out / "ranks.json").read_text())
+    seen["out"] = out
+    return seen
+
+
+def test_reallocation_happens_at_the_warmup_step_with_the_budget(reallocated_run):
+    record = reallocated_run["record"]
     final = [m["final_rank"] for m in record["modules"].values()]
-    assert record["glora"]["reallocation_step"] == warmup
-    assert sum(final) == results["rank_budget"] == 48 and len(set(final)) > 1
+    assert record["glora"]["reallocation_step"] == WARMUP
+    assert sum(final) == reallocated_run["results"]["rank_budget"] == 48 and len(set(final)) > 1
     assert sum(m["score"] for m in record["modules"].values()) == pytest.approx(1.0)
 
-    # AdamW state: kept slices carried over with their step count, new slices zero, unchanged params identical.
-    trainer, old_state = seen["trainer"], seen["old_state"]
-    new_state = seen["new_state"]
-    grown = [r for r in seen["resized"] if r.new_rank > r.old_rank]
-    shrunk = [r for r in seen["resized"] if r.new_rank < r.old_rank]
-    assert grown and shrunk
-    for r in seen["resized"]:
+
+def test_adamw_state_of_kept_slices_carried_new_slices_zero(reallocated_run):
+    old_state, new_state = reallocated_run["old_state"], reallocated_run["new_state"]
+    resized = reallocated_run["resized"]
+    assert [r for r in resized if r.new_rank > r.old_rank] and [r for r in resized if r.new_rank < r.old_rank]
+    for r in resized:
         k = len(r.kept)
         for old, new, dim in ((r.old_A, r.new_A, 0), (r.old_B, r.new_B, 1)):
             before, after = old_state[old], new_state[new]
@@ -62,21 +75,28 @@ def test_glora_reallocates_and_keeps_training(arch, tiny_deberta, tiny_bert, glu
                 assert after[key].shape == new.shape
                 assert torch.equal(after[key].narrow(dim, 0, k), before[key].index_select(dim, r.kept))
                 assert not after[key].narrow(dim, k, new.shape[dim] - k).any()
+
+
+def test_unchanged_parameters_keep_their_state_and_nothing_stale_is_optimized(reallocated_run):
+    trainer = reallocated_run["trainer"]
+    old_state, new_state = reallocated_run["old_state"], reallocated_run["new_state"]
     head = [p for n, p in trainer.model.named_parameters() if "classifier" in n and p.requires_grad]
     assert head and all(p in old_state and p in new_state for p in head)
-    # No stale optimizer left in accelerate; every trainable parameter is in the new optimizer.
-    assert trainer.accelerator._optimizers == [trainer.optimizer]
+    assert trainer.accelerator._optimizers == [trainer.optimizer]  # no stale optimizer left in accelerate
     optimized = {p for g in trainer.optimizer.param_groups for p in g["params"]}
     assert optimized == {p for p in trainer.model.parameters() if p.requires_grad}
 
-    # The LR continues on the same linear schedule: no jump at the reallocation.
-    base_lr = 5e-3
-    expected = [base_lr * (steps - s) / steps for s in range(steps)]
-    assert learning_rates(out) == pytest.approx(expected, rel=1e-6)
-    assert seen["old_lr"] == pytest.approx([base_lr * (steps - warmup) / steps] * len(seen["old_lr"]))
-    # It still learns after the resize (the fixture's label is carried by one word).
-    loss = losses(out)
-    assert sum(loss[-5:]) / 5 < sum(loss[warmup : warmup + 5]) / 5 < sum(loss[:5]) / 5
+
+def test_learning_rate_continues_on_the_same_schedule(reallocated_run):
+    expected = [BASE_LR * (STEPS - s) / STEPS for s in range(STEPS)]
+    assert learning_rates(reallocated_run["out"]) == pytest.approx(expected, rel=1e-6)
+    old_lr = reallocated_run["old_lr"]
+    assert old_lr == pytest.approx([BASE_LR * (STEPS - WARMUP) / STEPS] * len(old_lr))
+
+
+def test_it_still_learns_after_the_resize(reallocated_run):
+    loss = losses(reallocated_run["out"])  # the fixture's label is carried by one word
+    assert sum(loss[-5:]) / 5 < sum(loss[WARMUP : WARMUP + 5]) / 5 < sum(loss[:5]) / 5
 
 
 def test_trial_run_clamps_warmup(tiny_bert, glue_dir, tmp_path):
@@ -112,30 +132,12 @@ def test_resume_before_and_after_reallocation_matches_uninterrupted(tiny_deberta
         assert json.loads((out / "ranks.json").read_text())["modules"] == json.loads((full / "ranks.json").read_text())["modules"]
 
 
-DDP_DRIVER = """
-import os, sys, torch
-sys.path.insert(0, {root!r})
-import run_glue_peft
-out = sys.argv[1]
-train = run_glue_peft.GlueTrainer.train
-def train_and_dump(self, *args, **kwargs):
-    result = train(self, *args, **kwargs)
-    params = {{n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}}
-    torch.save(params, os.path.join(out, f"params_rank{{os.environ['RANK']}}.pt"))
-    return result
-run_glue_peft.GlueTrainer.train = train_and_dump
-run_glue_peft.main(sys.argv[2:])
-"""
-
-
-def torchrun(tmp_path, nproc, args):
-    driver = tmp_path / "ddp_driver.py"
-    driver.write_text(DDP_DRIVER.format(root=str(ROOT)))
+def torchrun(nproc, args):
     out = Path(args[args.index("--output_dir") + 1])
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
-               str(driver), str(out), *args]
+               str(ROOT / "tests" / "ddp_driver.py"), str(out), *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -146,13 +148,13 @@ def test_ddp_two_processes(tiny_bert, glue_dir, tmp_path):
     # LoRA: B starts at zero, so the first loss is the random head's cross-entropy, about ln 2 on any batch.
     # transformers 5 with average_tokens_across_devices=True would report twice that under 2 processes.
     lora_args = ["--max_steps", "3", "--learning_rate", "1e-9"]
-    single = torchrun(tmp_path, 1, trial_args(tiny_bert, data, "sst2", "lora", tmp_path / "lora1", *lora_args))
-    double = torchrun(tmp_path, 2, trial_args(tiny_bert, data, "sst2", "lora", tmp_path / "lora2", *lora_args,
+    single = torchrun(1, trial_args(tiny_bert, data, "sst2", "lora", tmp_path / "lora1", *lora_args))
+    double = torchrun(2, trial_args(tiny_bert, data, "sst2", "lora", tmp_path / "lora2", *lora_args,
                                               "--per_device_train_batch_size", "4"))
     assert losses(double)[0] == pytest.approx(losses(single)[0], rel=0.05)
 
     # GLoRA with accumulation: same ranks on both processes, and bit-identical adapters after the resize.
-    out = torchrun(tmp_path, 2, trial_args(tiny_bert, data, "sst2", "glora", tmp_path / "glora", "--max_steps", "8",
+    out = torchrun(2, trial_args(tiny_bert, data, "sst2", "glora", tmp_path / "glora", "--max_steps", "8",
                                            "--glora_warmup_steps", "3", "--gradient_accumulation_steps", "2",
                                            "--ddp_find_unused_parameters", "False"))
     rank0, rank1 = torch.load(out / "params_rank0.pt"), torch.load(out / "params_rank1.pt")

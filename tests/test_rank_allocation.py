@@ -7,12 +7,9 @@ hypothesis-generated cases.
 
 import math
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rank_allocation import apportion_ranks  # noqa: E402
 
 # ---------------------------------------------------------------- reference and property checks

@@ -1,18 +1,14 @@
 """Tests for lora_resize: growing and shrinking peft LoRA layers in place, and saving/reloading mixed ranks."""
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import Tiny
 from peft import LoraConfig, PeftModel, get_peft_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import Tiny  # noqa: E402
-
-from adapters import head_modules, lora_layers, resolve_targets  # noqa: E402
-from lora_resize import components_to_keep, resize_lora_layer, resize_to_ranks  # noqa: E402
+from adapters import head_modules, lora_layers, resolve_targets
+from lora_resize import components_to_keep, resize_lora_layer, resize_to_ranks
 
 TOL = 1e-6
 

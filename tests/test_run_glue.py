@@ -8,13 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import trial_args
+import yaml
+from conftest import ROOT, trial_args
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import run_glue_peft
-from glue_tasks import glue_metrics, task_to_keys
+from adapters import METHODS
+from arguments import check_args, parse_args
+from glue_tasks import GLUE_TASKS, glue_metrics
 
 TASK_SHAPES = ["sst2", "rte", "stsb", "mnli"]  # single sentence, pair, regression, 3 classes + two dev splits
 
@@ -25,17 +28,17 @@ def run(model_dir, data_dir, task, method, out, *extra):
 
 def reloaded_logits(model_dir, out, task, split):
     """Logits of the saved adapter, reloaded onto a fresh base model, on a dev split."""
-    base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=task_to_keys[task].num_labels)
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=GLUE_TASKS[task].num_labels)
     model = PeftModel.from_pretrained(base, out).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     frame = pd.read_parquet(out.parent / "glue" / task / f"{split}.parquet")
-    texts = [frame[key].tolist() for key in task_to_keys[task].text_keys]
+    texts = [frame[key].tolist() for key in GLUE_TASKS[task].text_keys]
     batch = tokenizer(*texts, truncation=True, max_length=32, padding=True, return_tensors="pt")
     with torch.no_grad():
         return model(**batch).logits.numpy(), frame["label"].to_numpy()
 
 
-@pytest.mark.parametrize("method", ["lora", "adalora", "glora"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("task", TASK_SHAPES)
 def test_method_on_task_shape(tiny_deberta, glue_dir, tmp_path, task, method):
     data = glue_dir(task)
@@ -43,8 +46,8 @@ def test_method_on_task_shape(tiny_deberta, glue_dir, tmp_path, task, method):
     extra = ["--tinit", "2", "--tfinal", "2", "--deltaT", "1"] if method == "adalora" else []
     results = run(tiny_deberta, data, task, method, out, "--max_steps", "8", *extra)
 
-    for split in task_to_keys[task].eval_splits:
-        suffix = "_mm" if split == "validation_mismatched" else ""
+    for eval_split in GLUE_TASKS[task].eval_splits:
+        split, suffix = eval_split.name, eval_split.metric_suffix
         if task == "stsb":
             assert -1 <= results[f"eval_pearson{suffix}"] <= 1 and -1 <= results[f"eval_spearmanr{suffix}"] <= 1
         else:
@@ -180,14 +183,13 @@ def test_config_file_with_cli_override(tiny_bert, glue_dir, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"task: sst2\nmethod: adalora\nmodel_name_or_path: {tiny_bert}\nlora_r: 2\nmax_steps: 50\n"
                       "target_modules: [query, value]\n")
-    model_args, data_args, peft_args, training_args = run_glue_peft.parse_args(
-        [str(config), "--method", "glora", "--max_steps", "2"])
-    assert (data_args.task, peft_args.method, peft_args.lora_r, training_args.max_steps) == ("sst2", "glora", 2, 2)
-    assert peft_args.target_modules == ["query", "value"] and model_args.model_name_or_path == str(tiny_bert)
+    args = parse_args([str(config), "--method", "glora", "--max_steps", "2"])
+    assert (args.data.task, args.peft.method, args.peft.lora_r, args.training.max_steps) == ("sst2", "glora", 2, 2)
+    assert args.peft.target_modules == ["query", "value"] and args.model.model_name_or_path == str(tiny_bert)
     # The seed experiment's defaults.
-    assert (training_args.learning_rate, training_args.per_device_train_batch_size, training_args.warmup_steps,
-            training_args.weight_decay, training_args.seed, training_args.average_tokens_across_devices) == (
-        2e-4, 32, 1000, 0.01, 42, False)
+    training = args.training
+    assert (training.learning_rate, training.per_device_train_batch_size, training.warmup_steps,
+            training.weight_decay, training.seed, training.average_tokens_across_devices) == (2e-4, 32, 1000, 0.01, 42, False)
 
 
 def test_csv_and_jsonl_files_and_train_file_flags(tiny_bert, glue_dir, tmp_path):
@@ -236,25 +238,35 @@ def test_adapter_file_holds_final_ranks(tiny_deberta, glue_dir, tmp_path):
 
 
 def test_every_config_parses_and_every_launcher_points_to_one():
-    from conftest import ROOT
-
-    configs = sorted((ROOT / "configs").glob("*.yaml"))
-    assert {c.stem for c in configs} == {f"{m}_{t}" for m in ("lora", "adalora", "glora") for t in ("mnli", "sst2", "rte")}
+    configs = sorted((ROOT / "configs").glob("*_*.yaml"))
+    assert {c.stem for c in configs} == {f"{m}_{t}" for m in METHODS for t in ("mnli", "sst2", "rte")}
     for config in configs:
-        model_args, data_args, peft_args, training_args = run_glue_peft.parse_args([str(config), "--use_cpu", "True"])
-        run_glue_peft.check_args(data_args, peft_args, training_args)
-        assert f"{peft_args.method}_{data_args.task}" == config.stem
-        assert (peft_args.lora_r, training_args.learning_rate, training_args.per_device_train_batch_size) == (8, 2e-4, 32)
-        assert model_args.model_name_or_path == "microsoft/deberta-v3-base" and data_args.max_seq_length == 256
+        args = parse_args([str(config), "--use_cpu", "True"])
+        check_args(args)
+        assert f"{args.peft.method}_{args.data.task}" == config.stem
+        assert (args.peft.lora_r, args.training.learning_rate, args.training.per_device_train_batch_size) == (8, 2e-4, 32)
+        assert args.model.model_name_or_path == "microsoft/deberta-v3-base" and args.data.max_seq_length == 256
         launcher = ROOT / "launch" / f"{config.stem}.sh"
         assert f"configs/{config.name}" in launcher.read_text() and os.access(launcher, os.X_OK)
+
+
+def test_configs_hold_only_what_differs_from_the_defaults():
+    """A config that repeats a default would silently keep the old value when the default changes."""
+    defaults = parse_args(["--task", "sst2"])
+    fields = {name: group for group in ("model", "data", "peft", "training")
+              for name in vars(getattr(defaults, group))}
+    for config in sorted((ROOT / "configs").glob("*_*.yaml")):
+        for key, value in yaml.safe_load(config.read_text()).items():
+            assert key in fields, f"{config.name}: {key} is not a flag"
+            if key in ("task", "method"):  # what the preset is; task has no default
+                continue
+            default = getattr(getattr(defaults, fields[key]), key)
+            assert value != default, f"{config.name}: {key}: {value} repeats the default"
 
 
 def test_cpu_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
     """launch/cpu_study.sh end to end on fixtures: every method x task runs, then compare_runs writes its table."""
     import subprocess
-
-    from conftest import ROOT
 
     data = glue_dir("sst2", n_train=32, n_eval=16)
     glue_dir("rte", n_train=32, n_eval=16)

@@ -1,0 +1,96 @@
+"""GLUE data for one run: the train and dev splits from the hub or from local files, checked against the task
+table, cut to --max_*_samples, and tokenised."""
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+from datasets import load_dataset
+
+from glue_tasks import GLUE_TASKS
+
+DATA_EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+
+
+def load_glue_data(data_args, cache_dir=None) -> datasets.DatasetDict:
+    """`train` and the task's dev splits, checked, cut, and with an `idx` column on every dev split."""
+    task = GLUE_TASKS[data_args.task]
+    raw = load_raw_datasets(data_args, cache_dir)
+    check_data(raw, data_args.task)
+    if data_args.max_train_samples is not None:
+        raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
+    for split in task.split_names:
+        if data_args.max_eval_samples is not None:
+            raw[split] = raw[split].select(range(min(data_args.max_eval_samples, len(raw[split]))))
+        if "idx" not in raw[split].column_names:
+            raw[split] = raw[split].add_column("idx", list(range(len(raw[split]))))
+    return raw
+
+
+def load_raw_datasets(data_args, cache_dir=None) -> datasets.DatasetDict:
+    """DatasetDict with `train` and the task's evaluation splits, from files or the hub."""
+    task = GLUE_TASKS[data_args.task]
+    splits = ("train",) + task.split_names
+    if data_args.dataset_dir:
+        files = {}
+        for split in splits:
+            candidates = [Path(data_args.dataset_dir, data_args.task, split + ext) for ext in DATA_EXTENSIONS]
+            found = [p for p in candidates if p.is_file()]
+            if not found:
+                raise FileNotFoundError(f"No {split} split for {data_args.task}: looked for {[str(p) for p in candidates]}.")
+            files[split] = str(found[0])
+        return load_files(files)
+    if data_args.train_file:
+        eval_files = [data_args.validation_file, data_args.validation_mismatched_file][: len(task.eval_splits)]
+        return load_files(dict(zip(splits, [data_args.train_file] + eval_files)))
+    return load_dataset(data_args.dataset_name, data_args.task, cache_dir=cache_dir)
+
+
+def load_files(files: dict) -> datasets.DatasetDict:
+    """One split per file, loaded separately so that a split with other columns reaches `check_data`'s message."""
+    loaded = datasets.DatasetDict()
+    for split, path in files.items():
+        kind = DATA_EXTENSIONS.get(Path(path).suffix)
+        if kind is None:
+            raise ValueError(f"{path}: data files must end in one of {list(DATA_EXTENSIONS)}.")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"No such data file: {path}")
+        loaded[split] = load_dataset(kind, data_files={split: path}, split=split)
+    return loaded
+
+
+def check_data(raw, task_name):
+    """Columns and labels must fit the task, or we stop before training with the reason."""
+    task = GLUE_TASKS[task_name]
+    for split, ds in raw.items():
+        missing = [c for c in task.text_keys + ("label",) if c not in ds.column_names]
+        if missing:
+            raise ValueError(f"{task_name} {split} split lacks column(s) {missing}; it has {ds.column_names}.")
+        labels = np.asarray(ds["label"])
+        if task.is_regression:
+            if not np.issubdtype(labels.dtype, np.number) or not np.isfinite(labels.astype(float)).all():
+                raise ValueError(f"{task_name} is a regression task; {split} labels must be finite numbers.")
+            continue
+        feature = ds.features["label"]
+        if isinstance(feature, datasets.ClassLabel) and feature.num_classes != task.num_labels:
+            raise ValueError(f"{task_name} has {task.num_labels} classes but {split} labels are {feature.names}.")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{task_name} {split} labels must be class ids 0..{task.num_labels - 1}, got {labels.dtype}.")
+        bad = sorted(set(np.unique(labels).tolist()) - set(range(task.num_labels)))
+        if bad:
+            hint = " (-1 marks an unlabelled test split)" if -1 in bad else ""
+            raise ValueError(f"{task_name} has labels 0..{task.num_labels - 1}; {split} holds {bad}{hint}.")
+
+
+def tokenize_splits(raw, tokenizer, data_args, training_args) -> datasets.DatasetDict:
+    """Token ids of every split (cached by datasets; the main process goes first, the others reuse its cache)."""
+    task = GLUE_TASKS[data_args.task]
+
+    def tokenize(batch):
+        texts = [batch[key] for key in task.text_keys]
+        return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length,
+                         padding="max_length" if data_args.pad_to_max_length else False)
+
+    with training_args.main_process_first(desc="tokenisation"):
+        return raw.map(tokenize, batched=True, load_from_cache_file=not data_args.overwrite_cache,
+                       remove_columns=list(task.text_keys), desc="Tokenising")

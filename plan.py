@@ -1,0 +1,132 @@
+"""The run plan: every number resolved from the arguments, computed once and frozen.
+
+The flags say what the user asked for ("a third of training", "the default budget"); the plan says what that is
+for this model, data and world size (step 78, R_total 288). Everything downstream — peft configs, GLoRA, the
+output directory, run_args.json's `resolved` block — reads the plan, never re-derives it.
+"""
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdaLoraPlan:
+    init_r: int
+    target_r: int
+    tinit: int  # optimizer steps without pruning
+    tfinal: int  # final optimizer steps with fixed ranks
+    deltaT: int
+    beta1: float
+    beta2: float
+    orth_reg_weight: float
+    total_step: int
+
+
+@dataclass(frozen=True)
+class GLoRAPlan:
+    rank_budget: int
+    warmup_steps: int  # the optimizer step after which ranks are re-apportioned
+    beta: float
+    signal: str
+    min_rank: int
+    max_rank: int | None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    task: str
+    method: str
+    output_dir: str
+    targets: tuple  # module paths of the adapted matrices
+    head: tuple  # modules trained in full by every method
+    rank_budget: int  # R_total over all adapted matrices
+    lora_r: int
+    lora_alpha: float
+    lora_dropout: float
+    total_steps: int  # optimizer steps of the run
+    world_size: int
+    adalora: AdaLoraPlan | None = None
+    glora: GLoRAPlan | None = None
+
+    @property
+    def num_matrices(self) -> int:
+        return len(self.targets)
+
+    def resolved(self) -> dict:
+        """run_args.json's `resolved` block."""
+        return dataclasses.asdict(self)
+
+
+def optimizer_steps(num_examples, training_args, world_size) -> int:
+    """Optimizer steps the Trainer will take: the same arithmetic as Trainer.set_initial_training_values with
+    Accelerate's even batch sharding. Checked against the Trainer's own count when training starts."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    batches = math.ceil(math.ceil(num_examples / training_args.per_device_train_batch_size) / world_size)
+    per_epoch = max(math.ceil(batches / training_args.gradient_accumulation_steps), 1)
+    return math.ceil(training_args.num_train_epochs * per_epoch)
+
+
+def steps_from(value: float, total_steps: int) -> int:
+    """A step count given as steps (>= 1) or as a fraction of training (< 1)."""
+    return int(round(value * total_steps)) if 0 < value < 1 else int(value)
+
+
+def resolve_plan(args, targets, head, num_train_examples: int) -> RunPlan:
+    """The plan of one run from its parsed arguments, its model's adapted matrices and its training set size."""
+    peft, training = args.peft, args.training
+    world_size = training.world_size
+    total_steps = optimizer_steps(num_train_examples, training, world_size)
+    rank_budget = resolve_rank_budget(peft, len(targets))
+    adalora = resolve_adalora(peft, rank_budget, len(targets), total_steps) if peft.method == "adalora" else None
+    glora = resolve_glora(peft, rank_budget, total_steps, trial_run=training.max_steps > 0) if peft.method == "glora" else None
+    output_dir = training.output_dir or f"outputs/{args.data.task}/{peft.method}_r{rank_budget}_seed{training.seed}"
+    return RunPlan(
+        task=args.data.task, method=peft.method, output_dir=output_dir, targets=tuple(targets), head=tuple(head),
+        rank_budget=rank_budget, lora_r=peft.lora_r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout,
+        total_steps=total_steps, world_size=world_size, adalora=adalora, glora=glora,
+    )
+
+
+def resolve_rank_budget(peft, num_matrices: int) -> int:
+    uniform = peft.lora_r * num_matrices
+    budget = peft.rank_budget or uniform
+    if peft.method == "lora" and budget != uniform:
+        raise ValueError(f"LoRA spends lora_r x matrices = {uniform}; --rank_budget {budget} differs.")
+    if peft.method == "adalora" and budget % num_matrices:
+        raise ValueError(f"AdaLoRA needs a budget divisible by the {num_matrices} matrices; got {budget}.")
+    return budget
+
+
+def resolve_adalora(peft, rank_budget: int, num_matrices: int, total_steps: int) -> AdaLoraPlan:
+    target_r = rank_budget // num_matrices
+    tinit, tfinal = steps_from(peft.tinit, total_steps), steps_from(peft.tfinal, total_steps)
+    if tinit + tfinal >= total_steps:
+        raise ValueError(f"AdaLoRA's schedule does not fit: tinit {tinit} + tfinal {tfinal} >= {total_steps} optimizer steps.")
+    return AdaLoraPlan(
+        init_r=peft.init_r or math.ceil(1.5 * target_r), target_r=target_r, tinit=tinit, tfinal=tfinal,
+        deltaT=peft.deltaT, beta1=peft.beta1, beta2=peft.beta2, orth_reg_weight=peft.orth_reg_weight,
+        total_step=total_steps,
+    )
+
+
+def resolve_glora(peft, rank_budget: int, total_steps: int, trial_run: bool) -> GLoRAPlan:
+    warmup = steps_from(peft.glora_warmup_steps, total_steps)
+    if warmup < 1:
+        raise ValueError(f"--glora_warmup_steps must be positive, got {peft.glora_warmup_steps}.")
+    if warmup >= total_steps:
+        if not trial_run:
+            raise ValueError(
+                f"GLoRA warm-up of {warmup} steps never ends in a run of {total_steps} optimizer steps: lower "
+                "--glora_warmup_steps (a fraction like 0.33 is relative to the run)."
+            )
+        # A trial run (--max_steps) must still exercise the reallocation and the resize.
+        clamped = max(1, total_steps // 2)
+        logger.warning(f"GLoRA warm-up {warmup} >= max_steps {total_steps}: trial run, reallocating at step {clamped}.")
+        warmup = clamped
+    return GLoRAPlan(rank_budget=rank_budget, warmup_steps=warmup, beta=peft.glora_beta, signal=peft.glora_signal,
+                     min_rank=peft.glora_min_rank, max_rank=peft.glora_max_rank)
