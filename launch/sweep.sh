@@ -2,6 +2,8 @@
 # Every method x task x seed of the seed plan, one after another. Edit the lists to change the sweep;
 # extra flags go to every run (e.g. launch/sweep.sh --max_steps 2 --max_eval_samples 64 for a dry run).
 # Runs already finished (all_results.json present) are skipped, so an interrupted sweep can be restarted.
+# PYTHON (default python3) runs every step; `-m accelerate.commands.launch` is `accelerate launch` (your accelerate
+# config, several GPUs) run by that interpreter, not by whichever `accelerate` is first on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,14 +11,15 @@ METHODS=(lora adalora glora)
 TASKS=(rte sst2 mnli)
 SEEDS=(42 43 44)
 ROOT=${SWEEP_ROOT:-outputs/sweep}
+PYTHON=${PYTHON:-python3}
 
 for task in "${TASKS[@]}"; do
   for method in "${METHODS[@]}"; do
     for seed in "${SEEDS[@]}"; do
       out="$ROOT/$task/${method}_seed$seed"
       if [ -f "$out/all_results.json" ]; then echo "done already: $out"; continue; fi
-      accelerate launch run_glue_peft.py "configs/${method}_${task}.yaml" --seed "$seed" --output_dir "$out" "$@"
+      "$PYTHON" -m accelerate.commands.launch run_glue_peft.py "configs/${method}_${task}.yaml" --seed "$seed" --output_dir "$out" "$@"
     done
   done
 done
-python compare_runs.py "$ROOT"
+"$PYTHON" compare_runs.py "$ROOT"

@@ -1,7 +1,12 @@
-"""The benchmark scripts in their tiny modes: they run, time every method and print finite positive ratios."""
+"""The benchmark scripts in their tiny modes: they run, time every method and print finite positive ratios; the GPU
+check (benchmarks/gpu_check.sh) as a CPU dry run, end to end."""
 
 import math
+import os
+import re
 import subprocess
+import sys
+import zipfile
 
 import pytest
 from conftest import ROOT, write_glue_fixture
@@ -63,23 +68,6 @@ def test_data_pipeline_tiny_measures_both_paddings(tiny_bert, tmp_path, capsys):
     assert "dynamic / padded samples/s" in capsys.readouterr().out
 
 
-def test_gpu_script_tiny_runs_on_cpu():
-    """benchmarks/gpu.sh --tiny: the GPU command's code path (bf16 autocast, two lengths) with a tiny DeBERTa on CPU."""
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--tiny", "--iters", "2"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
-    assert "cpu bf16 autocast" in out
-    for length in (32, 64):
-        assert f"length {length}, cpu bf16" in out
-    # Table rows: method, median ms, mean ms, ratio, ... (the reallocation lines also start with a method name).
-    table_lines = [f for f in map(str.split, out.splitlines()) if f and f[0] in METHODS and "ms" not in f]
-    assert len(table_lines) == 2 * len(METHODS)
-    for fields in table_lines:
-        ratio = float(fields[3])
-        assert math.isfinite(ratio) and ratio > 0, fields
-
-
 @pytest.mark.parametrize("script", ["step_time", "data_pipeline"])
 def test_every_flag_has_help(script):
     parser = __import__(script).make_parser()
@@ -87,23 +75,102 @@ def test_every_flag_has_help(script):
         assert action.help and action.help.strip(), action.option_strings
 
 
-def test_gpu_e2e_script_on_cpu(tiny_deberta, tmp_path):
-    """benchmarks/gpu_e2e.sh dry-run on CPU with bf16 autocast: every method trains, GLoRA reallocates under
-    autocast, every run keeps the rank budget and writes its results."""
-    import os
+def make_wheel(folder, name, version, requires=()):
+    """A minimal pure-Python wheel (one module) that pip can install."""
+    module, dist = name.replace("-", "_"), f"{name.replace('-', '_')}-{version}.dist-info"
+    files = {f"{module}/__init__.py": f"VERSION = {version!r}\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                 + "".join(f"Requires-Dist: {r}\n" for r in requires),
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{dist}/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{dist}/RECORD"])
+    path = folder / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in files.items():
+            z.writestr(f, text)
+    return path
 
-    data = write_glue_fixture(tmp_path / "glue", "mnli", n_train=64, n_eval=16)
-    env = {**os.environ, "E2E_ROOT": str(tmp_path / "e2e"), "E2E_PRECISIONS": "bf16", "E2E_STEPS": "6",
-           "E2E_DEVICE_ARGS": "--use_cpu True", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_e2e.sh"), str(tiny_deberta), str(data), "mnli",
-                           "--max_seq_length", "32", "--lora_r", "4", "--per_device_train_batch_size", "8"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("mnli ")]
-    assert len(lines) == 3, proc.stdout
-    for line in lines:
-        budget = 4 * 2 * 6  # r x (2 layers x 6 matrices)
-        assert f"total rank {budget}/{budget}" in line and "eval_accuracy_mm" in line, line
-    glora = next(line for line in lines if line.startswith("mnli glora bf16"))
-    assert "reallocated at step" in glora and "(per matrix 4-4" not in glora, glora
-    assert (tmp_path / "e2e" / "mnli" / "glora_bf16" / "all_results.json").is_file()
+
+def test_kit_install_installs_only_what_is_missing_or_must_match(tmp_path):
+    import gpu_kit
+
+    make_wheel(tmp_path, "datasets", "5.2.0", ["fsspec<=2026.9.0", "dill<0.4.2", "pyarrow>=24", "new-dep"])
+    for name, version in [("fsspec", "2026.9.0"), ("dill", "0.4.1"), ("new-dep", "1.0"), ("same", "2.0")]:
+        make_wheel(tmp_path, name, version)
+    wheels = [gpu_kit.Wheel(p) for p in sorted(tmp_path.glob("*.whl"))]
+    here = {"datasets": "4.0.0", "fsspec": "2027.1.0", "dill": "0.3.9", "same": "2.0", "pyarrow": "21.0.0"}
+    install, keep = gpu_kit.plan(wheels, {"datasets"}, version_of=here.get)
+    assert sorted(w.name for w, _ in install) == ["datasets", "fsspec", "new-dep"]  # pin, excluded, missing
+    assert sorted(name for name, _, _ in keep) == ["dill", "same"]  # 0.3.9 satisfies dill<0.4.2: the system's stays
+    problems = gpu_kit.unmet(wheels, {"datasets"}, install, version_of=here.get)
+    assert len(problems) == 1 and "pyarrow>=24" in problems[0] and "21.0.0" in problems[0]
+
+
+def run_gpu_check(tmp_path, kit, *args, **env):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_KIT": str(kit), "OMP_NUM_THREADS": "1", **env}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *args, str(out)], env=env,
+                          capture_output=True, text=True, timeout=400)
+    return proc, out
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """The whole GPU check at tiny sizes on CPU, bf16 autocast: kit preparation (data and tokenizer; a stand-in
+    wheel instead of the download), the offline install, the random model, step-time tables for every method and
+    length, and the end-to-end runs with their checks (finite losses, budget, GLoRA reallocated, adapter reloads)."""
+    glue = write_glue_fixture(tmp_path / "glue", "sst2", n_train=80, n_eval=24)
+    kit = tmp_path / "kit"
+    env = {**os.environ, "PYTHON": sys.executable, "GLUE_DIR": str(glue), "KIT_TRAIN_ROWS": "64"}
+    prep = subprocess.run(["bash", str(ROOT / "benchmarks" / "prepare_gpu_check.sh"), "--no-wheels", str(kit)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert prep.returncode == 0, prep.stdout[-2000:] + prep.stderr[-2000:]
+    assert "kit total:" in prep.stdout and (kit / "tokenizer" / "tokenizer.json").is_file()
+    assert (kit / "data" / "sst2" / "validation.parquet").is_file()
+    make_wheel(kit / "wheels", "gpucheck-probe", "1.0", ["packaging"])
+
+    proc, out = run_gpu_check(tmp_path, kit, "--dry-run")
+    text = proc.stdout
+    assert proc.returncode == 0, text[-4000:] + proc.stderr[-2000:]
+    for part in ("env", "install", "model", "step_time", "e2e"):
+        assert re.search(rf"^{part}: ok, \d+ s", text, re.M), part
+    assert "install gpucheck-probe 1.0 (missing)" in text and (out / "site" / "gpucheck_probe").is_dir()
+    assert "keep    gpucheck-probe" not in text and "gpu_check: PASSED" in text
+    # Step time: both lengths, every method of the issue, finite positive ratios; the JSON is kept.
+    methods = ["lora", "adalora", "glora_lora_b", "glora_delta", "glora_after"]
+    log = (out / "step_time.log").read_text()
+    for length in (32, 64):
+        assert f"length {length}, cpu bf16 autocast" in log
+    rows = [f for f in map(str.split, log.splitlines()) if f and f[0] in methods and "ms" not in f]
+    assert sorted(r[0] for r in rows) == sorted(methods * 2)
+    assert all(math.isfinite(float(r[3])) and float(r[3]) > 0 for r in rows), rows
+    assert (out / "step_time.json").is_file()
+    # End to end: one line per method, budget kept, 3 finite logged losses (6 steps, every 2), same ranks reloaded.
+    lines = {m: line for m in ("lora", "adalora", "glora") for line in text.splitlines()
+             if line.startswith(f"sst2 {m} bf16: ")}
+    assert len(lines) == 3, text[-3000:]
+    budget = 4 * 2 * 6  # r x (2 layers x 6 matrices)
+    for line in lines.values():
+        assert f"total rank {budget}/{budget}" in line and "(3 losses logged)" in line, line
+        assert "reload: same ranks" in line and "CHECK FAILED" not in line, line
+    assert "reallocated at step 3" in lines["glora"] and "(per matrix 4-4" not in lines["glora"]
+    assert (out / "e2e" / "sst2" / "glora_bf16" / "adapter_model.safetensors").is_file()
+    assert "gpu_check: PASSED" in (out / "gpu_check.log").read_text()
+
+
+def test_gpu_check_keeps_going_after_a_failed_part(tmp_path):
+    """A part that fails (no tokenizer in the kit) does not stop the next one, and the exit status says so."""
+    proc, out = run_gpu_check(tmp_path, tmp_path / "empty_kit", "--dry-run", GPU_CHECK_PARTS="model env")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert re.search(r"^model: FAILED \(rc \d+\)", proc.stdout, re.M) and re.search(r"^env: ok", proc.stdout, re.M)
+    assert "gpu_check: FAILED" in proc.stdout and (out / "model.log").is_file()
+
+
+def test_tested_scripts_call_the_interpreter_given_not_bare_python():
+    """Scripts the tests run, and the sweep, call "$PYTHON" (the tests pass sys.executable), never a `python` or
+    `accelerate` found on PATH, which may be another interpreter without torch."""
+    scripts = [*sorted((ROOT / "benchmarks").glob("*.sh")), ROOT / "launch" / "cpu_study.sh", ROOT / "launch" / "sweep.sh"]
+    assert len(scripts) >= 6
+    bare = re.compile(r"(^|[\s;&|(`])(python[0-9.]*|accelerate)\s")
+    for script in scripts:
+        for number, line in enumerate(script.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0] if not line.lstrip().startswith("#!") else ""
+            assert not bare.search(code), f"{script.name}:{number}: {line.strip()}"
