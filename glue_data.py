@@ -5,7 +5,10 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from datasets import load_dataset
+from datasets.exceptions import DatasetGenerationError
 
 from glue_tasks import GLUE_TASKS
 
@@ -15,8 +18,9 @@ DATA_EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".jso
 def load_glue_data(data_args, cache_dir=None) -> datasets.DatasetDict:
     """`train` and the task's dev splits, checked, cut, and with an `idx` column on every dev split."""
     task = GLUE_TASKS[data_args.task]
-    raw = load_raw_datasets(data_args, cache_dir)
-    check_data(raw, data_args.task)
+    files = data_files(data_args)
+    raw = load_files(files) if files else load_from_hub(data_args, cache_dir)
+    check_data(raw, data_args.task, files)
     if data_args.max_train_samples is not None:
         raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
     for split in task.split_names:
@@ -27,8 +31,8 @@ def load_glue_data(data_args, cache_dir=None) -> datasets.DatasetDict:
     return raw
 
 
-def load_raw_datasets(data_args, cache_dir=None) -> datasets.DatasetDict:
-    """DatasetDict with `train` and the task's evaluation splits, from files or the hub."""
+def data_files(data_args) -> dict | None:
+    """split -> local file, from --dataset_dir or --train_file/--validation_file; None: the hub."""
     task = GLUE_TASKS[data_args.task]
     splits = ("train",) + task.split_names
     if data_args.dataset_dir:
@@ -39,11 +43,22 @@ def load_raw_datasets(data_args, cache_dir=None) -> datasets.DatasetDict:
             if not found:
                 raise FileNotFoundError(f"No {split} split for {data_args.task}: looked for {[str(p) for p in candidates]}.")
             files[split] = str(found[0])
-        return load_files(files)
+        return files
     if data_args.train_file:
         eval_files = [data_args.validation_file, data_args.validation_mismatched_file][: len(task.eval_splits)]
-        return load_files(dict(zip(splits, [data_args.train_file] + eval_files)))
-    return load_dataset(data_args.dataset_name, data_args.task, cache_dir=cache_dir)
+        return dict(zip(splits, [data_args.train_file] + eval_files))
+    return None
+
+
+def load_from_hub(data_args, cache_dir=None) -> datasets.DatasetDict:
+    try:
+        return load_dataset(data_args.dataset_name, data_args.task, cache_dir=cache_dir)
+    except OSError as error:  # ConnectionError when offline or unreachable, and not in the datasets cache
+        raise OSError(
+            f"Could not load the {data_args.task} data of --dataset_name {data_args.dataset_name} from the Hugging Face "
+            f"Hub (offline or unreachable: {type(error).__name__}); pass --dataset_dir DIR (files "
+            f"DIR/{data_args.task}/<split>.parquet|csv|jsonl) or --train_file/--validation_file."
+        ) from error
 
 
 def load_files(files: dict) -> datasets.DatasetDict:
@@ -55,17 +70,47 @@ def load_files(files: dict) -> datasets.DatasetDict:
             raise ValueError(f"{path}: data files must end in one of {list(DATA_EXTENSIONS)}.")
         if not Path(path).is_file():
             raise FileNotFoundError(f"No such data file: {path}")
-        loaded[split] = load_dataset(kind, data_files={split: path}, split=split)
+        if not has_rows(path, kind):
+            raise ValueError(f"{path}: no rows (the {split} split must hold at least one example).")
+        try:
+            loaded[split] = load_dataset(kind, data_files={split: path}, split=split)
+        except DatasetGenerationError as error:
+            raise ValueError(f"{path}: could not be read as {kind}: {error.__cause__ or error}") from error
     return loaded
 
 
-def check_data(raw, task_name):
-    """Columns and labels must fit the task, or we stop before training with the reason."""
+def has_rows(path, kind: str) -> bool:
+    """Whether a data file holds at least one row, read without the datasets builder (whose errors on empty files
+    do not name the file)."""
+    if Path(path).stat().st_size == 0:
+        return False
+    if kind == "parquet":
+        try:
+            return pq.ParquetFile(path).metadata.num_rows > 0
+        except pa.ArrowException as error:
+            raise ValueError(f"{path}: not a readable Parquet file ({error}).") from error
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        content = (line for line in lines if line.strip())
+        return next(content, None) is not None and (kind == "json" or next(content, None) is not None)  # csv: header + row
+
+
+def check_data(raw, task_name, files=None):
+    """Columns, texts and labels must fit the task, or we stop before training with the reason."""
     task = GLUE_TASKS[task_name]
     for split, ds in raw.items():
+        where = (files or {}).get(split) or f"{task_name} {split} split"
+        if len(ds) == 0:
+            raise ValueError(f"{where}: no rows (the {split} split must hold at least one example).")
         missing = [c for c in task.text_keys + ("label",) if c not in ds.column_names]
         if missing:
             raise ValueError(f"{task_name} {split} split lacks column(s) {missing}; it has {ds.column_names}.")
+        for key in task.text_keys:
+            bad = next(((i, text) for i, text in enumerate(ds[key]) if not isinstance(text, str) or not text.strip()), None)
+            if bad is not None:
+                row, text = bad
+                what = "is empty" if text is None or isinstance(text, str) else f"holds {text!r}, not text"
+                raise ValueError(f"{where} row {row} (0-based, header excluded): column {key!r} {what}; every example "
+                                 f"needs text in {list(task.text_keys)}.")
         labels = np.asarray(ds["label"])
         if task.is_regression:
             if not np.issubdtype(labels.dtype, np.number) or not np.isfinite(labels.astype(float)).all():
