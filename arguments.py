@@ -2,7 +2,10 @@
 can fail before anything is loaded. Parsed arguments are what the user asked for and are never changed;
 resolved numbers (budget, steps, schedules) live in `plan.RunPlan`."""
 
+import copy
 import dataclasses
+import difflib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +51,7 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N examples of each dev split."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenise instead of using the datasets cache."})
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into an output_dir that already holds a finished run."}
+        default=False, metadata={"help": "Allow writing into an output_dir that already holds a finished or unfinished run."}
     )
 
 
@@ -65,20 +68,37 @@ class PeftArguments:
     rank_budget: int | None = field(
         default=None, metadata={"help": "Total rank R_total over all adapted matrices (default lora_r x matrices)."}
     )
-    init_r: int | None = field(default=None, metadata={"help": "AdaLoRA initial rank (default 1.5 x target rank)."})
-    tinit: float = field(default=0.1, metadata={"help": "AdaLoRA warm-up steps without pruning (< 1: fraction)."})
-    tfinal: float = field(default=0.2, metadata={"help": "AdaLoRA final steps with fixed ranks (< 1: fraction)."})
-    deltaT: int = field(default=10, metadata={"help": "AdaLoRA steps between two budget allocations."})
-    beta1: float = field(default=0.85, metadata={"help": "AdaLoRA EMA coefficient of sensitivity."})
-    beta2: float = field(default=0.85, metadata={"help": "AdaLoRA EMA coefficient of uncertainty."})
-    orth_reg_weight: float = field(default=0.1, metadata={"help": "AdaLoRA orthogonality regulariser weight."})
-    glora_warmup_steps: float = field(
-        default=1 / 3, metadata={"help": "GLoRA optimizer steps before reallocation (< 1: fraction of training)."}
+    init_r: int | None = field(
+        default=None, metadata={"help": "AdaLoRA initial rank (default 1.5 x target rank).", "methods": ("adalora",)}
     )
-    glora_beta: float = field(default=0.9, metadata={"help": "GLoRA EMA coefficient of the gradient norms."})
-    glora_signal: str = field(default="lora_b", metadata={"help": f"GLoRA gradient signal: {', '.join(SIGNALS)}."})
-    glora_min_rank: int = field(default=1, metadata={"help": "GLoRA rank floor per matrix (peft cannot hold 0)."})
-    glora_max_rank: int | None = field(default=None, metadata={"help": "GLoRA rank cap per matrix."})
+    tinit: float = field(
+        default=0.1, metadata={"help": "AdaLoRA warm-up steps without pruning (< 1: fraction).", "methods": ("adalora",)}
+    )
+    tfinal: float = field(
+        default=0.2, metadata={"help": "AdaLoRA final steps with fixed ranks (< 1: fraction).", "methods": ("adalora",)}
+    )
+    deltaT: int = field(
+        default=10, metadata={"help": "AdaLoRA steps between two budget allocations.", "methods": ("adalora",)}
+    )
+    beta1: float = field(default=0.85, metadata={"help": "AdaLoRA EMA coefficient of sensitivity.", "methods": ("adalora",)})
+    beta2: float = field(default=0.85, metadata={"help": "AdaLoRA EMA coefficient of uncertainty.", "methods": ("adalora",)})
+    orth_reg_weight: float = field(
+        default=0.1, metadata={"help": "AdaLoRA orthogonality regulariser weight.", "methods": ("adalora",)}
+    )
+    glora_warmup_steps: float = field(
+        default=1 / 3,
+        metadata={"help": "GLoRA optimizer steps before reallocation (< 1: fraction of training).", "methods": ("glora",)},
+    )
+    glora_beta: float = field(
+        default=0.9, metadata={"help": "GLoRA EMA coefficient of the gradient norms.", "methods": ("glora",)}
+    )
+    glora_signal: str = field(
+        default="lora_b", metadata={"help": f"GLoRA gradient signal: {', '.join(SIGNALS)}.", "methods": ("glora",)}
+    )
+    glora_min_rank: int = field(
+        default=1, metadata={"help": "GLoRA rank floor per matrix (peft cannot hold 0).", "methods": ("glora",)}
+    )
+    glora_max_rank: int | None = field(default=None, metadata={"help": "GLoRA rank cap per matrix.", "methods": ("glora",)})
 
 
 @dataclass
@@ -131,21 +151,91 @@ class RunArguments:
                 "peft": dataclasses.asdict(self.peft), "training": self.training.to_dict()}
 
 
+GROUPS = (ModelArguments, DataArguments, PeftArguments, GlueTrainingArguments)
+
+
+class FlagParser(HfArgumentParser):
+    """HfArgumentParser without prefix matching (`--glora_warmup` is not `--glora_warmup_steps`), which passes a
+    field's metadata to argparse except our own `methods` entry (the methods a flag is for)."""
+
+    def __init__(self):
+        super().__init__(GROUPS, allow_abbrev=False)
+
+    @staticmethod
+    def _parse_dataclass_field(parser, field):
+        if "methods" in field.metadata:
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k != "methods"})
+        HfArgumentParser._parse_dataclass_field(parser, field)
+
+
+def flag_fields() -> dict:
+    """Every flag's dataclass field, by name."""
+    return {f.name: f for group in GROUPS for f in dataclasses.fields(group) if f.init}
+
+
 def parse_args(argv) -> RunArguments:
     """Dataclasses from an optional leading YAML/JSON config file, overridden by the flags that follow it."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, PeftArguments, GlueTrainingArguments))
     if argv and Path(argv[0]).suffix in CONFIG_SUFFIXES:
-        config = yaml.safe_load(Path(argv[0]).read_text()) or {}  # YAML is a superset of JSON
-        argv = config_to_flags(config) + list(argv[1:])  # later flags win in argparse
-    return RunArguments(*parser.parse_args_into_dataclasses(args=argv))
+        argv = config_to_flags(read_config(argv[0]), argv[0]) + list(argv[1:])  # later flags win in argparse
+    *groups, unknown = FlagParser().parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise ValueError(f"Unknown argument(s) {unknown}{did_you_mean(unknown[0])}; the flags are listed by --help.")
+    return RunArguments(*groups)
 
 
-def config_to_flags(config: dict) -> list:
+def did_you_mean(name: str, prefix="--") -> str:
+    close = difflib.get_close_matches(str(name).lstrip("-"), flag_fields(), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def read_config(path) -> dict:
+    """A config file's mapping of flag names to values (YAML is a superset of JSON)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark else str(path)
+        raise ValueError(f"{where}: not valid YAML/JSON ({getattr(error, 'problem', None) or error}).") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping of flag names to values (key: value lines), got a "
+                         f"{type(config).__name__}.")
+    return config
+
+
+def config_to_flags(config: dict, path="config") -> list:
+    """`--key value` flags from a config's mapping; keys must be flag names exactly."""
+    fields = flag_fields()
     flags = []
     for key, value in config.items():
+        if key not in fields:
+            raise ValueError(f"{path}: unknown key {key!r}{did_you_mean(key, '')}; keys are flag names without '--' "
+                             "(see --help).")
+        if value is None:
+            raise ValueError(f"{path}: {key} is null; give a value, or delete the line to use the default.")
         flags.append(f"--{key}")
         flags.extend(str(v) for v in value) if isinstance(value, list) else flags.append(str(value))
     return flags
+
+
+def field_default(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def check_method_flags(args: RunArguments):
+    """A flag that belongs to other methods (its field's `methods` metadata) must keep its default."""
+    method = args.peft.method
+    groups = (args.model, args.data, args.peft, args.training)
+    for f in (f for group in groups for f in dataclasses.fields(group) if "methods" in f.metadata):
+        if method not in f.metadata["methods"]:
+            value = getattr(next(g for g in groups if hasattr(g, f.name)), f.name)
+            if value != field_default(f):
+                raise ValueError(f"--{f.name} {value} has no effect with --method {method}: it applies to --method "
+                                 f"{' or '.join(f.metadata['methods'])} only; drop it or change --method.")
 
 
 def check_args(args: RunArguments):
@@ -159,6 +249,10 @@ def check_args(args: RunArguments):
         raise ValueError(f"Unknown --glora_signal {peft.glora_signal!r}; choose from {', '.join(SIGNALS)}.")
     if peft.lora_r < 1:
         raise ValueError(f"--lora_r must be >= 1, got {peft.lora_r}.")
+    if peft.rank_budget is not None and peft.rank_budget < 1:
+        raise ValueError(f"--rank_budget must be >= 1 (the total rank over all adapted matrices), got {peft.rank_budget}; "
+                         "leave it out for lora_r x matrices.")
+    check_method_flags(args)
     if (data.train_file is None) != (data.validation_file is None):
         raise ValueError("Give both --train_file and --validation_file, or neither.")
     if data.task == "mnli" and data.validation_file and not data.validation_mismatched_file:

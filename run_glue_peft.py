@@ -8,6 +8,7 @@ A YAML/JSON config file may come first; flags after it override its values. See 
 docs/architecture.md (the path of one run through the files).
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,7 +31,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint, has_length
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, has_length
 
 from adapters import (
     AdaLoraCallback,
@@ -42,12 +43,14 @@ from adapters import (
     trainable_parameters,
 )
 from arguments import check_args, parse_args
+from glora_callback import STATE_FILE as GLORA_STATE_FILE
 from glora_callback import GLoRA, TrainerHost
 from glue_data import load_glue_data, tokenize_splits
 from glue_tasks import GLUE_TASKS, glue_metrics
 from plan import resolve_plan
 
 logger = logging.getLogger(__name__)
+IDENTITY_FILE = "run_identity.json"  # in every checkpoint: method, budget, target matrices, model
 
 
 def main(argv=None):
@@ -59,7 +62,8 @@ def main(argv=None):
     raw = load_glue_data(args.data, args.model.cache_dir)
     model, tokenizer = load_model(args.model, args.data.task)
     plan = resolve_plan(args, resolve_targets(model, args.peft.target_modules), head_modules(model), len(raw["train"]))
-    training_args = dataclasses.replace(args.training, output_dir=plan.output_dir)
+    training_args = dataclasses.replace(args.training, output_dir=plan.output_dir,
+                                        warmup_steps=lr_warmup_for(args.training, plan.total_steps))
 
     model = get_peft_model(model, build_peft_config(plan))
     initial_ranks = current_ranks(model)
@@ -67,10 +71,12 @@ def main(argv=None):
     logger.info(f"{plan.method}: {plan.num_matrices} adapted matrices, R_total {plan.rank_budget}, "
                 f"{trainable_parameters(model, plan.head)}")
 
+    check_resume(args, plan, training_args)
     prepare_output_dir(args, plan, training_args)
     encoded = tokenize_splits(raw, tokenizer, args.data, training_args)
     trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data.pad_to_max_length)
 
+    trainer.add_callback(RunIdentity(run_identity(args, plan)))  # checkpoint-N/run_identity.json, for check_resume
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()  # the adapter, with its final ranks in rank_pattern
     trainer.save_state()
@@ -92,14 +98,44 @@ def setup_logging():
 def load_model(model_args, task_name):
     """The pretrained encoder with a fresh classification head for the task, and its tokenizer."""
     task = GLUE_TASKS[task_name]
-    config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path, num_labels=task.num_labels, finetuning_task=task_name, cache_dir=model_args.cache_dir
-    )
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir
-    )
+    with hub_errors_named("--model_name_or_path", model_args.model_name_or_path):
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path, num_labels=task.num_labels, finetuning_task=task_name, cache_dir=model_args.cache_dir
+        )
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir
+        )
+    tokenizer_flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+    with hub_errors_named(tokenizer_flag, model_args.tokenizer_name or model_args.model_name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def hub_errors_named(flag, name):
+    """A hub id that cannot be loaded (offline, unreachable, no such repository) fails with the flag and the way out."""
+    try:
+        yield
+    except OSError as error:
+        if os.path.isdir(name):  # a local copy that is broken: transformers' own message names what is missing
+            raise
+        raise OSError(f"Could not load {flag} {name}: not a local directory, and the Hugging Face Hub could not provide it "
+                      f"(offline, unreachable, or no such repository); pass a local copy with {flag} DIR.") from error
+
+
+def lr_warmup_for(training_args, total_steps: int) -> float:
+    """--warmup_steps as this run uses it. A step count that does not fit a trial run (--max_steps) is scaled to
+    10 % of it, as GLoRA's warm-up is clamped, so that a trial trains at its learning rate; in a full run it is an
+    error. Fractions (< 1) are the Trainer's own ratio of the run."""
+    warmup = training_args.warmup_steps
+    if warmup < 1 or warmup < total_steps:
+        return warmup
+    if training_args.max_steps <= 0:
+        raise ValueError(f"--warmup_steps {warmup:g} never ends in a run of {total_steps} optimizer steps: give fewer "
+                         "steps or a fraction of the run (e.g. 0.06).")
+    scaled = round(0.1 * total_steps)
+    logger.warning(f"LR warm-up {warmup:g} >= max_steps {total_steps}: trial run, warming up over {scaled} steps.")
+    return scaled
 
 
 def method_hooks(peft_model, plan) -> list:
@@ -111,17 +147,57 @@ def method_hooks(peft_model, plan) -> list:
     return []
 
 
+def check_resume(args, plan, training_args):
+    """--resume_from_checkpoint: the checkpoint must come from a run of the same method, budget, target matrices and
+    model (its run_identity.json, and glora_state.json for GLoRA). Refused before anything is written."""
+    if not training_args.resume_from_checkpoint:
+        return
+    folder = Path(checkpoint_folder(training_args.resume_from_checkpoint, plan.output_dir))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {folder}: no such checkpoint folder.")
+    if (folder / GLORA_STATE_FILE).is_file() and plan.method != "glora":
+        raise ValueError(f"--resume_from_checkpoint {folder} holds {GLORA_STATE_FILE}: it was written by a --method glora "
+                         f"run, which --method {plan.method} cannot continue.")
+    if plan.method == "glora" and not (folder / GLORA_STATE_FILE).is_file():
+        raise ValueError(f"--resume_from_checkpoint {folder} has no {GLORA_STATE_FILE}: it was not written by a --method "
+                         "glora run, which this run is.")
+    saved_file = folder / IDENTITY_FILE
+    if not saved_file.is_file():
+        raise FileNotFoundError(f"{saved_file} is missing: cannot check that the checkpoint's run (method, budget, target "
+                                "matrices, model) is this one.")
+    saved = json.loads(saved_file.read_text())
+    differs = [f"{key} {saved.get(key)} there, {value} here" for key, value in run_identity(args, plan).items()
+               if saved.get(key) != value]
+    if differs:
+        raise ValueError(f"--resume_from_checkpoint {folder} is from another run ({'; '.join(differs)}): resume it with "
+                         "its own settings, or start a new run.")
+
+
+def run_identity(args, plan) -> dict:
+    """What a checkpoint records (run_identity.json) and a run resuming it must share."""
+    unit = getattr(plan, "budget_unit", "rank")
+    return {"method": plan.method, "budget_unit": unit,
+            "budget": plan.rank_budget if unit == "rank" else getattr(plan, "param_budget", None),
+            "target_modules": sorted(args.peft.target_modules), "model": args.model.model_name_or_path}
+
+
 def prepare_output_dir(args, plan, training_args):
-    """Refuse to mix with a finished run; write run_args.json (what was asked and what was resolved)."""
+    """Refuse to mix with a finished or an unfinished run; write run_args.json (what was asked and what was resolved)."""
     output_dir = Path(plan.output_dir)
     if (output_dir / "all_results.json").exists():
         if not args.data.overwrite_output_dir:
             raise FileExistsError(f"{output_dir} holds a finished run; pass --overwrite_output_dir or another --output_dir.")
         if training_args.should_save:
             (output_dir / "all_results.json").unlink()  # until this run finishes, the directory is unfinished
+    elif is_unfinished_run(output_dir) and not (training_args.resume_from_checkpoint or args.data.overwrite_output_dir):
+        last = get_last_checkpoint(output_dir)
+        resume = f"--resume_from_checkpoint {last} to continue it, or " if last else ""
+        raise FileExistsError(f"{output_dir} holds an unfinished run (no all_results.json): pass {resume}"
+                              "--overwrite_output_dir True to start again, or another --output_dir.")
     if training_args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
-        run_args = {**args.asked(), "resolved": plan.resolved(), "world_size": plan.world_size}
+        resolved = {**plan.resolved(), "lr_warmup_steps": training_args.warmup_steps}
+        run_args = {**args.asked(), "resolved": resolved, "world_size": plan.world_size}
         write_json_atomic(output_dir / "run_args.json", run_args)
 
 
@@ -235,6 +311,23 @@ class ScheduleCheck(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.max_steps != self.expected_steps:
             raise RuntimeError(f"Trainer plans {state.max_steps} optimizer steps, the schedule assumed {self.expected_steps}.")
+
+
+def is_unfinished_run(output_dir: Path) -> bool:
+    """run_args.json or checkpoints without all_results.json: a run that stopped or is still going."""
+    return (output_dir / "run_args.json").exists() or any(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+
+
+class RunIdentity(TrainerCallback):
+    """checkpoint-N/run_identity.json at every checkpoint: what `check_resume` compares with a resuming run."""
+
+    def __init__(self, identity: dict):
+        self.identity = identity
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:  # called right after the Trainer wrote the checkpoint
+            write_json_atomic(Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", IDENTITY_FILE),
+                              self.identity)
 
 
 def checkpoint_folder(resume_from_checkpoint, output_dir):

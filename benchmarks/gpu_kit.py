@@ -9,7 +9,9 @@ it lacks.
   - missing here -> install;
   - a pin (`--pins`, default datasets: the project's requirements.txt version) at another version -> install;
   - present at another version -> install only if a requirement of another wheel in the folder excludes the version
-    here (e.g. datasets' fsspec<=...), otherwise keep the system's (transformers and torch were built against it).
+    here (e.g. datasets' fsspec<=...), otherwise keep the system's (transformers and torch were built against it);
+  - never a wheel whose version a package already installed here excludes (transformers 5.17 requires
+    huggingface-hub<2.0: a newer hub would break it). That one is reported and the system's kept.
 Then it lists every requirement of the pins that is still unmet (say, pyarrow older than datasets declares) as a
 warning: whether that matters is what the import check after it tells. Needs pip (or falls back to unzipping).
 """
@@ -78,7 +80,18 @@ class Wheel:
         self.requires = [r for r in self.requires if r.marker is None or r.marker.evaluate({"extra": ""})]
 
 
-def plan(wheels, pins, version_of=installed_version):
+def installed_requirements(name):
+    """[(distribution, specifier)]: what the packages installed here require of `name`."""
+    found = []
+    for dist in importlib.metadata.distributions():
+        for line in dist.requires or []:
+            r = Requirement(line)
+            if canonicalize_name(r.name) == name and (r.marker is None or r.marker.evaluate({"extra": ""})):
+                found.append((canonicalize_name(dist.metadata["Name"]), r.specifier))
+    return found
+
+
+def plan(wheels, pins, version_of=installed_version, required_here=installed_requirements):
     """[(wheel, reason)] to install and [(name, have, reason)] kept: the rules in the module docstring."""
     constraints = {}
     for w in wheels:
@@ -99,6 +112,12 @@ def plan(wheels, pins, version_of=installed_version):
             install.append((w, f"have {have}, but {'; '.join(excluded)}"))
         else:
             keep.append((w.name, have, f"satisfies the wheels' requirements (wheel: {w.version})"))
+    for w, reason in list(install):
+        broken = [f"{by} needs {spec}" for by, spec in required_here(w.name)
+                  if by != w.name and not spec.contains(w.version, prereleases=True)]
+        if broken:
+            install.remove((w, reason))
+            keep.append((w.name, version_of(w.name), f"NOT installing {w.version}: {'; '.join(broken)}"))
     return install, keep
 
 

@@ -20,10 +20,11 @@ mkdir -p "$KIT/data/sst2"
 
 if [ $WHEELS = 1 ]; then
   # datasets' pin from requirements.txt; its small dependencies at the versions installed (and tested) here.
-  # huggingface-hub is a fallback: gpu_kit.py installs it only if the GPU's is outside datasets' range.
+  # huggingface-hub is a fallback that gpu_kit.py installs only if the GPU's is outside datasets' range (>=1.31);
+  # kept below 2.0, which the GPU's transformers 5.17 requires.
   here() { "$PYTHON" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
   read -r -a PACKAGES <<< "${KIT_PACKAGES:-$(grep '^datasets==' requirements.txt) dill==$(here dill) \
-multiprocess==$(here multiprocess) xxhash==$(here xxhash) fsspec==$(here fsspec) huggingface-hub==$(here huggingface-hub)}"
+multiprocess==$(here multiprocess) xxhash==$(here xxhash) fsspec==$(here fsspec) huggingface-hub>=1.31,<2.0}"
   rm -rf "$KIT/wheels"
   "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --abi cp312 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \

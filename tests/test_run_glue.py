@@ -146,7 +146,7 @@ def test_bad_arguments_fail_before_training(tiny_bert, glue_dir, tmp_path, chang
     args = trial_args(tiny_bert, glue_dir("rte"), "rte", "lora", out, "--num_train_epochs", "1") + change
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         run_glue_peft.main(args)
-    assert not (out / "all_results.json").exists()
+    assert not out.exists()  # stopped before run_args.json, checkpoints or results
 
 
 def test_bad_data_fails_before_training(tiny_bert, glue_dir, tmp_path):
@@ -224,7 +224,14 @@ def test_wandb_offline_run_is_written(tiny_bert, glue_dir, tmp_path, monkeypatch
 
     wandb.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert runs and any(f.suffix == ".wandb" for f in runs[0].iterdir())
+    assert len(runs) == 1 and any(f.suffix == ".wandb" for f in runs[0].iterdir())
+    # The final ranks were logged as the `rank_allocation` table: one row per adapted matrix, as in ranks.json.
+    tables = list(runs[0].glob("files/media/table/rank_allocation_*.table.json"))
+    assert len(tables) == 1, sorted(str(f.relative_to(runs[0])) for f in runs[0].rglob("*"))
+    table = json.loads(tables[0].read_text())
+    record = json.loads((tmp_path / "out" / "ranks.json").read_text())
+    assert table["columns"] == ["module", "layer", "matrix", "d_in", "d_out", "initial_rank", "final_rank", "score"]
+    assert {row[0]: row[6] for row in table["data"]} == {name: m["final_rank"] for name, m in record["modules"].items()}
 
 
 def test_adapter_file_holds_final_ranks(tiny_deberta, glue_dir, tmp_path):
@@ -232,9 +239,14 @@ def test_adapter_file_holds_final_ranks(tiny_deberta, glue_dir, tmp_path):
     run(tiny_deberta, glue_dir("rte"), "rte", "glora", out, "--max_steps", "6", "--glora_warmup_steps", "3")
     weights = load_file(out / "adapter_model.safetensors")
     record = json.loads((out / "ranks.json").read_text())
+    final = [m["final_rank"] for m in record["modules"].values()]
+    assert [m["initial_rank"] for m in record["modules"].values()] == [4] * 12
+    assert len(set(final)) > 1 and sum(final) == 48  # the reallocation changed ranks, within the budget
+    assert len(weights) == 2 * 12 + 4  # A and B of every adapted matrix, plus the head's weights and biases
     for name, module in record["modules"].items():
         a = next(v for k, v in weights.items() if k.endswith(f"{name}.lora_A.weight"))
-        assert a.shape == (module["final_rank"], module["d_in"])
+        b = next(v for k, v in weights.items() if k.endswith(f"{name}.lora_B.weight"))
+        assert a.shape == (module["final_rank"], module["d_in"]) and b.shape == (module["d_out"], module["final_rank"])
 
 
 def test_every_config_parses_and_every_launcher_points_to_one():
