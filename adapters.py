@@ -8,6 +8,7 @@ import dataclasses
 import re
 import time
 
+import torch
 from peft import AdaLoraConfig, LoraConfig, TaskType
 from transformers import TrainerCallback
 
@@ -81,7 +82,13 @@ def build_peft_config(plan):
     if plan.adalora is None:
         return LoraConfig(r=plan.lora_r, lora_alpha=plan.lora_alpha, **common)
     # AdaLoraPlan's fields are AdaLoraConfig's schedule arguments, by name.
-    return AdaLoraConfig(lora_alpha=plan.lora_alpha, **dataclasses.asdict(plan.adalora), **common)
+    return AdaLoraConfig(**dataclasses.asdict(plan.adalora), **common)
+
+
+def unit_costs(model, targets) -> list:
+    """d_in + d_out of each target matrix: the adapter parameters one rank of it costs (A's row plus B's column)."""
+    modules = dict(model.named_modules())
+    return [modules[name].in_features + modules[name].out_features for name in targets]
 
 
 def lora_layers(peft_model):
@@ -123,10 +130,29 @@ def trainable_parameters(peft_model, head) -> dict:
     return {"trainable_params_adapter": adapter, "trainable_params_head": head_count, "trainable_params": adapter + head_count}
 
 
+def effective_ranks(peft_model, adapter_name="default") -> dict:
+    """Components that contribute at the end: i with B[:, i] and A[i, :] both non-zero (and, for AdaLoRA, its
+    singular value E_i non-zero)."""
+    from peft.tuners.adalora import AdaLoraLayer
+
+    ranks = {}
+    for name, layer in lora_layers(peft_model).items():
+        a, b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
+        a, b = (a.weight if isinstance(a, torch.nn.Module) else a), (b.weight if isinstance(b, torch.nn.Module) else b)
+        alive = (a.detach().abs().sum(dim=1) > 0) & (b.detach().abs().sum(dim=0) > 0)
+        if isinstance(layer, AdaLoraLayer):
+            alive &= layer.lora_E[adapter_name].detach().reshape(-1) != 0
+        ranks[name] = int(alive.sum())
+    return ranks
+
+
 def rank_record(peft_model, plan, initial_ranks) -> dict:
-    """The `ranks.json` record: per module its place, shape and initial/final rank (see docs/outputs.md)."""
+    """The `ranks.json` record: per module its place, shape and initial/final/effective rank, and the adapter
+    parameters sum_k r_k (d_in + d_out) at the start, after allocation (GLoRA's resize, AdaLoRA's pruning) and
+    effective at the end (see docs/outputs.md)."""
     modules = {}
     final = current_ranks(peft_model, count_masked=True)
+    effective = effective_ranks(peft_model)
     for name, layer in lora_layers(peft_model).items():
         layer_index, matrix = module_matrix(name)
         base = layer.get_base_layer()
@@ -137,8 +163,20 @@ def rank_record(peft_model, plan, initial_ranks) -> dict:
             "d_out": base.out_features,
             "initial_rank": initial_ranks[name],
             "final_rank": final[name],
+            "effective_rank": effective[name],
         }
-    return {"method": plan.method, "rank_budget": plan.rank_budget, "num_adapted_matrices": len(modules), "modules": modules}
+
+    def params(key):
+        return sum(m[key] * (m["d_in"] + m["d_out"]) for m in modules.values())
+
+    # The scaling every method starts with: peft's LoRA alpha / r (GLoRA's resize keeps it), AdaLoRA alpha / init_r.
+    scaling = plan.adalora.lora_alpha / plan.adalora.init_r if plan.adalora else plan.lora_alpha / plan.lora_r
+    return {
+        "method": plan.method, "budget_unit": plan.budget_unit, "rank_budget": plan.rank_budget,
+        "param_budget": plan.param_budget, "num_adapted_matrices": len(modules), "initial_scaling": scaling,
+        "adapter_params_start": params("initial_rank"), "adapter_params_after_allocation": params("final_rank"),
+        "adapter_params_effective": params("effective_rank"), "modules": modules,
+    }
 
 
 class AdaLoraCallback(TrainerCallback):

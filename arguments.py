@@ -13,8 +13,9 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from adapters import MATRIX_PATTERNS, METHODS
-from glora_callback import SIGNALS
+from glora_callback import ADAM_RULES, SCORE_NORMS, SIGNALS
 from glue_tasks import GLUE_TASKS
+from plan import BUDGET_UNITS
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -53,6 +54,19 @@ class DataArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that already holds a finished or unfinished run."}
     )
+    # ---- hyper-parameter search (hpo.py, docs/hpo.md) ----
+    tuning_split_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Hold out this fraction of the training data as a `tuning` split (fixed carve, independent of "
+                          "--seed; taken before --max_train_samples). 0: none."},
+    )
+    tuning_split_max: int = field(default=2000, metadata={"help": "At most this many examples in the tuning split."})
+    eval_split: str = field(
+        default="dev", metadata={"help": "What evaluations during training use: dev (the task's first dev split) or tuning."}
+    )
+    hpo_record: str | None = field(
+        default=None, metadata={"help": "A JSON file (written by hpo.py) copied into run_args.json as its `hpo` block."}
+    )
 
 
 @dataclass
@@ -64,6 +78,16 @@ class PeftArguments:
     target_modules: list[str] = field(
         default_factory=lambda: list(MATRIX_PATTERNS),
         metadata={"help": f"Matrix types to adapt in every layer, from: {' '.join(MATRIX_PATTERNS)}."},
+    )
+    budget_unit: str = field(
+        default="rank",
+        metadata={"help": f"What the budget counts: {', '.join(BUDGET_UNITS)}. rank: R_total = sum of ranks "
+                          "(--rank_budget); params: adapter parameters sum_k r_k (d_in + d_out) (--param_budget)."},
+    )
+    param_budget: int | None = field(
+        default=None,
+        metadata={"help": "With --budget_unit params: adapter parameters over all adapted matrices "
+                          "(default lora_r x sum of d_in + d_out, i.e. what uniform LoRA spends)."},
     )
     rank_budget: int | None = field(
         default=None, metadata={"help": "Total rank R_total over all adapted matrices (default lora_r x matrices)."}
@@ -99,6 +123,25 @@ class PeftArguments:
         default=1, metadata={"help": "GLoRA rank floor per matrix (peft cannot hold 0).", "methods": ("glora",)}
     )
     glora_max_rank: int | None = field(default=None, metadata={"help": "GLoRA rank cap per matrix.", "methods": ("glora",)})
+    glora_score_norm: str = field(
+        default="raw",
+        metadata={"help": f"GLoRA score normalisation (ablation): {', '.join(SCORE_NORMS)}. raw = the gradient norm "
+                          "(the seed's); per_entry = divided by the square root of the entries it measures (RMS); "
+                          "per_rank_unit = divided by a rank unit's cost d_in + d_out.", "methods": ("glora",)},
+    )
+    glora_adam_rule: str = field(
+        default="slice_bias_correction",
+        metadata={"help": f"AdamW state of slices a resize adds: {', '.join(ADAM_RULES)}. slice_bias_correction = "
+                          "zero moments with Adam's bias correction counted from the resize, per slice (a fresh "
+                          "Adam's step size); inherit_step = zero moments under the tensor's old step count (the "
+                          "first version's behaviour, an ablation: bias correction then never applies to them).",
+                  "methods": ("glora",)},
+    )
+    adalora_alpha_parity: bool = field(
+        default=True,
+        metadata={"help": "Give AdaLoRA lora_alpha x init_r / lora_r, so that its scaling alpha / init_r equals "
+                          "LoRA's alpha / r at the start; False: peft's plain alpha.", "methods": ("adalora",)},
+    )
 
 
 @dataclass
@@ -247,6 +290,17 @@ def check_args(args: RunArguments):
         raise ValueError(f"Unknown --method {peft.method!r}; choose from {', '.join(METHODS)}.")
     if peft.glora_signal not in SIGNALS:
         raise ValueError(f"Unknown --glora_signal {peft.glora_signal!r}; choose from {', '.join(SIGNALS)}.")
+    for flag, value, choices in (("budget_unit", peft.budget_unit, BUDGET_UNITS),
+                                 ("glora_score_norm", peft.glora_score_norm, SCORE_NORMS),
+                                 ("glora_adam_rule", peft.glora_adam_rule, ADAM_RULES)):
+        if value not in choices:
+            raise ValueError(f"Unknown --{flag} {value!r}; choose from {', '.join(choices)}.")
+    if peft.budget_unit == "rank" and peft.param_budget is not None:
+        raise ValueError("--param_budget counts parameters: it needs --budget_unit params (or give --rank_budget).")
+    if peft.budget_unit == "params" and peft.rank_budget is not None:
+        raise ValueError("--budget_unit params spends --param_budget; --rank_budget counts ranks and would be ignored.")
+    if peft.param_budget is not None and peft.param_budget < 1:
+        raise ValueError(f"--param_budget must be >= 1 (adapter parameters over all adapted matrices), got {peft.param_budget}.")
     if peft.lora_r < 1:
         raise ValueError(f"--lora_r must be >= 1, got {peft.lora_r}.")
     if peft.rank_budget is not None and peft.rank_budget < 1:
@@ -266,5 +320,11 @@ def check_args(args: RunArguments):
         raise ValueError("--load_best_model_at_end cannot reload a checkpoint from before GLoRA's resize (other shapes).")
     if peft.glora_signal == "delta" and training.gradient_checkpointing:
         raise ValueError("--glora_signal delta hooks the forward pass; gradient checkpointing would run it twice.")
+    if not 0 <= data.tuning_split_fraction < 1:
+        raise ValueError(f"--tuning_split_fraction must be in [0, 1), got {data.tuning_split_fraction}.")
+    if data.eval_split not in ("dev", "tuning"):
+        raise ValueError(f"--eval_split is dev or tuning, got {data.eval_split!r}.")
+    if data.eval_split == "tuning" and not 0 < data.tuning_split_fraction < 1:
+        raise ValueError("--eval_split tuning needs a tuning split: --tuning_split_fraction in (0, 1).")
     if training.average_tokens_across_devices:
         raise ValueError("--average_tokens_across_devices True doubles the loss of these models under DDP.")

@@ -15,6 +15,8 @@ public methods from their own loop):
                              ├ resize             phase 3: LoRA layers resized in place (lora_resize)
                              └ rebuild            phase 4: new optimizer with AdamW state carried over, LR schedule
                                                   continued, DDP wrapper rebuilt over the new parameters
+    every optimizer step     after_optimizer_step  after the resize: Adam's bias correction of the added slices,
+                                                  counted from the resize (--glora_adam_rule)
     checkpoint / resume      save(dir) / load(dir)   the EMA, and after the reallocation the ranks to resize to
 
 n_k is the norm of the true gradient of the step: read after the last micro-batch's backward (gradients summed
@@ -32,6 +34,7 @@ Signals (`--glora_signal`), with their cost (measured figures: docs/benchmarks.m
   all-reduced once per step under DDP.
 """
 
+import dataclasses
 import json
 import time
 from contextlib import nullcontext
@@ -43,12 +46,14 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from adapters import lora_layers
-from lora_resize import carry_optimizer_state, resize_to_ranks
-from rank_allocation import apportion_ranks
+from lora_resize import GrownSlices, carry_optimizer_state, correct_grown_slices, grown_slices, resize_to_ranks
+from rank_allocation import apportion_parameters, apportion_ranks
 
 logger = logging.get_logger(__name__)
 
 SIGNALS = ("lora_b", "lora_ab", "delta")
+SCORE_NORMS = ("raw", "per_entry", "per_rank_unit")  # what the EMA of a matrix's gradient norm is divided by
+ADAM_RULES = ("slice_bias_correction", "inherit_step")  # the AdamW state of slices a resize adds
 STATE_FILE = "glora_state.json"
 
 
@@ -157,11 +162,19 @@ class GLoRA(TrainerCallback):
         self.adapter_name = adapter_name
         self.layers = lora_layers(peft_model)
         self.names = list(self.layers)
+        if plan.score_norm not in SCORE_NORMS:
+            raise ValueError(f"--glora_score_norm must be one of {SCORE_NORMS}, got {plan.score_norm!r}.")
+        if plan.adam_rule not in ADAM_RULES:
+            raise ValueError(f"--glora_adam_rule must be one of {ADAM_RULES}, got {plan.adam_rule!r}.")
+        self.unit_costs = [layer.in_features + layer.out_features for layer in self.layers.values()]
+        self.warmup_ranks = [int(layer.r[adapter_name]) for layer in self.layers.values()]  # the signal's shapes
         self.max_ranks = [
             min(layer.in_features, layer.out_features, plan.max_rank or plan.rank_budget) for layer in self.layers.values()
         ]
+        if plan.budget_unit == "params":
+            self.max_ranks = [min(cap, plan.param_budget // c) for cap, c in zip(self.max_ranks, self.unit_costs)]
         # Fails here, before training, if the budget cannot hold the floor or exceeds the caps.
-        apportion_ranks([1.0] * len(self.names), plan.rank_budget, plan.min_rank, self.max_ranks)
+        self._apportion([1.0] * len(self.names))
 
         device = next(iter(self.layers.values())).lora_A[adapter_name].weight.device
         self.ema = torch.zeros(len(self.names), dtype=torch.float64, device=device)
@@ -172,6 +185,7 @@ class GLoRA(TrainerCallback):
         self.hook_seconds = 0.0  # signal hooks during the warm-up
         self.resize_seconds = 0.0  # allocation + resize + optimizer rebuild
         self.host = None  # set by `attach`
+        self.grown = {}  # module -> GrownSlices, while their bias correction differs from the tensor's
         self.ddp_wrapper = None  # rebuilt after the resize; the Trainer's loop still holds the old one
         self._delta_buffers = None
         self._hooks = []
@@ -286,9 +300,22 @@ class GLoRA(TrainerCallback):
             f"ranks {min(self.final_ranks.values())}..{max(self.final_ranks.values())}, total {sum(self.final_ranks.values())}."
         )
 
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.after_optimizer_step()
+
+    def after_optimizer_step(self):
+        """Right after optimizer.step(): give the slices the resize added Adam's bias correction counted from the
+        resize (`lora_resize.correct_grown_slices`), until it no longer differs from their tensor's."""
+        if self.grown:
+            start = time.perf_counter()
+            params = {name: (layer.lora_A[self.adapter_name].weight, layer.lora_B[self.adapter_name].weight)
+                      for name, layer in self.layers.items() if name in self.grown}
+            correct_grown_slices(self.grown, params, self.host.optimizer)
+            self.hook_seconds += time.perf_counter() - start
+
     def allocate(self) -> dict:
         """Integer ranks from the EMA scores: the same on every process (checked under DDP)."""
-        ranks = apportion_ranks(self.ema.cpu().tolist(), self.plan.rank_budget, self.plan.min_rank, self.max_ranks)
+        ranks = self._apportion(list(self.scores().values()))
         if _distributed():
             mine = torch.tensor(ranks, dtype=torch.int64, device=self.ema.device)
             reference = mine.clone()
@@ -299,6 +326,13 @@ class GLoRA(TrainerCallback):
                     "all-reduced. Refusing to continue with replicas of different shapes."
                 )
         return dict(zip(self.names, ranks))
+
+    def _apportion(self, scores) -> list:
+        """Scores -> integer ranks under the plan's budget: a sum of ranks, or of parameters r_k (d_in + d_out)."""
+        plan = self.plan
+        if plan.budget_unit == "params":
+            return apportion_parameters(scores, self.unit_costs, plan.param_budget, plan.min_rank, self.max_ranks)
+        return apportion_ranks(scores, plan.rank_budget, plan.min_rank, self.max_ranks)
 
     def resize(self, ranks: dict) -> list:
         """Resize the LoRA layers in place to `ranks`; the warm-up's signal hooks go. Returns the resized layers."""
@@ -313,6 +347,8 @@ class GLoRA(TrainerCallback):
         old_optimizer, old_scheduler = host.optimizer, host.lr_scheduler
         optimizer = host.new_optimizer()
         carry_optimizer_state(old_optimizer.state, optimizer, resized)
+        if self.plan.adam_rule == "slice_bias_correction":
+            self.grown = grown_slices(resized, old_optimizer.state)
         optimizer = host.prepare_optimizer(optimizer)
         scheduler = host.new_scheduler(optimizer)
         scheduler.load_state_dict(old_scheduler.state_dict())
@@ -326,10 +362,20 @@ class GLoRA(TrainerCallback):
     # ---- record ----
 
     def scores(self) -> dict:
-        """s_k = g_k / sum(g) per module name."""
-        ema = self.ema.cpu()
-        total = float(ema.sum())
-        return {name: (float(g) / total if total > 0 else 0.0) for name, g in zip(self.names, ema)}
+        """s_k = n_k / sum(n) per module name, n_k the EMA g_k divided as --glora_score_norm says."""
+        normalised = [float(g) / self._norm_divisor(k) for k, g in enumerate(self.ema.cpu())]
+        total = sum(normalised)
+        return {name: (n / total if total > 0 else 0.0) for name, n in zip(self.names, normalised)}
+
+    def _norm_divisor(self, k: int) -> float:
+        if self.plan.score_norm == "per_rank_unit":
+            return float(self.unit_costs[k])
+        if self.plan.score_norm == "per_entry":  # RMS of the entries the signal's norm is taken over
+            layer, rank = self.layers[self.names[k]], self.warmup_ranks[k]
+            entries = {"lora_b": layer.out_features * rank, "lora_ab": (layer.out_features + layer.in_features) * rank,
+                       "delta": layer.out_features * layer.in_features}[self.plan.signal]
+            return float(entries) ** 0.5
+        return 1.0
 
     def add_to_record(self, record: dict):
         """ranks.json: each module's score, and the `glora` block."""
@@ -381,6 +427,7 @@ class GLoRA(TrainerCallback):
             "reallocation_step": self.reallocation_step,
             "hook_seconds": self.hook_seconds,
             "resize_seconds": self.resize_seconds,
+            "grown": {name: dataclasses.asdict(g) for name, g in self.grown.items()},
         }
 
     def load_state_dict(self, state):
@@ -392,6 +439,7 @@ class GLoRA(TrainerCallback):
         self.observed_steps = torch.tensor(state["observed_steps"], dtype=torch.int64, device=self.ema.device)
         self.hook_seconds = state["hook_seconds"]
         self.resize_seconds = state["resize_seconds"]
+        self.grown = {name: GrownSlices(**g) for name, g in state.get("grown", {}).items()}
         if state["done"]:
             self.final_ranks = state["final_ranks"]
             self.reallocation_step = state["reallocation_step"]

@@ -111,3 +111,66 @@ def carry_adam_state(old, new_param, kept, dim):
         else:
             state[key] = value.clone() if torch.is_tensor(value) else value
     return state
+
+
+# ---- Adam's bias correction for the slices a resize adds (--glora_adam_rule slice_bias_correction) ----
+#
+# torch's AdamW keeps one step count t per tensor and divides the moments by 1 - beta^t. Slices added by a resize
+# start with zero moments but the tensor's t, so their bias correction is ~1 instead of 1 - beta^k (k = steps since
+# the resize): their first updates are off by about sqrt(1 - beta2^t) * (1 - beta1) / sqrt(1 - beta2), 3x after a
+# 12,000-step warm-up. The rule: after each optimizer step, move the added slices from the update AdamW applied to
+# the update a fresh Adam would have made, u = lr * (m / (1 - beta1^k)) / (sqrt(v / (1 - beta2^k)) + eps), with the
+# same moments m, v. Exact for AdamW (decoupled weight decay does not involve the moments); kept slices untouched.
+
+
+@dataclass
+class GrownSlices:
+    """A layer's added components: indices >= `kept` of A's rows and B's columns, added when its tensors' step count
+    was `resize_step`; `last_step` is the last step count corrected (a skipped fp16 step does not advance it)."""
+
+    kept: int
+    resize_step: float
+    last_step: float
+
+
+def grown_slices(resized, old_state) -> dict:
+    """{layer name: GrownSlices} for every resized layer that gained components and had optimizer state."""
+    grown = {}
+    for layer in resized:
+        if layer.new_rank > len(layer.kept) and layer.old_B in old_state:
+            step = float(old_state[layer.old_B]["step"])
+            grown[layer.name] = GrownSlices(kept=len(layer.kept), resize_step=step, last_step=step)
+    return grown
+
+
+def correct_grown_slices(grown: dict, params: dict, optimizer, tolerance=1e-6):
+    """After `optimizer.step()`: replace AdamW's update of each added slice by a fresh Adam's (see above).
+    `params`: {layer name: (A, B)}. Layers whose correction has become negligible are dropped from `grown`."""
+    groups = {param: group for group in optimizer.param_groups for param in group["params"]}
+    for name in list(grown):
+        slices, (a, b) = grown[name], params[name]
+        state_b = optimizer.state.get(b)
+        if not state_b or float(state_b["step"]) <= slices.last_step:
+            continue  # no optimizer step since the last correction (e.g. one skipped by the fp16 scaler)
+        step = float(state_b["step"])
+        beta1, beta2 = groups[b]["betas"]
+        for param, dim in ((a, 0), (b, 1)):  # the rank is A's dim 0 and B's dim 1
+            if param in optimizer.state:
+                _replace_update(param, dim, slices.kept, optimizer.state[param], groups[param], step, step - slices.resize_step)
+        slices.last_step = step
+        k = step - slices.resize_step
+        if abs((1 - beta1**k) / (1 - beta1**step) - 1) < tolerance and abs((1 - beta2**k) / (1 - beta2**step) - 1) < tolerance:
+            del grown[name]
+
+
+def _replace_update(param, dim, kept, state, group, step, k):
+    """param[kept:] += (AdamW's update at the tensor's step) - (a fresh Adam's update at step k), same moments."""
+    beta1, beta2 = group["betas"]
+    lr, eps = float(group["lr"]), group["eps"]
+    width = param.shape[dim] - kept
+    m = state["exp_avg"].narrow(dim, kept, width)
+    v_sqrt = state["exp_avg_sq"].narrow(dim, kept, width).sqrt()
+    applied = (lr / (1 - beta1**step)) * m / (v_sqrt / (1 - beta2**step) ** 0.5 + eps)
+    fresh = (lr / (1 - beta1**k)) * m / (v_sqrt / (1 - beta2**k) ** 0.5 + eps)
+    with torch.no_grad():
+        param.narrow(dim, kept, width).add_((applied - fresh).to(param.dtype))

@@ -12,9 +12,14 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
+BUDGET_UNITS = ("rank", "params")  # what --budget_unit counts: sum of ranks, or adapter parameters sum r (d_in + d_out)
+
 
 @dataclass(frozen=True)
 class AdaLoraPlan:
+    """peft's AdaLoraConfig schedule arguments, by name."""
+
+    lora_alpha: float  # peft scales by lora_alpha / init_r
     init_r: int
     target_r: int
     tinit: int  # optimizer steps without pruning
@@ -28,12 +33,16 @@ class AdaLoraPlan:
 
 @dataclass(frozen=True)
 class GLoRAPlan:
+    budget_unit: str  # "rank": rank_budget is spent; "params": param_budget is
     rank_budget: int
+    param_budget: int | None
     warmup_steps: int  # the optimizer step after which ranks are re-apportioned
     beta: float
     signal: str
     min_rank: int
     max_rank: int | None
+    score_norm: str  # raw | per_entry | per_rank_unit
+    adam_rule: str  # slice_bias_correction | inherit_step
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,11 @@ class RunPlan:
     method: str
     output_dir: str
     targets: tuple  # module paths of the adapted matrices
+    unit_costs: tuple  # d_in + d_out of each target: the parameters one rank of it costs
     head: tuple  # modules trained in full by every method
-    rank_budget: int  # R_total over all adapted matrices
+    budget_unit: str
+    rank_budget: int  # R_total over all adapted matrices (the uniform start's, under --budget_unit params)
+    param_budget: int | None  # adapter parameters, under --budget_unit params
     lora_r: int
     lora_alpha: float
     lora_dropout: float
@@ -55,6 +67,11 @@ class RunPlan:
     @property
     def num_matrices(self) -> int:
         return len(self.targets)
+
+    @property
+    def budget_label(self) -> str:
+        """The budget in the output directory's name: r<R_total> or p<parameters>."""
+        return f"r{self.rank_budget}" if self.budget_unit == "rank" else f"p{self.param_budget}"
 
     def resolved(self) -> dict:
         """run_args.json's `resolved` block."""
@@ -76,20 +93,27 @@ def steps_from(value: float, total_steps: int) -> int:
     return int(round(value * total_steps)) if 0 < value < 1 else int(value)
 
 
-def resolve_plan(args, targets, head, num_train_examples: int) -> RunPlan:
-    """The plan of one run from its parsed arguments, its model's adapted matrices and its training set size."""
+def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> RunPlan:
+    """The plan of one run from its parsed arguments, its model's adapted matrices (paths and the d_in + d_out of
+    each) and its training set size."""
     peft, training = args.peft, args.training
     world_size = training.world_size
     total_steps = optimizer_steps(num_train_examples, training, world_size)
     rank_budget = resolve_rank_budget(peft, len(targets))
-    adalora = resolve_adalora(peft, rank_budget, len(targets), total_steps) if peft.method == "adalora" else None
-    glora = resolve_glora(peft, rank_budget, total_steps, trial_run=training.max_steps > 0) if peft.method == "glora" else None
-    output_dir = training.output_dir or f"outputs/{args.data.task}/{peft.method}_r{rank_budget}_seed{training.seed}"
-    return RunPlan(
-        task=args.data.task, method=peft.method, output_dir=output_dir, targets=tuple(targets), head=tuple(head),
-        rank_budget=rank_budget, lora_r=peft.lora_r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout,
-        total_steps=total_steps, world_size=world_size, adalora=adalora, glora=glora,
+    param_budget = resolve_param_budget(peft, unit_costs)
+    adalora = glora = None
+    if peft.method == "adalora":
+        adalora = resolve_adalora(peft, rank_budget, param_budget, unit_costs, total_steps)
+    if peft.method == "glora":
+        glora = resolve_glora(peft, rank_budget, param_budget, total_steps, trial_run=training.max_steps > 0)
+    plan = RunPlan(
+        task=args.data.task, method=peft.method, output_dir="", targets=tuple(targets), unit_costs=tuple(unit_costs),
+        head=tuple(head), budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget,
+        lora_r=peft.lora_r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_steps,
+        world_size=world_size, adalora=adalora, glora=glora,
     )
+    output_dir = training.output_dir or f"outputs/{plan.task}/{plan.method}_{plan.budget_label}_seed{training.seed}"
+    return dataclasses.replace(plan, output_dir=output_dir)
 
 
 def resolve_rank_budget(peft, num_matrices: int) -> int:
@@ -102,19 +126,38 @@ def resolve_rank_budget(peft, num_matrices: int) -> int:
     return budget
 
 
-def resolve_adalora(peft, rank_budget: int, num_matrices: int, total_steps: int) -> AdaLoraPlan:
-    target_r = rank_budget // num_matrices
+def resolve_param_budget(peft, unit_costs) -> int | None:
+    """Under --budget_unit params: the adapter parameters to spend (default: what uniform LoRA at lora_r spends)."""
+    if peft.budget_unit != "params":
+        return None
+    uniform = peft.lora_r * sum(unit_costs)
+    budget = peft.param_budget or uniform
+    if peft.method == "lora" and budget != uniform:
+        raise ValueError(f"LoRA spends lora_r x sum(d_in + d_out) = {uniform} parameters; --param_budget {budget} differs.")
+    return budget
+
+
+def resolve_adalora(peft, rank_budget: int, param_budget: int | None, unit_costs, total_steps: int) -> AdaLoraPlan:
+    """AdaLoRA's target rank per matrix: R_total / N, or under a parameter budget the rank whose uniform spending
+    comes closest to it (peft prunes by a count of singular values, so the parameters it ends with depend on where
+    the kept ranks sit; ranks.json records them)."""
+    if param_budget is None:
+        target_r = rank_budget // len(unit_costs)
+    else:
+        target_r = max(1, round(param_budget / sum(unit_costs)))
     tinit, tfinal = steps_from(peft.tinit, total_steps), steps_from(peft.tfinal, total_steps)
     if tinit + tfinal >= total_steps:
         raise ValueError(f"AdaLoRA's schedule does not fit: tinit {tinit} + tfinal {tfinal} >= {total_steps} optimizer steps.")
+    init_r = peft.init_r or math.ceil(1.5 * target_r)
+    # peft's AdaLoRA scales by alpha / init_r; parity gives it LoRA's alpha / r at the start.
+    lora_alpha = peft.lora_alpha * init_r / peft.lora_r if peft.adalora_alpha_parity else peft.lora_alpha
     return AdaLoraPlan(
-        init_r=peft.init_r or math.ceil(1.5 * target_r), target_r=target_r, tinit=tinit, tfinal=tfinal,
-        deltaT=peft.deltaT, beta1=peft.beta1, beta2=peft.beta2, orth_reg_weight=peft.orth_reg_weight,
-        total_step=total_steps,
+        lora_alpha=lora_alpha, init_r=init_r, target_r=target_r, tinit=tinit, tfinal=tfinal, deltaT=peft.deltaT,
+        beta1=peft.beta1, beta2=peft.beta2, orth_reg_weight=peft.orth_reg_weight, total_step=total_steps,
     )
 
 
-def resolve_glora(peft, rank_budget: int, total_steps: int, trial_run: bool) -> GLoRAPlan:
+def resolve_glora(peft, rank_budget: int, param_budget: int | None, total_steps: int, trial_run: bool) -> GLoRAPlan:
     warmup = steps_from(peft.glora_warmup_steps, total_steps)
     if warmup < 1:
         raise ValueError(f"--glora_warmup_steps must be positive, got {peft.glora_warmup_steps}.")
@@ -128,5 +171,8 @@ def resolve_glora(peft, rank_budget: int, total_steps: int, trial_run: bool) -> 
         clamped = max(1, total_steps // 2)
         logger.warning(f"GLoRA warm-up {warmup} >= max_steps {total_steps}: trial run, reallocating at step {clamped}.")
         warmup = clamped
-    return GLoRAPlan(rank_budget=rank_budget, warmup_steps=warmup, beta=peft.glora_beta, signal=peft.glora_signal,
-                     min_rank=peft.glora_min_rank, max_rank=peft.glora_max_rank)
+    return GLoRAPlan(
+        budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget, warmup_steps=warmup,
+        beta=peft.glora_beta, signal=peft.glora_signal, min_rank=peft.glora_min_rank, max_rank=peft.glora_max_rank,
+        score_norm=peft.glora_score_norm, adam_rule=peft.glora_adam_rule,
+    )

@@ -1,4 +1,7 @@
-"""Scores -> integer ranks: the rank maths of GLoRA, a pure function with no torch in it."""
+"""Scores -> integer ranks: the rank maths of GLoRA, pure functions with no torch in them.
+
+`apportion_ranks` splits a budget counted in ranks; `apportion_parameters` one counted in parameters.
+"""
 
 import math
 
@@ -58,26 +61,84 @@ def apportion_ranks(scores, rank_budget: int, min_rank: int = 1, max_ranks=None)
 
 def _clipped_shares(scores, budget, min_rank, max_ranks):
     """Real-valued x_k = lambda * s_k clipped to [min_rank, cap_k] with sum(x) == budget."""
+    return _water_fill(scores, budget, [min_rank] * len(scores), max_ranks)
+
+
+def apportion_parameters(scores, costs, param_budget: int, min_rank: int = 1, max_ranks=None) -> list:
+    """Split a budget in *parameters* into integer ranks: matrix k's parameter share follows its score.
+
+    A rank unit of matrix k costs c_k = d_in + d_out parameters. The continuous solution gives matrix k the
+    parameters p_k = lambda * s_k, i.e. the rank x_k = lambda * s_k / c_k, clipped to [min_rank, max_ranks[k]] with
+    sum_k x_k c_k == param_budget (water-filling in parameter space, as `apportion_ranks` in rank space). Integers:
+    floor(x_k), then one more rank at a time, largest fractional part first (ties: higher score, earlier module),
+    to every matrix whose unit still fits in what is left, until none fits. So sum_k r_k c_k <= param_budget, and the
+    shortfall is smaller than the cheapest unit of a matrix that is still below its cap.
+    """
+    n = len(scores)
+    if n == 0:
+        raise ValueError("No modules to allocate ranks to.")
+    if len(costs) != n or any(int(c) != c or c < 1 for c in costs):
+        raise ValueError(f"costs needs one positive integer (d_in + d_out) per score, got {costs}.")
+    scores = [float(s) for s in scores]
+    if any(not math.isfinite(s) or s < 0 for s in scores):
+        raise ValueError(f"Scores must be finite and non-negative, got {scores}.")
+    costs = [int(c) for c in costs]
+    capped = max_ranks is not None
+    max_ranks = [int(m) for m in max_ranks] if capped else [param_budget // c for c in costs]
+    if min_rank < 1:
+        raise ValueError(f"min_rank must be >= 1 (a LoRA layer cannot have rank 0), got {min_rank}.")
+    if any(cap < min_rank for cap in max_ranks):
+        raise ValueError(f"A rank cap {min(max_ranks)} is below min_rank {min_rank}.")
+    floor_cost = min_rank * sum(costs)
+    if param_budget < floor_cost:
+        raise ValueError(f"Parameter budget {param_budget} cannot give {n} modules at least {min_rank} rank each ({floor_cost}).")
+    ceiling_cost = sum(cap * c for cap, c in zip(max_ranks, costs))
+    if param_budget >= ceiling_cost:
+        if capped and param_budget > ceiling_cost:
+            raise ValueError(f"Parameter budget {param_budget} exceeds what the per-module caps can hold ({ceiling_cost}).")
+        return max_ranks  # uncapped: every module as large as the budget alone allows; the rest cannot be spent
+    if sum(scores) == 0:
+        scores = [1.0] * n
+
+    # In parameter units y_k = x_k c_k the problem is `_clipped_shares` with bounds [min_rank c_k, cap_k c_k].
+    shares = _water_fill(scores, param_budget, [min_rank * c for c in costs], [m * c for m, c in zip(max_ranks, costs)])
+    ranks = [min(max(int(math.floor(y / c + 1e-9)), min_rank), cap) for y, c, cap in zip(shares, costs, max_ranks)]
+    left = param_budget - sum(r * c for r, c in zip(ranks, costs))
+    order = sorted(range(n), key=lambda k: (-(shares[k] / costs[k] - ranks[k]), -scores[k], k))
+    grew = True
+    while grew:
+        grew = False
+        for k in order:
+            if ranks[k] < max_ranks[k] and costs[k] <= left:
+                ranks[k] += 1
+                left -= costs[k]
+                grew = True
+    assert left >= 0
+    return ranks
+
+
+def _water_fill(scores, budget, lows, highs):
+    """Real-valued y_k = lambda * s_k clipped to [lows[k], highs[k]] with sum(y) == budget.
+
+    Standard water-filling: fix the modules that violate a bound, re-solve the rest, one side at a time (the side
+    that needs the bigger correction), until nothing violates a bound."""
     n = len(scores)
     fixed = [None] * n
     while True:
         free = [k for k in range(n) if fixed[k] is None]
-        remaining = budget - sum(x for x in fixed if x is not None)
+        remaining = budget - sum(y for y in fixed if y is not None)
         free_score = sum(scores[k] for k in free)
         if free_score > 0:
-            x = {k: remaining * scores[k] / free_score for k in free}
-        else:  # only zero-score modules are left: share what remains equally
-            x = {k: remaining / len(free) for k in free}
-        low = [k for k in free if x[k] < min_rank]
-        high = [k for k in free if x[k] > max_ranks[k]]
-        # Fix one side at a time: the side that needs the bigger correction (standard water-filling).
+            y = {k: remaining * scores[k] / free_score for k in free}
+        else:
+            y = {k: remaining / len(free) for k in free}
+        low = [k for k in free if y[k] < lows[k]]
+        high = [k for k in free if y[k] > highs[k]]
         if not low and not high:
-            return [fixed[k] if fixed[k] is not None else x[k] for k in range(n)]
-        deficit = sum(min_rank - x[k] for k in low)
-        excess = sum(x[k] - max_ranks[k] for k in high)
-        if deficit >= excess:
+            return [fixed[k] if fixed[k] is not None else y[k] for k in range(n)]
+        if sum(lows[k] - y[k] for k in low) >= sum(y[k] - highs[k] for k in high):
             for k in low:
-                fixed[k] = float(min_rank)
+                fixed[k] = float(lows[k])
         else:
             for k in high:
-                fixed[k] = float(max_ranks[k])
+                fixed[k] = float(highs[k])

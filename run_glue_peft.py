@@ -19,6 +19,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import transformers
+from accelerate import PartialState
 from peft import get_peft_model
 from torch.utils.data import SequentialSampler
 from transformers import (
@@ -41,8 +42,10 @@ from adapters import (
     rank_record,
     resolve_targets,
     trainable_parameters,
+    unit_costs,
 )
 from arguments import check_args, parse_args
+from eval_log import EvalLog
 from glora_callback import STATE_FILE as GLORA_STATE_FILE
 from glora_callback import GLoRA, TrainerHost
 from glue_data import load_glue_data, tokenize_splits
@@ -61,7 +64,8 @@ def main(argv=None):
 
     raw = load_glue_data(args.data, args.model.cache_dir)
     model, tokenizer = load_model(args.model, args.data.task)
-    plan = resolve_plan(args, resolve_targets(model, args.peft.target_modules), head_modules(model), len(raw["train"]))
+    targets = resolve_targets(model, args.peft.target_modules)
+    plan = resolve_plan(args, targets, unit_costs(model, targets), head_modules(model), len(raw["train"]))
     training_args = dataclasses.replace(args.training, output_dir=plan.output_dir,
                                         warmup_steps=lr_warmup_for(args.training, plan.total_steps))
 
@@ -74,7 +78,7 @@ def main(argv=None):
     check_resume(args, plan, training_args)
     prepare_output_dir(args, plan, training_args)
     encoded = tokenize_splits(raw, tokenizer, args.data, training_args)
-    trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data.pad_to_max_length)
+    trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data)
 
     trainer.add_callback(RunIdentity(run_identity(args, plan)))  # checkpoint-N/run_identity.json, for check_resume
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -194,16 +198,19 @@ def prepare_output_dir(args, plan, training_args):
         resume = f"--resume_from_checkpoint {last} to continue it, or " if last else ""
         raise FileExistsError(f"{output_dir} holds an unfinished run (no all_results.json): pass {resume}"
                               "--overwrite_output_dir True to start again, or another --output_dir.")
+    PartialState().wait_for_everyone()  # under DDP every process checks before the main one writes
     if training_args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
         resolved = {**plan.resolved(), "lr_warmup_steps": training_args.warmup_steps}
         run_args = {**args.asked(), "resolved": resolved, "world_size": plan.world_size}
+        if args.data.hpo_record:  # how hpo.py chose this run's hyper-parameters (compare_runs reads it)
+            run_args["hpo"] = json.loads(Path(args.data.hpo_record).read_text())
         write_json_atomic(output_dir / "run_args.json", run_args)
 
 
-def build_trainer(model, tokenizer, encoded, plan, training_args, method, pad_to_max_length: bool):
+def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_args):
     task = GLUE_TASKS[plan.task]
-    if pad_to_max_length:
+    if data_args.pad_to_max_length:
         collator = default_data_collator
     else:
         collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None)
@@ -212,15 +219,19 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, pad_to
         return glue_metrics(plan.task, prediction.predictions, prediction.label_ids)
 
     glora = next((hook for hook in method if isinstance(hook, GLoRA)), None)
+    # --eval_split tuning: evaluations during training score the held-out tuning split (metrics eval_tuning_*), for
+    # hpo.py; the final evaluation (evaluate_and_write_predictions) is on the dev splits either way.
+    eval_dataset = {"tuning": encoded["tuning"]} if data_args.eval_split == "tuning" else encoded[task.eval_splits[0].name]
     return GlueTrainer(
         model=model,
         args=training_args,
         train_dataset=encoded["train"],
-        eval_dataset=encoded[task.eval_splits[0].name],
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
-        callbacks=[ScheduleCheck(plan.total_steps)] + [hook for hook in method if hook is not glora],
+        callbacks=[ScheduleCheck(plan.total_steps), EvalLog(plan.output_dir, data_args.eval_split)]
+        + [hook for hook in method if hook is not glora],
         glora=glora,
     )
 
@@ -255,6 +266,8 @@ def write_records(results, model, plan, initial_ranks, method, training_args) ->
         num_adapted_matrices=plan.num_matrices, method_hook_seconds=sum(hook.method_seconds for hook in method),
         **trainable_parameters(model, plan.head),
         final_rank_total=sum(m["final_rank"] for m in record["modules"].values()),
+        **{key: record[key] for key in ("budget_unit", "param_budget", "adapter_params_start",
+                                        "adapter_params_after_allocation", "adapter_params_effective")},
     )
     if training_args.should_save:
         output_dir = Path(plan.output_dir)

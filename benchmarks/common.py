@@ -27,7 +27,7 @@ from peft import get_peft_model  # noqa: E402
 from transformers import get_linear_schedule_with_warmup  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from adapters import MATRIX_PATTERNS, build_peft_config, head_modules, lora_layers, resolve_targets  # noqa: E402
+from adapters import MATRIX_PATTERNS, build_peft_config, head_modules, lora_layers, resolve_targets, unit_costs  # noqa: E402
 from arguments import PeftArguments  # noqa: E402
 from glora_callback import GLoRA, LoopHost  # noqa: E402
 from plan import RunPlan, resolve_adalora, resolve_glora, resolve_rank_budget  # noqa: E402
@@ -97,7 +97,7 @@ def autocast_context(device, bf16: bool):
 # ---- one method = a peft model + its optimizer, scheduler and hooks ----
 
 
-def method_plan(method, lora_r, targets, head, total_step, deltaT=10, signal="lora_b") -> RunPlan:
+def method_plan(method, lora_r, targets, costs, head, total_step, deltaT=10, signal="lora_b") -> RunPlan:
     """The run plan of `method` with the project's defaults (arguments.PeftArguments) at rank `lora_r`. AdaLoRA's
     schedule is set so that timed steps fall in its budget-decreasing phase (its most expensive one: sensitivity
     update every step, masking every deltaT steps). GLoRA's warm-up is never reached by step count: the benchmark
@@ -106,10 +106,11 @@ def method_plan(method, lora_r, targets, head, total_step, deltaT=10, signal="lo
                          glora_warmup_steps=total_step - 1, glora_signal=signal)
     budget = resolve_rank_budget(peft, len(targets))
     return RunPlan(
-        task="benchmark", method=method, output_dir="", targets=tuple(targets), head=tuple(head), rank_budget=budget,
-        lora_r=lora_r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_step, world_size=1,
-        adalora=resolve_adalora(peft, budget, len(targets), total_step) if method == "adalora" else None,
-        glora=resolve_glora(peft, budget, total_step, trial_run=True) if method == "glora" else None,
+        task="benchmark", method=method, output_dir="", targets=tuple(targets), unit_costs=tuple(costs),
+        head=tuple(head), budget_unit=peft.budget_unit, rank_budget=budget, param_budget=None, lora_r=lora_r,
+        lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_step, world_size=1,
+        adalora=resolve_adalora(peft, budget, None, costs, total_step) if method == "adalora" else None,
+        glora=resolve_glora(peft, budget, None, total_step, trial_run=True) if method == "glora" else None,
     )
 
 
@@ -129,7 +130,7 @@ def build_method(base, kind, lora_r=8, signal="lora_b", total_step=1000, deltaT=
     (optimizer steps taken). kind: lora | adalora | glora."""
     model = copy.deepcopy(base)
     targets = targets or resolve_targets(model, list(MATRIX_PATTERNS))
-    plan = method_plan(kind, lora_r, targets, head_modules(model), total_step, deltaT, signal)
+    plan = method_plan(kind, lora_r, targets, unit_costs(model, targets), head_modules(model), total_step, deltaT, signal)
     torch.manual_seed(seed)  # the same LoRA A initialisation for every method that shares the shapes
     model = get_peft_model(model, build_peft_config(plan))
     model.train()
@@ -178,7 +179,8 @@ class HookTimer:
 def train_step(m, batch, autocast_ctx=None, max_grad_norm=1.0, hook_timer=None):
     """One optimizer step in the Trainer's order (transformers 5 inner loop + GlueTrainer + AdaLoraCallback):
     forward (AdaLoRA's adds its orthogonality penalty: labels are given) -> backward -> GLoRA observe_gradients
-    -> clip_grad_norm_ -> optimizer.step -> AdaLoRA update_and_allocate -> scheduler.step -> zero_grad."""
+    -> clip_grad_norm_ -> optimizer.step -> GLoRA after_optimizer_step / AdaLoRA update_and_allocate
+    -> scheduler.step -> zero_grad."""
     timer = hook_timer or nullcontext()
     with autocast_ctx or nullcontext():
         loss = m.model(**batch).loss
@@ -188,6 +190,9 @@ def train_step(m, batch, autocast_ctx=None, max_grad_norm=1.0, hook_timer=None):
             m.glora.observe_gradients(1.0)  # a no-op once GLoRA has reallocated, as in the Trainer
     torch.nn.utils.clip_grad_norm_(m.model.parameters(), max_grad_norm)
     m.host.optimizer.step()
+    if m.glora is not None:
+        with timer:
+            m.glora.after_optimizer_step()  # Adam's bias correction of slices a reallocation added
     if m.adalora:
         with timer:
             m.model.base_model.update_and_allocate(m.step)

@@ -2,4 +2,4 @@
 # Compare finished runs: bash launch/compare.sh runs/sweep [--out_dir DIR] [--alpha 0.05] ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python compare_runs.py "$@"
+"${PYTHON:-python3}" compare_runs.py "$@"

@@ -1,5 +1,6 @@
 """Fixtures: tiny random DeBERTa-v2 and BERT models and GLUE-format data written by the tests (no hub)."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -115,11 +116,14 @@ def trial_args(model_dir, data_dir, task, method, out, *extra):
     ]
 
 
-def glora_plan(rank_budget, warmup_steps, beta=0.9, signal="lora_b", min_rank=1, max_rank=None):
-    from plan import GLoRAPlan
+def glora_plan(rank_budget, warmup_steps, **changes):
+    """GLoRA's plan with the flags' defaults (arguments.PeftArguments) and the given changes."""
+    from arguments import PeftArguments
+    from plan import resolve_glora
 
-    return GLoRAPlan(rank_budget=rank_budget, warmup_steps=warmup_steps, beta=beta, signal=signal, min_rank=min_rank,
-                     max_rank=max_rank)
+    peft = PeftArguments(method="glora")
+    plan = resolve_glora(peft, rank_budget, None, total_steps=10**6, trial_run=False)
+    return dataclasses.replace(plan, warmup_steps=warmup_steps, **changes)
 
 
 class Tiny(torch.nn.Module):

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from rank_allocation import apportion_ranks  # noqa: E402
+from rank_allocation import apportion_parameters, apportion_ranks
 
 # ---------------------------------------------------------------- reference and property checks
 
@@ -210,3 +210,59 @@ if given is not None:
     @given(allocation_cases())
     def test_properties_hypothesis(case):
         check_properties(*case)
+
+
+# ---------------------------------------------------------------- budgets in parameters
+
+
+def test_parameter_budget_by_hand():
+    # Two attention matrices (unit 2h = 8) and one FFN matrix (unit 5h = 20), h = 4; budget = r 2 everywhere.
+    costs, budget = [8, 8, 20], 2 * (8 + 8 + 20)  # 72 parameters
+    # Equal scores: equal parameter shares of 24 each -> ranks 3, 3, 1.2 -> floors 3, 3, 1 (68) -> 4 left: none fits.
+    assert apportion_parameters([1, 1, 1], costs, budget) == [3, 3, 1]
+    # All score on the FFN matrix: the attention matrices keep the floor (16), the FFN gets 56 / 20 -> 2, then 16
+    # parameters are left: the FFN unit (20) no longer fits, the attention units (8) do, largest remainder first.
+    assert apportion_parameters([0, 0, 1], costs, budget) == [2, 2, 2]
+
+
+def check_parameter_properties(scores, costs, budget, min_rank, caps):
+    ranks = apportion_parameters(scores, costs, budget, min_rank, caps)
+    caps_eff = caps if caps is not None else [budget // c for c in costs]
+    spent = sum(r * c for r, c in zip(ranks, costs))
+    assert spent <= budget, (ranks, spent, budget)
+    room = [c for r, c, cap in zip(ranks, costs, caps_eff) if r < cap]
+    assert not room or budget - spent < min(room), (ranks, budget - spent, room)  # shortfall < cheapest unit that fits
+    assert all(min_rank <= r <= cap for r, cap in zip(ranks, caps_eff)), (ranks, caps_eff)
+    return ranks
+
+
+def test_parameter_budget_properties_seeded_random_loop():
+    rng = random.Random(7)
+    for _ in range(300):
+        n = rng.randint(1, 12)
+        costs = [rng.choice([64, 64, 64, 64, 160, 160]) for _ in range(n)]  # 2h and 5h units, h = 32
+        scores = [rng.choice([0.0, rng.random(), rng.random() * 100]) for _ in range(n)]
+        min_rank = rng.randint(1, 2)
+        caps = None if rng.random() < 0.5 else [rng.randint(min_rank, 16) for _ in range(n)]
+        low = min_rank * sum(costs)
+        high = sum(cap * c for cap, c in zip(caps, costs)) if caps else 64 * sum(costs)
+        budget = rng.randint(low, max(low, high))
+        check_parameter_properties(scores, costs, budget, min_rank, caps)
+
+
+def test_parameter_budget_uniform_scores_uniform_costs_match_rank_budget():
+    # With equal costs a parameter budget is a rank budget times the cost, up to the floor-fill rounding.
+    for scores in ([1, 2, 3, 4], [5, 5, 5, 5], [0.1, 0, 7, 2]):
+        by_params = apportion_parameters(scores, [10] * 4, 10 * 20)
+        assert sum(by_params) == 20 and by_params == apportion_ranks(scores, 20)
+
+
+@pytest.mark.parametrize("scores, costs, budget, min_rank, caps, match", [
+    ([1, 1], [8, 20], 27, 1, None, "cannot give"),
+    ([1, 1], [8, 20], 100, 1, [2, 2], "exceeds"),
+    ([1], [0], 10, 1, None, "positive integer"),
+    ([-1, 1], [8, 8], 32, 1, None, "non-negative"),
+])
+def test_parameter_budget_errors(scores, costs, budget, min_rank, caps, match):
+    with pytest.raises(ValueError, match=match):
+        apportion_parameters(scores, costs, budget, min_rank, caps)

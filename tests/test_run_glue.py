@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -249,8 +250,16 @@ def test_adapter_file_holds_final_ranks(tiny_deberta, glue_dir, tmp_path):
         assert a.shape == (module["final_rank"], module["d_in"]) and b.shape == (module["d_out"], module["final_rank"])
 
 
-def test_every_config_parses_and_every_launcher_points_to_one():
-    configs = sorted((ROOT / "configs").glob("*_*.yaml"))
+PRESETS = ("", "seed_plan", "equal_params")  # configs/, configs/seed_plan/, configs/equal_params/
+
+
+def preset_files():
+    return [config for preset in PRESETS for config in sorted((ROOT / "configs" / preset).glob("*_*.yaml"))]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_config_parses_and_every_launcher_points_to_one(preset):
+    configs = sorted((ROOT / "configs" / preset).glob("*_*.yaml"))
     assert {c.stem for c in configs} == {f"{m}_{t}" for m in METHODS for t in ("mnli", "sst2", "rte")}
     for config in configs:
         args = parse_args([str(config), "--use_cpu", "True"])
@@ -259,7 +268,7 @@ def test_every_config_parses_and_every_launcher_points_to_one():
         assert (args.peft.lora_r, args.training.learning_rate, args.training.per_device_train_batch_size) == (8, 2e-4, 32)
         assert args.model.model_name_or_path == "microsoft/deberta-v3-base" and args.data.max_seq_length == 256
         launcher = ROOT / "launch" / f"{config.stem}.sh"
-        assert f"configs/{config.name}" in launcher.read_text() and os.access(launcher, os.X_OK)
+        assert f'"configs/${{PRESET:+$PRESET/}}{config.name}"' in launcher.read_text() and os.access(launcher, os.X_OK)
 
 
 def test_configs_hold_only_what_differs_from_the_defaults():
@@ -267,13 +276,13 @@ def test_configs_hold_only_what_differs_from_the_defaults():
     defaults = parse_args(["--task", "sst2"])
     fields = {name: group for group in ("model", "data", "peft", "training")
               for name in vars(getattr(defaults, group))}
-    for config in sorted((ROOT / "configs").glob("*_*.yaml")):
+    for config in preset_files():
         for key, value in yaml.safe_load(config.read_text()).items():
-            assert key in fields, f"{config.name}: {key} is not a flag"
+            assert key in fields, f"{config}: {key} is not a flag"
             if key in ("task", "method"):  # what the preset is; task has no default
                 continue
             default = getattr(getattr(defaults, fields[key]), key)
-            assert value != default, f"{config.name}: {key}: {value} repeats the default"
+            assert value != default, f"{config}: {key}: {value} repeats the default"
 
 
 def test_cpu_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
@@ -283,7 +292,7 @@ def test_cpu_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
     data = glue_dir("sst2", n_train=32, n_eval=16)
     glue_dir("rte", n_train=32, n_eval=16)
     root = tmp_path / "study"
-    env = {**os.environ, "STUDY_ROOT": str(root), "STUDY_SEEDS": "1", "STUDY_MODEL": str(tiny_bert),
+    env = {**os.environ, "PYTHON": sys.executable, "STUDY_ROOT": str(root), "STUDY_SEEDS": "1", "STUDY_MODEL": str(tiny_bert),
            "STUDY_EXTRA_ARGS": "--max_steps 2 --max_seq_length 32"}
     done = subprocess.run(["bash", str(ROOT / "launch" / "cpu_study.sh"), str(data)], env=env, capture_output=True,
                           text=True, timeout=900)
