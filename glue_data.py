@@ -21,6 +21,7 @@ def load_glue_data(data_args, cache_dir=None) -> datasets.DatasetDict:
     files = data_files(data_args)
     raw = load_files(files) if files else load_from_hub(data_args, cache_dir)
     check_data(raw, data_args.task, files)
+    raw = hold_out_tuning_split(raw, data_args.tuning_split_fraction, data_args.tuning_split_max)
     if data_args.max_train_samples is not None:
         raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
     for split in task.split_names:
@@ -125,6 +126,30 @@ def check_data(raw, task_name, files=None):
         if bad:
             hint = " (-1 marks an unlabelled test split)" if -1 in bad else ""
             raise ValueError(f"{task_name} has labels 0..{task.num_labels - 1}; {split} holds {bad}{hint}.")
+
+
+TUNING_SPLIT_SEED = 20240  # fixed: the same rows are held out whatever the run's --seed
+
+
+def hold_out_tuning_split(raw, fraction: float, max_examples: int) -> datasets.DatasetDict:
+    """Move a fixed random `fraction` of the training rows (at most `max_examples`) into a `tuning` split, for
+    hyper-parameter search (hpo.py) to score trials on rows they do not train on, leaving the dev splits for the
+    final runs. The rest stays `train`, in its original order. Rows keep their training-set position as `idx`."""
+    if fraction <= 0:
+        return raw
+    train = raw["train"]
+    if "idx" not in train.column_names:
+        train = train.add_column("idx", list(range(len(train))))
+    size = min(int(round(fraction * len(train))), max_examples)
+    if not 0 < size < len(train):
+        raise ValueError(f"A tuning split of {size} examples out of {len(train)} training examples leaves nothing to "
+                         "tune on or train on: change --tuning_split_fraction or --tuning_split_max.")
+    shuffled = np.random.default_rng(TUNING_SPLIT_SEED).permutation(len(train))
+    held_out = np.sort(shuffled[:size])
+    kept = np.sort(shuffled[size:])
+    raw["tuning"] = train.select(held_out)
+    raw["train"] = train.select(kept)
+    return raw
 
 
 def tokenize_splits(raw, tokenizer, data_args, training_args) -> datasets.DatasetDict:

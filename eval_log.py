@@ -1,0 +1,55 @@
+"""Evaluations during training, appended to `<output_dir>/eval_log.jsonl` as they happen, one JSON object a line:
+
+    {"step": 32, "max_steps": 125, "split": "tuning", "examples_per_step": 16, "metrics": {"accuracy": 0.81, ...}}
+
+hpo.py reads this file while a trial runs: each line is an intermediate value for Optuna's pruner, and the last
+line is the trial's result. The callback also makes the last training step an evaluation step (when the run
+evaluates at all), so that the log always ends with the model as trained.
+"""
+
+import json
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+EVAL_LOG = "eval_log.jsonl"
+
+
+class EvalLog(TrainerCallback):
+    def __init__(self, output_dir, split: str):
+        self.path = Path(output_dir, EVAL_LOG)
+        self.split = split
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.exists():
+            self.path.unlink()  # a rerun into the same directory starts a new log
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and args.eval_strategy != "no":
+            control.should_evaluate = True
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero or not metrics:
+            return
+        prefix = "eval_tuning_" if self.split == "tuning" else "eval_"
+        record = {
+            "step": state.global_step, "max_steps": state.max_steps, "split": self.split,
+            "examples_per_step": args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            "metrics": {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)},
+        }
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_eval_log(output_dir) -> list:
+    """The evaluations logged so far (a line still being written is left for the next read)."""
+    path = Path(output_dir, EVAL_LOG)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records

@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Hyper-parameter search as the seed plans it: Optuna over a method's space, then final runs with the best values.
+
+    python hpo.py configs/search/glora.yaml --task mnli                      # 25 trials, then seeds 1 2 3
+    python hpo.py configs/search/cpu_lr_batch.yaml --method lora --task sst2 --n_trials 2 --max_steps 2
+    python hpo.py configs/search/glora.yaml --task mnli --stage search --storage postgresql://...   # another worker
+
+Flags hpo.py does not know are run_glue_peft.py flags, given to every trial and final run (after the space file's
+`run` block, so they override it). Each trial is an ordinary run in STUDY_DIR/trials/trial_NNNN, scored on a tuning
+split held out from the training data (`--tune_on dev`: the seed plan's choice); W&B is off for trials. The study
+lives in a database (default STUDY_DIR/study.db), so a killed search resumes and several workers can share it.
+docs/hpo.md has the protocol, the budget mapping and a real check.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from arguments import check_args, config_to_flags, parse_args
+from search.report import progress_line, summary, write_outputs
+from search.space import load_search_config, sample
+from search.study import hpo_record, open_study, run_worker
+from search.trial import TrialFailed, run_trial
+
+SET_BY_HPO = ("output_dir", "tuning_split_fraction", "tuning_split_max", "eval_split", "hpo_record")
+
+
+def parse_hpo_args(argv):
+    """(hpo.py's own flags, the run_glue_peft.py flags)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("config", help="Search space file (configs/search/*.yaml).")
+    p.add_argument("--n_trials", type=int, help="Trials in the study, all workers together (default: the file's). "
+                                                "0: no search; the final runs use the config's values.")
+    p.add_argument("--stage", choices=("all", "search", "final"), default="all",
+                   help="all: search, then final runs; search: only trials (an extra worker); final: only final runs.")
+    p.add_argument("--study_name", help="Default <task>_<method>.")
+    p.add_argument("--study_dir", help="Trials, database, tables and figures (default outputs/hpo/<study_name>).")
+    p.add_argument("--storage", help="Optuna RDB URL (sqlite:///..., postgresql://..., mysql://...); default "
+                                     "sqlite:///STUDY_DIR/study.db. Workers on several machines need a server database.")
+    p.add_argument("--pruner", choices=("median", "none"), default="median",
+                   help="median: stop a trial below the median of completed trials at the same point of training.")
+    p.add_argument("--pruner_startup_trials", type=int, default=3, help="Completed trials before the pruner acts.")
+    p.add_argument("--evaluations_per_trial", type=int, default=4,
+                   help="Evaluations during each trial, evenly spaced (the pruner's checkpoints); the last at the end.")
+    p.add_argument("--tune_on", choices=("tuning_split", "dev"), default="tuning_split",
+                   help="Score trials on a split held out from the training data, or on the dev set (the seed's "
+                        "choice; then the final dev numbers are optimistic).")
+    p.add_argument("--tuning_split_fraction", type=float, default=0.1, help="Training data held out for tuning.")
+    p.add_argument("--tuning_split_max", type=int, default=2000, help="At most this many examples held out.")
+    p.add_argument("--final_seeds", type=int, nargs="*", default=[1, 2, 3], help="One final run per seed.")
+    p.add_argument("--final_root", default="outputs/hpo/final",
+                   help="Final runs go to FINAL_ROOT/<task>/<method>_seed<seed> (python compare_runs.py FINAL_ROOT).")
+    p.add_argument("--launcher", default=f"{sys.executable}",
+                   help="How each run is started, e.g. 'accelerate launch --num_processes 4' (default: this python).")
+    p.add_argument("--run_script", default="run_glue_peft.py", help="The training script (tests use a stand-in).")
+    p.add_argument("--sampler_seed", type=int, help="Seed of the TPE sampler (default: random).")
+    p.add_argument("--heartbeat_interval", type=int, default=30, help="Seconds between a running trial's heartbeats.")
+    p.add_argument("--grace_period", type=int, default=90,
+                   help="A trial without heartbeat this long is taken as interrupted: FAILED, and rerun.")
+    p.add_argument("--poll_seconds", type=float, default=1.0, help="How often a running trial's eval log is read.")
+    return p.parse_known_args(argv)
+
+
+def main(argv=None):
+    hpo, run_flags = parse_hpo_args(sys.argv[1:] if argv is None else argv)
+    search = load_search_config(hpo.config)
+    fixed = config_to_flags(search.run) + run_flags
+    run_args = parse_args(fixed)  # the run flags are checked here, before any trial starts
+    check_args(run_args)
+    check_flags(run_flags, search, hpo)
+    task, method = run_args.data.task, run_args.peft.method
+    n_trials = search.n_trials if hpo.n_trials is None else hpo.n_trials
+
+    name = hpo.study_name or f"{task}_{method}"
+    study_dir = Path(hpo.study_dir or f"outputs/hpo/{name}")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    storage = hpo.storage or f"sqlite:///{study_dir / 'study.db'}"
+    study = open_study(name, storage, search.direction, hpo.pruner, hpo.pruner_startup_trials, hpo.sampler_seed,
+                       hpo.heartbeat_interval, hpo.grace_period)
+    tuned_on = hpo.tune_on
+    print(f"study {name} in {safe_url(storage)}: {n_trials} trials of {method} on {task}, tuned on {tuned_on}, "
+          f"space {hpo.config}", flush=True)
+
+    if hpo.stage in ("all", "search"):
+        objective = make_objective(hpo, search, fixed, study_dir)
+        run_worker(study, n_trials, objective, on_trial_end=lambda s, t: print(progress_line(s, t), flush=True),
+                   catch=(TrialFailed,), poll_seconds=hpo.poll_seconds)
+    if hpo.stage == "search":
+        return
+    record = hpo_record(study, safe_url(storage), tuned_on)
+    record_path = study_dir / "hpo_record.json"
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    table, notes = write_outputs(study, study_dir, record["best_params"])
+    final = final_runs(hpo, fixed, record["best_params"], record_path, task, method, search.metric)
+    print(summary(study, record, table, notes, final, search.metric, study_dir), flush=True)
+
+
+def check_flags(run_flags, search, hpo):
+    given = {flag[2:].split("=")[0] for flag in run_flags if flag.startswith("--")}
+    clash = sorted(given & set(search.space))
+    if clash:
+        raise SystemExit(f"{clash} are searched ({hpo.config}); do not also pass them as flags.")
+    managed = sorted(given & set(SET_BY_HPO))
+    if managed:
+        raise SystemExit(f"{managed} are set by hpo.py (see --tune_on, --tuning_split_*, --study_dir, --final_root).")
+
+
+def data_flags(hpo, during_search: bool) -> list:
+    """Trials and final runs train on the same rows: the tuning split is held out from both. Trials evaluate on it."""
+    if hpo.tune_on == "dev":
+        return ["--eval_split", "dev"]
+    held_out = ["--tuning_split_fraction", str(hpo.tuning_split_fraction), "--tuning_split_max", str(hpo.tuning_split_max)]
+    return held_out + ["--eval_split", "tuning" if during_search else "dev"]
+
+
+def make_objective(hpo, search, fixed, study_dir):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+
+    def objective(trial):
+        params = sample(trial, search.space)
+        trial_dir = study_dir / "trials" / f"trial_{trial.number:04d}"
+        command = run_command(hpo, fixed + config_to_flags(params) + data_flags(hpo, during_search=True) + [
+            "--output_dir", str(trial_dir), "--overwrite_output_dir", "True", "--report_to", "none",
+            "--eval_strategy", "steps", "--eval_steps", str(1 / hpo.evaluations_per_trial), "--save_strategy", "no"])
+        try:
+            return run_trial(trial, command, trial_dir, search.metric, hpo.evaluations_per_trial, hpo.poll_seconds, env)
+        except TrialFailed as failure:
+            trial.set_user_attr("fail_reason", str(failure))
+            raise
+
+    return objective
+
+
+def run_command(hpo, flags) -> list:
+    return shlex.split(hpo.launcher) + [hpo.run_script] + flags
+
+
+def final_runs(hpo, fixed, best_params, record_path, task, method, metric) -> list:
+    """One run per seed with the best values, W&B as the run flags say; finished ones are kept (rerun to resume)."""
+    results = []
+    for seed in hpo.final_seeds:
+        out = Path(hpo.final_root, task, f"{method}_seed{seed}")
+        finished = out / "all_results.json"
+        if not finished.exists():
+            out.mkdir(parents=True, exist_ok=True)
+            command = run_command(hpo, fixed + config_to_flags(best_params) + data_flags(hpo, during_search=False) + [
+                "--seed", str(seed), "--output_dir", str(out), "--overwrite_output_dir", "True",
+                "--hpo_record", str(record_path)])
+            print(f"final run, seed {seed}: {out} (log {out}.log)", flush=True)
+            with open(f"{out}.log", "w") as log:
+                code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+            if code != 0 or not finished.exists():
+                results.append((seed, f"FAILED (exit {code}; see {out}.log)"))
+                continue
+        values = json.loads(finished.read_text())
+        shown = {k: v for k, v in values.items() if k.startswith("eval_") and k.split("eval_")[1].split("_mm")[0] in
+                 (metric, "accuracy", "combined_score")}
+        results.append((seed, ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f"  ({out})"))
+    return results
+
+
+def safe_url(url: str) -> str:
+    """The storage URL without its password, for logs and run_args.json."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    main()

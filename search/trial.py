@@ -1,0 +1,102 @@
+"""One trial: a run_glue_peft.py process in its own directory, watched while it trains.
+
+Each evaluation the run appends to eval_log.jsonl is reported to Optuna at a step that means the same for every
+trial whatever its batch size: k = floor(evaluations_per_trial x step / max_steps), i.e. "k quarters of training
+done" with 4 evaluations. When the pruner says stop, the run's whole process group is terminated (so that a
+multi-process `accelerate launch` stops too) and the trial ends PRUNED. A run that exits with an error, or logs no
+evaluation, ends FAILED with its reason; the study goes on.
+"""
+
+import ctypes
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+from eval_log import read_eval_log
+
+
+class TrialFailed(Exception):
+    """The run did not produce a result; the message says why."""
+
+
+def run_trial(trial, command: list, trial_dir: Path, metric: str, evaluations_per_trial: int, poll_seconds: float,
+              env: dict) -> float:
+    """The run's last evaluation of `metric`; intermediate ones go to the pruner. Writes trial_dir/run.log."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    trial.set_user_attr("trial_dir", str(trial_dir))
+    with open(trial_dir / "run.log", "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   preexec_fn=die_with_parent)
+    reported = 0
+    try:
+        while True:
+            exited = process.poll() is not None  # read the log after the exit check: nothing is missed
+            records = read_eval_log(trial_dir)
+            for record in records[reported:]:
+                record_progress(trial, record)
+                trial.report(value_of(record, metric), report_step(record, evaluations_per_trial))
+                if trial.should_prune():
+                    stop(process)
+                    raise optuna.TrialPruned(f"pruned at step {record['step']} of {record['max_steps']}")
+            reported = len(records)
+            if exited:
+                break
+            time.sleep(poll_seconds)
+    finally:
+        stop(process)
+    if process.returncode != 0:
+        raise TrialFailed(f"run exited with code {process.returncode}: {last_error_line(trial_dir / 'run.log')}")
+    if not records:
+        raise TrialFailed("the run logged no evaluation (is --eval_strategy 'no' among the run flags?)")
+    return value_of(records[-1], metric)
+
+
+def report_step(record: dict, evaluations_per_trial: int) -> int:
+    return math.floor(evaluations_per_trial * record["step"] / record["max_steps"])
+
+
+def value_of(record: dict, metric: str) -> float:
+    if metric not in record["metrics"]:
+        raise TrialFailed(f"metric {metric!r} not among the evaluation's {sorted(record['metrics'])}")
+    return float(record["metrics"][metric])
+
+
+def record_progress(trial, record: dict):
+    """What trials.csv reports as compute: steps trained (at the last evaluation) of the run's max_steps."""
+    trial.set_user_attr("steps_trained", record["step"])
+    trial.set_user_attr("max_steps", record["max_steps"])
+    trial.set_user_attr("examples_per_step", record["examples_per_step"])
+
+
+def stop(process: subprocess.Popen, grace_seconds: float = 10):
+    """Terminate the run's process group (SIGTERM, then SIGKILL after grace_seconds); no-op once it has exited."""
+    if process.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace_seconds)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def die_with_parent():
+    """Linux: the run gets SIGTERM if hpo.py dies (even by SIGKILL), so a killed study leaves no orphan training."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def last_error_line(log_path: Path) -> str:
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or ["(empty log)"])[-1][:300]

@@ -1,0 +1,61 @@
+"""A stand-in for run_glue_peft.py in hpo.py's tests, quick to start (no torch, no transformers): it "trains" for
+--max_steps steps of FAKE_STEP_SECONDS each and logs evaluations to eval_log.jsonl where and how a real run does
+(every ceil(eval_steps x max_steps) steps and at the last one). Its score is a fixed function of the learning rate
+(higher is better up to 1e-2), so a test knows which trial is good. FAKE_RUN_FAILS=1 makes it fail at its start.
+
+A run that finishes writes all_results.json, and run_args.json with its command line (`argv`, for the tests to
+parse with the real parser) and the hpo block, as prepare_output_dir does.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def score(learning_rate: float, progress: float) -> float:
+    return min(learning_rate * 100, 1.0) * progress
+
+
+def flags_of(argv) -> dict:
+    """--name value ... -> {name: value}; later flags win, as in argparse."""
+    flags, name = {}, None
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:]
+            flags[name] = None
+        elif name is not None:
+            flags[name] = token
+    return flags
+
+
+def main(argv):
+    flags = flags_of(argv)
+    if os.environ.get("FAKE_RUN_FAILS"):
+        raise RuntimeError("fake run failed on purpose")
+    out = Path(flags["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    max_steps = int(flags.get("max_steps") or 8)
+    interval = math.ceil(float(flags["eval_steps"]) * max_steps) if flags.get("eval_strategy") == "steps" else None
+    lr = float(flags.get("learning_rate") or 2e-4)
+    for step in range(1, max_steps + 1):
+        time.sleep(float(os.environ.get("FAKE_STEP_SECONDS", "0.05")))
+        if interval and (step % interval == 0 or step == max_steps):
+            record = {"step": step, "max_steps": max_steps, "split": flags.get("eval_split"),
+                      "examples_per_step": int(flags.get("per_device_train_batch_size") or 32),
+                      "metrics": {"combined_score": score(lr, step / max_steps)}}
+            with open(out / "eval_log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+    run_args = {"argv": argv}
+    if flags.get("hpo_record"):
+        run_args["hpo"] = json.loads(Path(flags["hpo_record"]).read_text())
+    (out / "run_args.json").write_text(json.dumps(run_args))
+    results = {"task": flags["task"], "method": flags["method"], "seed": int(flags.get("seed") or 42),
+               "eval_combined_score": score(lr, 1.0), "eval_accuracy": score(lr, 1.0)}
+    (out / "all_results.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,269 @@
+"""hpo.py: search spaces, pruning, kill and resume, two workers on one study, final runs, the tuning split.
+
+Most tests start tests/fake_run.py in place of run_glue_peft.py (same flags, same eval_log.jsonl, no model); one
+runs the whole pipeline with a tiny model."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, trial_args
+from optuna.trial import TrialState
+
+import hpo
+from arguments import DataArguments, check_args, config_to_flags, parse_args
+from glue_data import load_glue_data
+from search.space import load_search_config, sample
+from search.study import counted_trials
+
+FAKE_RUN = str(ROOT / "tests" / "fake_run.py")
+HPO_BLOCK_KEYS = {"study_name", "storage", "n_trials", "n_complete", "n_pruned", "best_params", "tuned_on"}
+
+
+def write_space(tmp_path, space, run=None, n_trials=4) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"run": run or {"method": "lora"},
+                                    "optuna": {"n_trials": n_trials, "direction": "maximize", "search_space": space}}))
+    return path
+
+
+def fake_hpo_args(space_file, study_dir, *extra):
+    return [str(space_file), "--task", "sst2", "--study_dir", str(study_dir), "--final_root", str(study_dir / "final"),
+            "--run_script", FAKE_RUN, "--poll_seconds", "0.1", "--max_steps", "8", *extra]
+
+
+def load_study(study_dir):
+    return optuna.load_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}")
+
+
+def trials_so_far(study_dir) -> list:
+    if not (study_dir / "study.db").exists():
+        return []
+    try:
+        return load_study(study_dir).get_trials()
+    except KeyError:  # the worker has not created the study yet
+        return []
+
+
+LR_SPACE = {"learning_rate": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-2}}
+
+
+def test_each_space_type_samples_within_bounds_and_reaches_the_run_as_its_flag(tmp_path):
+    space_file = write_space(tmp_path, {
+        "learning_rate": {"type": "loguniform", "low": "1e-4", "high": "5e-4"},  # PyYAML reads 1e-4 as text
+        "glora_beta": {"type": "uniform", "low": 0.8, "high": 0.99},
+        "tinit": {"type": "int", "low": 500, "high": 1500},
+        "per_device_train_batch_size": {"type": "categorical", "choices": [16, 32, 64]},
+    }, run={"method": "glora"})
+    space = load_search_config(space_file).space
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        params = sample(study.ask(), space)
+        assert 1e-4 <= params["learning_rate"] <= 5e-4 and 0.8 <= params["glora_beta"] <= 0.99
+        assert isinstance(params["tinit"], int) and 500 <= params["tinit"] <= 1500
+        assert params["per_device_train_batch_size"] in (16, 32, 64)
+        args = parse_args(["--task", "rte"] + config_to_flags(params))
+        assert args.training.learning_rate == params["learning_rate"]
+        assert args.peft.glora_beta == params["glora_beta"] and args.peft.tinit == params["tinit"]
+        assert args.training.per_device_train_batch_size == params["per_device_train_batch_size"]
+
+
+def test_space_files_of_the_repository_load_and_bad_ones_are_refused(tmp_path):
+    for path in sorted((ROOT / "configs" / "search").glob("*.yaml")):
+        config = load_search_config(path)
+        assert config.space and config.direction == "maximize"
+    with pytest.raises(ValueError, match="not run_glue_peft.py flags"):
+        load_search_config(write_space(tmp_path, {"lr": {"type": "uniform", "low": 0, "high": 1}}))
+    with pytest.raises(ValueError, match="type must be one of"):
+        load_search_config(write_space(tmp_path, {"learning_rate": {"type": "normal", "low": 0, "high": 1}}))
+    with pytest.raises(ValueError, match="low < high"):
+        load_search_config(write_space(tmp_path, {"learning_rate": {"type": "loguniform", "low": 0, "high": 1}}))
+
+
+def test_the_pruner_stops_a_poor_trial_and_its_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.3")
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    study = optuna.create_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
+    study.enqueue_trial({"learning_rate": 9e-3})  # good: completes
+    study.enqueue_trial({"learning_rate": 1e-4})  # poor: below the median at its first evaluation
+    hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--stage", "search",
+                           "--pruner_startup_trials", "1"))
+    good, poor = load_study(study_dir).get_trials()
+    assert good.state == TrialState.COMPLETE and good.user_attrs["steps_trained"] == 8
+    assert poor.state == TrialState.PRUNED and poor.user_attrs["steps_trained"] == 2  # first of 4 evaluations
+    time.sleep(1)  # a run left alive would go on logging every 2 steps
+    lines = (study_dir / "trials" / "trial_0001" / "eval_log.jsonl").read_text().splitlines()
+    assert len(lines) <= 2 and not (study_dir / "trials" / "trial_0001" / "all_results.json").exists()
+
+
+def test_pruner_none_lets_the_poor_trial_finish(tmp_path):
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    study = optuna.create_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
+    study.enqueue_trial({"learning_rate": 9e-3})
+    study.enqueue_trial({"learning_rate": 1e-4})
+    hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--stage", "search",
+                           "--pruner_startup_trials", "1", "--pruner", "none"))
+    assert [t.state for t in load_study(study_dir).get_trials()] == [TrialState.COMPLETE] * 2
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_RUN_FAILS", "1")
+    study_dir = tmp_path / "study"
+    hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--stage", "search"))
+    trials = load_study(study_dir).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all("exited with code 1: RuntimeError: fake run failed on purpose" in t.user_attrs["fail_reason"]
+               for t in trials)
+
+
+def start_worker(space_file, study_dir, *extra):
+    command = [sys.executable, str(ROOT / "hpo.py")] + fake_hpo_args(space_file, study_dir, *extra)
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.15")
+    study_dir = tmp_path / "study"
+    flags = ("--n_trials", "3", "--stage", "search", "--heartbeat_interval", "1", "--grace_period", "2",
+             "--pruner", "none")
+    worker = start_worker(write_space(tmp_path, LR_SPACE), study_dir, *flags)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # kill it while its second trial runs
+        trials = trials_so_far(study_dir)
+        if [t.state for t in trials] == [TrialState.COMPLETE, TrialState.RUNNING] and \
+                (study_dir / "trials" / "trial_0001" / "eval_log.jsonl").exists():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the worker never reached its second trial: {worker.communicate()[0] if worker.poll() is not None else ''}")
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    before = load_study(study_dir).get_trials()
+
+    hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, *flags))
+    after = load_study(study_dir).get_trials()
+    assert after[0].state == TrialState.COMPLETE and after[0].datetime_complete == before[0].datetime_complete
+    assert after[1].state == TrialState.FAIL  # the interrupted trial...
+    rerun = [t for t in after if t.system_attrs.get("failed_trial") == 1]
+    assert len(rerun) == 1 and rerun[0].params == after[1].params and rerun[0].state == TrialState.COMPLETE  # ...rerun
+    assert len(counted_trials(load_study(study_dir))) == 3 and len(after) == 4
+    # The killed search's training process died with it: the interrupted trial's log stopped growing.
+    assert not (study_dir / "trials" / "trial_0001" / "all_results.json").exists()
+
+
+def test_two_workers_share_one_study(tmp_path, monkeypatch, capsys):
+    """A worker process started on its own, and this test's process as the second worker, on one SQLite study."""
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.1")
+    study_dir = tmp_path / "study"
+    space_file = write_space(tmp_path, LR_SPACE)
+    flags = ("--n_trials", "8", "--stage", "search", "--pruner", "none")
+    other = start_worker(space_file, study_dir, *flags)
+    deadline = time.time() + 60
+    while not (study_dir / "trials").exists() and time.time() < deadline:  # join once the other worker has begun
+        time.sleep(0.1)
+    hpo.main(fake_hpo_args(space_file, study_dir, *flags))
+    other_output = other.communicate(timeout=60)[0]
+    assert other.returncode == 0, other_output
+    trials = load_study(study_dir).get_trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) and all(t.state == TrialState.COMPLETE for t in trials)
+    assert 8 <= len(trials) <= 9  # 9: both workers started a last trial at the same moment (documented race)
+    assert len({t.user_attrs["trial_dir"] for t in trials}) == len(trials)
+    assert "trial " in other_output and "trial " in capsys.readouterr().out  # both workers ran trials
+
+
+def test_n_trials_0_runs_the_final_runs_with_the_config_values(tmp_path):
+    with pytest.raises(SystemExit, match="searched"):  # a searched flag given on the command line too
+        hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), tmp_path / "study", "--learning_rate", "1e-3"))
+    space_file = write_space(tmp_path, {"per_device_train_batch_size": {"type": "categorical", "choices": [4, 8]}},
+                             run={"method": "lora", "learning_rate": 3e-3})
+    hpo.main(fake_hpo_args(space_file, tmp_path / "study", "--n_trials", "0", "--final_seeds", "5", "7"))
+    for seed in (5, 7):
+        run_args = json.loads((tmp_path / "study" / "final" / "sst2" / f"lora_seed{seed}" / "run_args.json").read_text())
+        parsed = parse_args(run_args["argv"])  # as run_glue_peft.py would read its command line
+        assert parsed.training.learning_rate == 3e-3 and parsed.training.seed == seed
+        assert parsed.training.per_device_train_batch_size == 32  # the run's default: nothing searched
+        assert run_args["hpo"]["n_trials"] == 0 and run_args["hpo"]["best_params"] == {}
+
+
+def without(flags, *names):
+    """flags less each named flag and its value."""
+    out = list(flags)
+    for name in names:
+        i = out.index(name)
+        del out[i:i + 2]
+    return out
+
+
+def test_whole_pipeline_with_a_tiny_model(tiny_bert, glue_dir, tmp_path, capsys):
+    """--n_trials 2 --max_steps 2: trials on the tuning split, final run with the best values, outputs, compare_runs."""
+    study_dir, final_root = tmp_path / "study", tmp_path / "final"
+    run_flags = without(trial_args(tiny_bert, glue_dir("sst2", n_train=80), "sst2", "glora", "unused"),
+                        "--output_dir", "--learning_rate", "--per_device_train_batch_size")  # set or searched by hpo.py
+    hpo.main([str(ROOT / "configs" / "search" / "cpu_lr_batch.yaml"), *run_flags, "--n_trials", "2", "--max_steps", "2",
+              "--study_dir", str(study_dir), "--final_root", str(final_root), "--final_seeds", "1",
+              "--tuning_split_fraction", "0.25", "--sampler_seed", "0"])
+    printed = capsys.readouterr().out
+    assert "trial   0 COMPLETE" in printed and "== study sst2_glora" in printed
+
+    table = pd.read_csv(study_dir / "trials.csv")
+    assert list(table["state"]) == ["COMPLETE", "COMPLETE"] and list(table["steps_trained"]) == [2, 2]
+    assert {"value", "duration_s", "param_learning_rate", "param_per_device_train_batch_size"} <= set(table.columns)
+    best = json.loads((study_dir / "best_params.json").read_text())
+    assert best == optuna.load_study(study_name="sst2_glora", storage=f"sqlite:///{study_dir / 'study.db'}").best_params
+    assert (study_dir / "optimization_history.png").stat().st_size > 0
+
+    trial_log = [json.loads(line) for line in (study_dir / "trials" / "trial_0000" / "eval_log.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in trial_log} == {"tuning"} and trial_log[-1]["step"] == 2
+
+    final = final_root / "sst2" / "glora_seed1"
+    run_args = json.loads((final / "run_args.json").read_text())
+    assert run_args["training"]["learning_rate"] == best["learning_rate"]
+    assert run_args["training"]["per_device_train_batch_size"] == best["per_device_train_batch_size"]
+    assert run_args["training"]["report_to"] == [] and run_args["data"]["eval_split"] == "dev"
+    assert run_args["data"]["tuning_split_fraction"] == 0.25  # trained on the trials' rows
+    assert set(run_args["hpo"]) == HPO_BLOCK_KEYS and run_args["hpo"]["tuned_on"] == "tuning_split"
+    assert run_args["hpo"]["n_trials"] == 2 and run_args["hpo"]["best_params"] == best
+    assert (final / "all_results.json").exists()
+
+
+def test_tuning_split_is_fixed_and_disjoint_from_the_training_rows(glue_dir):
+    data_dir = glue_dir("sst2", n_train=200)
+    plain = load_glue_data(DataArguments(task="sst2", dataset_dir=str(data_dir)))
+    held = load_glue_data(DataArguments(task="sst2", dataset_dir=str(data_dir), tuning_split_fraction=0.1))
+    again = load_glue_data(DataArguments(task="sst2", dataset_dir=str(data_dir), tuning_split_fraction=0.1,
+                                         max_train_samples=50))
+    train, tuning = set(held["train"]["idx"]), set(held["tuning"]["idx"])
+    assert len(tuning) == 20 and not train & tuning and train | tuning == set(range(200))
+    assert held["tuning"]["idx"] == again["tuning"]["idx"]  # the same rows whatever the rest of the flags
+    assert set(again["train"]["idx"]) <= train and len(again["train"]) == 50  # --max_train_samples cuts what is left
+    assert held["train"]["idx"] == sorted(train)  # the training rows keep their order
+    assert held["validation"]["sentence"] == plain["validation"]["sentence"]  # dev unchanged
+    capped = load_glue_data(DataArguments(task="sst2", dataset_dir=str(data_dir), tuning_split_fraction=0.5,
+                                          tuning_split_max=7))
+    assert len(capped["tuning"]) == 7 and set(capped["tuning"]["idx"]) <= set(range(200))
+    args = parse_args(["--task", "sst2", "--eval_split", "tuning"])
+    with pytest.raises(ValueError, match="needs a tuning split"):
+        check_args(args)
+
+
+def test_report_step_means_the_same_point_of_training_for_every_batch_size():
+    from search.trial import report_step
+
+    for max_steps in (2, 32, 63, 125):
+        interval = math.ceil(0.25 * max_steps)
+        steps = sorted({s for s in range(interval, max_steps + 1, interval)} | {max_steps})
+        keys = [report_step({"step": s, "max_steps": max_steps}, 4) for s in steps]
+        assert keys == sorted(set(keys)) and keys[-1] == 4  # distinct, increasing, the end is always 4
