@@ -175,6 +175,25 @@ def test_resume_from_another_model_is_refused(tiny_bert, tiny_deberta, glora_che
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "remove, error, match",
+    [
+        (None, FileNotFoundError, r"--resume_from_checkpoint .*checkpoint-9: no such checkpoint folder"),
+        ("glora_state.json", ValueError, r"checkpoint-2 has no glora_state.json: it was not written by a --method glora run"),
+        ("run_identity.json", FileNotFoundError, r"checkpoint-2/run_identity.json is missing: cannot check"),
+    ],
+)
+def test_resume_from_an_incomplete_checkpoint_is_refused(tiny_bert, glora_checkpoints, tmp_path, remove, error, match):
+    data, full = glora_checkpoints
+    checkpoint = tmp_path / "checkpoint-9"
+    if remove:
+        checkpoint = tmp_path / "checkpoint-2"
+        shutil.copytree(full / "checkpoint-2", checkpoint)
+        (checkpoint / remove).unlink()
+    fails_before_writing(error, match, tiny_bert, data, "glora", tmp_path / "out", "--max_steps", "4",
+                         "--resume_from_checkpoint", str(checkpoint))
+
+
 def test_unfinished_run_asks_for_resume_or_overwrite(tiny_bert, glora_checkpoints, tmp_path):
     data, full = glora_checkpoints
     out = tmp_path / "unfinished"
