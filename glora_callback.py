@@ -331,8 +331,8 @@ class GLoRA(TrainerCallback):
         """Scores -> integer ranks under the plan's budget: a sum of ranks, or of parameters r_k (d_in + d_out)."""
         plan = self.plan
         if plan.budget_unit == "params":
-            return apportion_parameters(scores, self.unit_costs, plan.param_budget, plan.min_rank, self.max_ranks)
-        return apportion_ranks(scores, plan.rank_budget, plan.min_rank, self.max_ranks)
+            return apportion_parameters(scores, self.unit_costs, plan.param_budget, min_rank=plan.min_rank, max_ranks=self.max_ranks)
+        return apportion_ranks(scores, plan.rank_budget, min_rank=plan.min_rank, max_ranks=self.max_ranks)
 
     def resize(self, ranks: dict) -> list:
         """Resize the LoRA layers in place to `ranks`; the warm-up's signal hooks go. Returns the resized layers."""

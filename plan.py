@@ -103,9 +103,11 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     param_budget = resolve_param_budget(peft, unit_costs)
     adalora = glora = None
     if peft.method == "adalora":
-        adalora = resolve_adalora(peft, rank_budget, param_budget, unit_costs, total_steps)
+        adalora = resolve_adalora(peft, rank_budget=rank_budget, param_budget=param_budget, unit_costs=unit_costs,
+                                  total_steps=total_steps)
     if peft.method == "glora":
-        glora = resolve_glora(peft, rank_budget, param_budget, total_steps, trial_run=training.max_steps > 0)
+        glora = resolve_glora(peft, rank_budget=rank_budget, param_budget=param_budget, total_steps=total_steps,
+                              trial_run=training.max_steps > 0)
     plan = RunPlan(
         task=args.data.task, method=peft.method, output_dir="", targets=tuple(targets), unit_costs=tuple(unit_costs),
         head=tuple(head), budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget,
@@ -137,7 +139,7 @@ def resolve_param_budget(peft, unit_costs) -> int | None:
     return budget
 
 
-def resolve_adalora(peft, rank_budget: int, param_budget: int | None, unit_costs, total_steps: int) -> AdaLoraPlan:
+def resolve_adalora(peft, *, rank_budget: int, param_budget: int | None, unit_costs, total_steps: int) -> AdaLoraPlan:
     """AdaLoRA's target rank per matrix: R_total / N, or under a parameter budget the rank whose uniform spending
     comes closest to it (peft prunes by a count of singular values, so the parameters it ends with depend on where
     the kept ranks sit; ranks.json records them)."""
@@ -157,7 +159,7 @@ def resolve_adalora(peft, rank_budget: int, param_budget: int | None, unit_costs
     )
 
 
-def resolve_glora(peft, rank_budget: int, param_budget: int | None, total_steps: int, trial_run: bool) -> GLoRAPlan:
+def resolve_glora(peft, *, rank_budget: int, param_budget: int | None, total_steps: int, trial_run: bool) -> GLoRAPlan:
     warmup = steps_from(peft.glora_warmup_steps, total_steps)
     if warmup < 1:
         raise ValueError(f"--glora_warmup_steps must be positive, got {peft.glora_warmup_steps}.")

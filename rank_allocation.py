@@ -6,7 +6,7 @@
 import math
 
 
-def apportion_ranks(scores, rank_budget: int, min_rank: int = 1, max_ranks=None) -> list:
+def apportion_ranks(scores, rank_budget: int, *, min_rank: int = 1, max_ranks=None) -> list:
     """Split `rank_budget` into integer ranks proportional to `scores`, with sum(ranks) == rank_budget.
 
     1. Continuous shares x_k = lambda * s_k clipped to [min_rank, max_ranks[k]], with lambda chosen so that
@@ -64,7 +64,7 @@ def _clipped_shares(scores, budget, min_rank, max_ranks):
     return _water_fill(scores, budget, [min_rank] * len(scores), max_ranks)
 
 
-def apportion_parameters(scores, costs, param_budget: int, min_rank: int = 1, max_ranks=None) -> list:
+def apportion_parameters(scores, costs, param_budget: int, *, min_rank: int = 1, max_ranks=None) -> list:
     """Split a budget in *parameters* into integer ranks: matrix k's parameter share follows its score.
 
     A rank unit of matrix k costs c_k = d_in + d_out parameters. The continuous solution gives matrix k the

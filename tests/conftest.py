@@ -122,7 +122,7 @@ def glora_plan(rank_budget, warmup_steps, **changes):
     from plan import resolve_glora
 
     peft = PeftArguments(method="glora")
-    plan = resolve_glora(peft, rank_budget, None, total_steps=10**6, trial_run=False)
+    plan = resolve_glora(peft, rank_budget=rank_budget, param_budget=None, total_steps=10**6, trial_run=False)
     return dataclasses.replace(plan, warmup_steps=warmup_steps, **changes)
 
 

@@ -210,3 +210,31 @@ def test_equal_parameter_presets_spend_uniform_loras_parameters():
     adalora = preset_plan("", "adalora_mnli", 72).adalora
     assert (adalora.init_r, adalora.target_r, adalora.beta1, adalora.beta2, adalora.orth_reg_weight) == (12, 8, 0.85, 0.85, 0.1)
     assert adalora.lora_alpha / adalora.init_r == lora.lora_alpha / lora.lora_r
+
+
+def test_low_budget_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
+    """launch/low_budget_study.sh end to end on fixtures: tuning on the held-out split, the chosen rate per arm,
+    final runs at it, and both comparisons."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    data = glue_dir("sst2", n_train=64, n_eval=16)
+    root = tmp_path / "study"
+    env = {**os.environ, "PYTHON": sys.executable, "STUDY_ROOT": str(root), "STUDY_MODEL": str(tiny_bert),
+           "STUDY_GRID": "1e-3 2e-3", "STUDY_SEEDS": "1", "STUDY_EXTRA_ARGS": "--max_steps 3 --max_seq_length 32"}
+    done = subprocess.run(["bash", str(ROOT / "launch" / "low_budget_study.sh"), str(data)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    chosen = json.loads((root / "chosen_rates.json").read_text())
+    assert set(chosen) == {"lora", "adalora", "glora_rank", "glora_params"} and set(chosen.values()) <= {1e-3, 2e-3}
+    for arm, lr in chosen.items():
+        run_args = json.loads((root / "final" / f"{arm}_seed1" / "run_args.json").read_text())
+        assert run_args["training"]["learning_rate"] == lr and run_args["data"]["tuning_split_fraction"] == 0
+        tuned = json.loads((root / "tuning" / arm / "lr1e-3" / "run_args.json").read_text())
+        assert tuned["data"]["eval_split"] == "tuning"
+    assert json.loads((root / "final" / "glora_params_seed1" / "ranks.json").read_text())["budget_unit"] == "params"
+    for budget in ("rank", "params"):
+        assert "glora" in (root / f"comparison_{budget}" / "comparison.md").read_text()

@@ -33,14 +33,14 @@ def reference_shares(scores, budget, min_rank, caps):
 
 
 def check_properties(scores, budget, min_rank, caps):
-    ranks = apportion_ranks(scores, budget, min_rank, caps)
+    ranks = apportion_ranks(scores, budget, min_rank=min_rank, max_ranks=caps)
     caps_eff = caps if caps is not None else [budget] * len(scores)
     assert all(isinstance(r, int) for r in ranks), ranks
     assert len(ranks) == len(scores)
     assert sum(ranks) == budget, (scores, budget, ranks)
     assert all(min_rank <= r <= cap for r, cap in zip(ranks, caps_eff)), (ranks, caps_eff)
     # Deterministic: the same input gives the same output.
-    assert apportion_ranks(list(scores), budget, min_rank, None if caps is None else list(caps)) == ranks
+    assert apportion_ranks(list(scores), budget, min_rank=min_rank, max_ranks=None if caps is None else list(caps)) == ranks
     equal_caps = len(set(caps_eff)) == 1
     if equal_caps:
         for i in range(len(scores)):
@@ -164,12 +164,12 @@ def test_higher_score_never_lower_rank_example():
 )
 def test_errors(scores, budget, min_rank, caps, match):
     with pytest.raises(ValueError, match=match):
-        apportion_ranks(scores, budget, min_rank, caps)
+        apportion_ranks(scores, budget, min_rank=min_rank, max_ranks=caps)
 
 
 def test_boundary_budgets_are_accepted():
     assert apportion_ranks([1, 2, 3], 3) == [1, 1, 1]  # budget == n * min_rank
-    assert apportion_ranks([1, 2, 3], 12, 1, [4, 4, 4]) == [4, 4, 4]  # budget == sum(caps)
+    assert apportion_ranks([1, 2, 3], 12, min_rank=1, max_ranks=[4, 4, 4]) == [4, 4, 4]  # budget == sum(caps)
 
 
 # ---------------------------------------------------------------- properties
@@ -226,7 +226,7 @@ def test_parameter_budget_by_hand():
 
 
 def check_parameter_properties(scores, costs, budget, min_rank, caps):
-    ranks = apportion_parameters(scores, costs, budget, min_rank, caps)
+    ranks = apportion_parameters(scores, costs, budget, min_rank=min_rank, max_ranks=caps)
     caps_eff = caps if caps is not None else [budget // c for c in costs]
     spent = sum(r * c for r, c in zip(ranks, costs))
     assert spent <= budget, (ranks, spent, budget)
@@ -265,4 +265,4 @@ def test_parameter_budget_uniform_scores_uniform_costs_match_rank_budget():
 ])
 def test_parameter_budget_errors(scores, costs, budget, min_rank, caps, match):
     with pytest.raises(ValueError, match=match):
-        apportion_parameters(scores, costs, budget, min_rank, caps)
+        apportion_parameters(scores, costs, budget, min_rank=min_rank, max_ranks=caps)

