@@ -185,7 +185,7 @@ class GLoRA(TrainerCallback):
         self.hook_seconds = 0.0  # signal hooks during the warm-up
         self.resize_seconds = 0.0  # allocation + resize + optimizer rebuild
         self.host = None  # set by `attach`
-        self.grown = {}  # module -> GrownSlices, while their bias correction differs from the tensor's
+        self.grown = None  # lora_resize.GrownSlices, while their bias correction differs from their tensors'
         self.ddp_wrapper = None  # rebuilt after the resize; the Trainer's loop still holds the old one
         self._delta_buffers = None
         self._hooks = []
@@ -306,11 +306,12 @@ class GLoRA(TrainerCallback):
     def after_optimizer_step(self):
         """Right after optimizer.step(): give the slices the resize added Adam's bias correction counted from the
         resize (`lora_resize.correct_grown_slices`), until it no longer differs from their tensor's."""
-        if self.grown:
+        if self.grown is not None:
             start = time.perf_counter()
             params = {name: (layer.lora_A[self.adapter_name].weight, layer.lora_B[self.adapter_name].weight)
-                      for name, layer in self.layers.items() if name in self.grown}
-            correct_grown_slices(self.grown, params, self.host.optimizer)
+                      for name, layer in self.layers.items() if name in self.grown.kept}
+            if not correct_grown_slices(self.grown, params, self.host.optimizer):
+                self.grown = None
             self.hook_seconds += time.perf_counter() - start
 
     def allocate(self) -> dict:
@@ -427,7 +428,7 @@ class GLoRA(TrainerCallback):
             "reallocation_step": self.reallocation_step,
             "hook_seconds": self.hook_seconds,
             "resize_seconds": self.resize_seconds,
-            "grown": {name: dataclasses.asdict(g) for name, g in self.grown.items()},
+            "grown": dataclasses.asdict(self.grown) if self.grown is not None else None,
         }
 
     def load_state_dict(self, state):
@@ -439,7 +440,7 @@ class GLoRA(TrainerCallback):
         self.observed_steps = torch.tensor(state["observed_steps"], dtype=torch.int64, device=self.ema.device)
         self.hook_seconds = state["hook_seconds"]
         self.resize_seconds = state["resize_seconds"]
-        self.grown = {name: GrownSlices(**g) for name, g in state.get("grown", {}).items()}
+        self.grown = GrownSlices(**state["grown"]) if state.get("grown") else None
         if state["done"]:
             self.final_ranks = state["final_ranks"]
             self.reallocation_step = state["reallocation_step"]
