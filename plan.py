@@ -60,6 +60,7 @@ class RunPlan:
     lora_alpha: float
     lora_dropout: float
     total_steps: int  # optimizer steps of the run
+    lr_warmup_steps: float  # --warmup_steps as the run uses it: steps (>= 1) or the Trainer's ratio (< 1)
     world_size: int
     adalora: AdaLoraPlan | None = None
     glora: GLoRAPlan | None = None
@@ -112,10 +113,25 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
         task=args.data.task, method=peft.method, output_dir="", targets=tuple(targets), unit_costs=tuple(unit_costs),
         head=tuple(head), budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget,
         lora_r=peft.lora_r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_steps,
-        world_size=world_size, adalora=adalora, glora=glora,
+        lr_warmup_steps=resolve_lr_warmup(training, total_steps), world_size=world_size, adalora=adalora, glora=glora,
     )
     output_dir = training.output_dir or f"outputs/{plan.task}/{plan.method}_{plan.budget_label}_seed{training.seed}"
     return dataclasses.replace(plan, output_dir=output_dir)
+
+
+def resolve_lr_warmup(training_args, total_steps: int) -> float:
+    """--warmup_steps as this run uses it. A step count that does not fit a trial run (--max_steps) is scaled to
+    10 % of it, as GLoRA's warm-up is clamped, so that a trial trains at its learning rate; in a full run it is an
+    error. Fractions (< 1) are the Trainer's own ratio of the run."""
+    warmup = training_args.warmup_steps
+    if warmup < 1 or warmup < total_steps:
+        return warmup
+    if training_args.max_steps <= 0:
+        raise ValueError(f"--warmup_steps {warmup:g} never ends in a run of {total_steps} optimizer steps: give fewer "
+                         "steps or a fraction of the run (e.g. 0.06).")
+    scaled = round(0.1 * total_steps)
+    logger.warning(f"LR warm-up {warmup:g} >= max_steps {total_steps}: trial run, warming up over {scaled} steps.")
+    return scaled
 
 
 def resolve_rank_budget(peft, num_matrices: int) -> int:

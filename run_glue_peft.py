@@ -66,8 +66,7 @@ def main(argv=None):
     model, tokenizer = load_model(args.model, args.data.task)
     targets = resolve_targets(model, args.peft.target_modules)
     plan = resolve_plan(args, targets, unit_costs(model, targets), head_modules(model), len(raw["train"]))
-    training_args = dataclasses.replace(args.training, output_dir=plan.output_dir,
-                                        warmup_steps=lr_warmup_for(args.training, plan.total_steps))
+    training_args = dataclasses.replace(args.training, output_dir=plan.output_dir, warmup_steps=plan.lr_warmup_steps)
 
     model = get_peft_model(model, build_peft_config(plan))
     initial_ranks = current_ranks(model)
@@ -125,21 +124,6 @@ def hub_errors_named(flag, name):
             raise
         raise OSError(f"Could not load {flag} {name}: not a local directory, and the Hugging Face Hub could not provide it "
                       f"(offline, unreachable, or no such repository); pass a local copy with {flag} DIR.") from error
-
-
-def lr_warmup_for(training_args, total_steps: int) -> float:
-    """--warmup_steps as this run uses it. A step count that does not fit a trial run (--max_steps) is scaled to
-    10 % of it, as GLoRA's warm-up is clamped, so that a trial trains at its learning rate; in a full run it is an
-    error. Fractions (< 1) are the Trainer's own ratio of the run."""
-    warmup = training_args.warmup_steps
-    if warmup < 1 or warmup < total_steps:
-        return warmup
-    if training_args.max_steps <= 0:
-        raise ValueError(f"--warmup_steps {warmup:g} never ends in a run of {total_steps} optimizer steps: give fewer "
-                         "steps or a fraction of the run (e.g. 0.06).")
-    scaled = round(0.1 * total_steps)
-    logger.warning(f"LR warm-up {warmup:g} >= max_steps {total_steps}: trial run, warming up over {scaled} steps.")
-    return scaled
 
 
 def method_hooks(peft_model, plan) -> list:
@@ -201,8 +185,7 @@ def prepare_output_dir(args, plan, training_args):
     PartialState().wait_for_everyone()  # under DDP every process checks before the main one writes
     if training_args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {**plan.resolved(), "lr_warmup_steps": training_args.warmup_steps}
-        run_args = {**args.asked(), "resolved": resolved, "world_size": plan.world_size}
+        run_args = {**args.asked(), "resolved": plan.resolved(), "world_size": plan.world_size}
         if args.data.hpo_record:  # how hpo.py chose this run's hyper-parameters (compare_runs reads it)
             run_args["hpo"] = json.loads(Path(args.data.hpo_record).read_text())
         write_json_atomic(output_dir / "run_args.json", run_args)

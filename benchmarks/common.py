@@ -108,7 +108,8 @@ def method_plan(method, lora_r, targets, costs, head, total_step, deltaT=10, sig
     return RunPlan(
         task="benchmark", method=method, output_dir="", targets=tuple(targets), unit_costs=tuple(costs),
         head=tuple(head), budget_unit=peft.budget_unit, rank_budget=budget, param_budget=None, lora_r=lora_r,
-        lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_step, world_size=1,
+        lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_step, lr_warmup_steps=0,
+        world_size=1,
         adalora=resolve_adalora(peft, rank_budget=budget, param_budget=None, unit_costs=costs,
                                 total_steps=total_step) if method == "adalora" else None,
         glora=resolve_glora(peft, rank_budget=budget, param_budget=None, total_steps=total_step,
