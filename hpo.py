@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from sqlalchemy.engine import make_url
 
 from arguments import check_args, config_to_flags, parse_args
@@ -36,6 +38,7 @@ def parse_hpo_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("config", help="Search space file (configs/search/*.yaml).")
+    p.add_argument("--run_config", help="A run config (configs/*.yaml) whose flags come first, e.g. a seed_plan preset.")
     p.add_argument("--n_trials", type=int, help="Trials in the study, all workers together (default: the file's). "
                                                 "0: no search; the final runs use the config's values.")
     p.add_argument("--stage", choices=("all", "search", "final"), default="all",
@@ -71,7 +74,8 @@ def parse_hpo_args(argv):
 def main(argv=None):
     hpo, run_flags = parse_hpo_args(sys.argv[1:] if argv is None else argv)
     search = load_search_config(hpo.config)
-    fixed = config_to_flags(search.run) + run_flags
+    preset = config_to_flags(yaml.safe_load(Path(hpo.run_config).read_text()) or {}) if hpo.run_config else []
+    fixed = preset + config_to_flags(search.run) + run_flags  # later flags win
     run_args = parse_args(fixed)  # the run flags are checked here, before any trial starts
     check_args(run_args)
     check_flags(run_flags, search, hpo)

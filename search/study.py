@@ -9,6 +9,7 @@ same parameters again (RetryHeartbeatStaleTrialCallback), so the interrupted tri
 import time
 import warnings
 
+import numpy as np
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -35,8 +36,9 @@ def open_study(name: str, storage_url: str, direction: str, pruner: str, pruner_
                 raise
             time.sleep(1 + attempt)
     if sampler_seed is not None:
-        # Offset by the trials already there: a resumed worker must not replay the random draws of its first start.
-        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + len(study.get_trials(deepcopy=False)))
+        # Mixed with the number of trials already there: a resumed worker must not replay its first start's draws.
+        seed = np.random.SeedSequence([sampler_seed, len(study.get_trials(deepcopy=False))]).generate_state(1)[0]
+        study.sampler = optuna.samplers.TPESampler(seed=int(seed))
     return study
 
 
