@@ -237,4 +237,4 @@ def test_low_budget_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
         assert tuned["data"]["eval_split"] == "tuning"
     assert json.loads((root / "final" / "glora_params_seed1" / "ranks.json").read_text())["budget_unit"] == "params"
     for budget in ("rank", "params"):
-        assert "glora" in (root / f"comparison_{budget}" / "comparison.md").read_text()
+        assert "| GLoRA |" in (root / f"comparison_{budget}" / "comparison.md").read_text()
