@@ -10,6 +10,7 @@ evaluation, ends FAILED with its reason; the study goes on.
 import ctypes
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,12 @@ def die_with_parent():
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
+LAUNCHER_ERROR = "subprocess.CalledProcessError"  # accelerate launch's own report of a failed worker
+
+
 def last_error_line(log_path: Path) -> str:
+    """The run's exception (the last one that is not the launcher's), else its last line."""
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or "error" in line]
+    errors = [line for line in lines if EXCEPTION_LINE.match(line) and not line.startswith(LAUNCHER_ERROR)]
     return (errors or lines or ["(empty log)"])[-1][:300]

@@ -267,3 +267,16 @@ def test_report_step_means_the_same_point_of_training_for_every_batch_size():
         steps = sorted({s for s in range(interval, max_steps + 1, interval)} | {max_steps})
         keys = [report_step({"step": s, "max_steps": max_steps}, 4) for s in steps]
         assert keys == sorted(set(keys)) and keys[-1] == 4  # distinct, increasing, the end is always 4
+
+
+def test_fail_reason_is_the_runs_exception_not_the_launchers(tmp_path):
+    from search.trial import last_error_line
+
+    log = tmp_path / "run.log"
+    log.write_text("Traceback (most recent call last):\n    raise ValueError(f\"...\")\n"
+                   "ValueError: AdaLoRA's schedule does not fit: tinit 1435 + tfinal 0 >= 2 optimizer steps.\n"
+                   "Traceback (most recent call last):\n"
+                   "subprocess.CalledProcessError: Command '['python3', 'run_glue_peft.py']' returned non-zero exit status 1.\n")
+    assert last_error_line(log).startswith("ValueError: AdaLoRA's schedule does not fit")
+    log.write_text("some output\nlast words\n")
+    assert last_error_line(log) == "last words"
