@@ -105,7 +105,7 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     adalora = glora = None
     if peft.method == "adalora":
         adalora = resolve_adalora(peft, rank_budget=rank_budget, param_budget=param_budget, unit_costs=unit_costs,
-                                  total_steps=total_steps)
+                                  total_steps=total_steps, trial_run=training.max_steps > 0)
     if peft.method == "glora":
         glora = resolve_glora(peft, rank_budget=rank_budget, param_budget=param_budget, total_steps=total_steps,
                               trial_run=training.max_steps > 0)
@@ -155,7 +155,8 @@ def resolve_param_budget(peft, unit_costs) -> int | None:
     return budget
 
 
-def resolve_adalora(peft, *, rank_budget: int, param_budget: int | None, unit_costs, total_steps: int) -> AdaLoraPlan:
+def resolve_adalora(peft, *, rank_budget: int, param_budget: int | None, unit_costs, total_steps: int,
+                    trial_run: bool) -> AdaLoraPlan:
     """AdaLoRA's target rank per matrix: R_total / N, or under a parameter budget the rank whose uniform spending
     comes closest to it (peft prunes by a count of singular values, so the parameters it ends with depend on where
     the kept ranks sit; ranks.json records them)."""
@@ -165,7 +166,13 @@ def resolve_adalora(peft, *, rank_budget: int, param_budget: int | None, unit_co
         target_r = max(1, round(param_budget / sum(unit_costs)))
     tinit, tfinal = steps_from(peft.tinit, total_steps), steps_from(peft.tfinal, total_steps)
     if tinit + tfinal >= total_steps:
-        raise ValueError(f"AdaLoRA's schedule does not fit: tinit {tinit} + tfinal {tfinal} >= {total_steps} optimizer steps.")
+        if not trial_run:
+            raise ValueError(f"AdaLoRA's schedule does not fit: tinit {tinit} + tfinal {tfinal} >= {total_steps} optimizer steps.")
+        # A trial run (--max_steps) must still run AdaLoRA's pruning phase: the AdaLoRA paper's fractions instead.
+        scaled = int(0.1 * total_steps), int(0.2 * total_steps)
+        logger.warning(f"AdaLoRA tinit {tinit} + tfinal {tfinal} >= max_steps {total_steps}: trial run, tinit "
+                       f"{scaled[0]} and tfinal {scaled[1]} instead.")
+        tinit, tfinal = scaled
     init_r = peft.init_r or math.ceil(1.5 * target_r)
     # peft's AdaLoRA scales by alpha / init_r; parity gives it LoRA's alpha / r at the start.
     lora_alpha = peft.lora_alpha * init_r / peft.lora_r if peft.adalora_alpha_parity else peft.lora_alpha

@@ -111,7 +111,7 @@ def method_plan(method, lora_r, targets, costs, head, total_step, deltaT=10, sig
         lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_step, lr_warmup_steps=0,
         world_size=1,
         adalora=resolve_adalora(peft, rank_budget=budget, param_budget=None, unit_costs=costs,
-                                total_steps=total_step) if method == "adalora" else None,
+                                total_steps=total_step, trial_run=False) if method == "adalora" else None,
         glora=resolve_glora(peft, rank_budget=budget, param_budget=None, total_steps=total_step,
                             trial_run=True) if method == "glora" else None,
     )

@@ -238,3 +238,12 @@ def test_low_budget_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
     assert json.loads((root / "final" / "glora_params_seed1" / "ranks.json").read_text())["budget_unit"] == "params"
     for budget in ("rank", "params"):
         assert "| GLoRA |" in (root / f"comparison_{budget}" / "comparison.md").read_text()
+
+
+def test_trial_run_scales_adaloras_schedule_into_the_run(tiny_bert, glue_dir, tmp_path):
+    """The seed's AdaLoRA space starts pruning at step 500-1500; a --max_steps trial still runs (and prunes)."""
+    out = tmp_path / "out"
+    results, record = run(tiny_bert, glue_dir("sst2"), "adalora", out, "--tinit", "1000", "--deltaT", "1")
+    resolved = json.loads((out / "run_args.json").read_text())["resolved"]["adalora"]
+    assert (resolved["tinit"], resolved["tfinal"]) == (0, 1)  # 10 % and 20 % of 6 steps
+    assert results["final_rank_total"] == results["rank_budget"]
