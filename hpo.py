@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from sqlalchemy.engine import make_url
 
 from arguments import check_args, config_to_flags, parse_args

@@ -163,9 +163,8 @@ def check_resume(args, plan, training_args):
 
 def run_identity(args, plan) -> dict:
     """What a checkpoint records (run_identity.json) and a run resuming it must share."""
-    unit = getattr(plan, "budget_unit", "rank")
-    return {"method": plan.method, "budget_unit": unit,
-            "budget": plan.rank_budget if unit == "rank" else getattr(plan, "param_budget", None),
+    return {"method": plan.method, "budget_unit": plan.budget_unit,
+            "budget": plan.rank_budget if plan.budget_unit == "rank" else plan.param_budget,
             "target_modules": sorted(args.peft.target_modules), "model": args.model.model_name_or_path}
 
 
