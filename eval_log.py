@@ -16,12 +16,13 @@ EVAL_LOG = "eval_log.jsonl"
 
 
 class EvalLog(TrainerCallback):
-    def __init__(self, output_dir, split: str):
+    def __init__(self, output_dir, split: str, resuming: bool = False):
         self.path = Path(output_dir, EVAL_LOG)
         self.split = split
+        self.resuming = resuming  # a resumed run appends to the log of the evaluations before its checkpoint
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.path.exists():
+        if state.is_world_process_zero and self.path.exists() and not self.resuming:
             self.path.unlink()  # a rerun into the same directory starts a new log
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -36,6 +36,7 @@ Signals (`--glora_signal`), with their cost (measured figures: docs/benchmarks.m
 
 import dataclasses
 import json
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -133,15 +134,20 @@ class LoopHost:
 
 def rewrap_ddp(old, module):
     """A DDP wrapper over the resized model with the old wrapper's settings (its constructor syncs weights)."""
-    return torch.nn.parallel.DistributedDataParallel(
+    new = torch.nn.parallel.DistributedDataParallel(
         module,
         device_ids=old.device_ids,
         output_device=old.output_device,
+        process_group=old.process_group,
+        bucket_cap_mb=old.bucket_bytes_cap / 2**20,
         broadcast_buffers=old.broadcast_buffers,
         find_unused_parameters=old.find_unused_parameters,
         gradient_as_bucket_view=old.gradient_as_bucket_view,
         static_graph=old.static_graph,
     )
+    for hook, state in getattr(old, "_comm_hooks", []):  # e.g. accelerate's fp16/bf16 gradient compression
+        new.register_comm_hook(state, hook)
+    return new
 
 
 class GLoRA(TrainerCallback):
@@ -382,15 +388,14 @@ class GLoRA(TrainerCallback):
         """ranks.json: each module's score, and the `glora` block."""
         for name, score in self.scores().items():
             record["modules"][name]["score"] = score
-        modules = record["modules"].values()
         record["glora"] = {
             "signal": self.plan.signal, "beta": self.plan.beta, "warmup_steps": self.plan.warmup_steps,
             "reallocation_step": self.reallocation_step, "hook_seconds": self.hook_seconds,
             "resize_seconds": self.resize_seconds,
             # Equal only if ranks move between matrices of equal d_in + d_out: a rank unit of an FFN matrix
             # (768 + 3072 in DeBERTa-base) costs 2.5x one of an attention matrix (768 + 768).
-            "adapter_params_before_resize": sum(m["initial_rank"] * (m["d_in"] + m["d_out"]) for m in modules),
-            "adapter_params_after_resize": sum(m["final_rank"] * (m["d_in"] + m["d_out"]) for m in modules),
+            "adapter_params_before_resize": record["adapter_params_start"],
+            "adapter_params_after_resize": record["adapter_params_after_allocation"],
         }
 
     @property
@@ -405,7 +410,9 @@ class GLoRA(TrainerCallback):
             self.save(Path(args.output_dir, f"checkpoint-{state.global_step}"))
 
     def save(self, folder):
-        Path(folder, STATE_FILE).write_text(json.dumps(self.state_dict(), indent=1))
+        path, tmp = Path(folder, STATE_FILE), Path(folder, STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.state_dict(), indent=1))
+        os.replace(tmp, path)  # a crash mid-write never leaves a truncated state that looks whole
 
     def load(self, folder):
         """Before the Trainer loads a checkpoint's weights and optimizer state: they have the checkpoint's ranks."""
@@ -420,6 +427,8 @@ class GLoRA(TrainerCallback):
             "beta": self.plan.beta,
             "warmup_steps": self.plan.warmup_steps,
             "rank_budget": self.plan.rank_budget,
+            "budget_unit": self.plan.budget_unit,
+            "param_budget": self.plan.param_budget,
             "names": self.names,
             "ema": self.ema.cpu().tolist(),
             "observed_steps": int(self.observed_steps),
@@ -434,8 +443,9 @@ class GLoRA(TrainerCallback):
     def load_state_dict(self, state):
         """Restore the warm-up state; after a reallocation, resize the (fresh) model to the saved ranks so the
         checkpoint's weights and optimizer state fit it."""
-        if state["names"] != self.names or state["rank_budget"] != self.plan.rank_budget:
-            raise ValueError("The checkpoint's GLoRA state is for other modules or another rank budget.")
+        saved_budget = (state["rank_budget"], state.get("budget_unit", "rank"), state.get("param_budget"))
+        if state["names"] != self.names or saved_budget != (self.plan.rank_budget, self.plan.budget_unit, self.plan.param_budget):
+            raise ValueError("The checkpoint's GLoRA state is for other modules or another budget.")
         self.ema = torch.tensor(state["ema"], dtype=torch.float64, device=self.ema.device)
         self.observed_steps = torch.tensor(state["observed_steps"], dtype=torch.int64, device=self.ema.device)
         self.hook_seconds = state["hook_seconds"]

@@ -212,7 +212,8 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
-        callbacks=[ScheduleCheck(plan.total_steps), EvalLog(plan.output_dir, data_args.eval_split)]
+        callbacks=[ScheduleCheck(plan.total_steps), EvalLog(plan.output_dir, data_args.eval_split,
+                                                                 resuming=bool(training_args.resume_from_checkpoint))]
         + [hook for hook in method if hook is not glora],
         glora=glora,
     )

@@ -42,7 +42,7 @@ def run_trial(trial, command: list, trial_dir: Path, metric: str, evaluations_pe
             for record in records[reported:]:
                 record_progress(trial, record)
                 trial.report(value_of(record, metric), report_step(record, evaluations_per_trial))
-                if trial.should_prune():
+                if record["step"] < record["max_steps"] and trial.should_prune():  # a finished trial keeps its result
                     stop(process)
                     raise optuna.TrialPruned(f"pruned at step {record['step']} of {record['max_steps']}")
             reported = len(records)

@@ -247,3 +247,23 @@ def test_trial_run_scales_adaloras_schedule_into_the_run(tiny_bert, glue_dir, tm
     resolved = json.loads((out / "run_args.json").read_text())["resolved"]["adalora"]
     assert (resolved["tinit"], resolved["tfinal"]) == (0, 1)  # 10 % and 20 % of 6 steps
     assert results["final_rank_total"] == results["rank_budget"]
+
+
+def test_glora_state_of_another_budget_is_refused():
+    model = get_peft_model(Tiny(), LoraConfig(r=2, lora_alpha=4, target_modules=["up", "down"]))
+    state = GLoRA(model, glora_plan(4, 10)).state_dict()
+    assert (state["budget_unit"], state["param_budget"]) == ("rank", None)
+    by_params = GLoRA(model, glora_plan(4, 10, budget_unit="params", param_budget=2 * (16 + 15)))
+    with pytest.raises(ValueError, match="another budget"):
+        by_params.load_state_dict(state)
+
+
+@pytest.mark.parametrize("resuming", [False, True])
+def test_eval_log_is_kept_on_resume_and_restarted_otherwise(tmp_path, resuming):
+    from types import SimpleNamespace
+
+    from eval_log import EVAL_LOG, EvalLog, read_eval_log
+
+    (tmp_path / EVAL_LOG).write_text('{"step": 3, "max_steps": 9, "split": "dev", "metrics": {"accuracy": 0.5}}\n')
+    EvalLog(tmp_path, "dev", resuming=resuming).on_train_begin(None, SimpleNamespace(is_world_process_zero=True), None)
+    assert len(read_eval_log(tmp_path)) == (1 if resuming else 0)
