@@ -80,9 +80,20 @@ def build_peft_config(plan):
         lora_dropout=plan.lora_dropout,
     )
     if plan.adalora is None:
-        return LoraConfig(r=plan.lora_r, lora_alpha=plan.lora_alpha, **common)
+        patterns = {}
+        if plan.rank_pattern is not None:  # fixed ranks, each at the uniform start's scaling (GLoRA's rule)
+            scaling = plan.lora_alpha / plan.lora_r
+            patterns = dict(rank_pattern={pattern_key(name): r for name, r in plan.rank_pattern.ranks},
+                            alpha_pattern={pattern_key(name): scaling * r for name, r in plan.rank_pattern.ranks})
+        return LoraConfig(r=plan.lora_r, lora_alpha=plan.lora_alpha, **patterns, **common)
     # AdaLoraPlan's fields are AdaLoraConfig's schedule arguments, by name.
     return AdaLoraConfig(**dataclasses.asdict(plan.adalora), **common)
+
+
+def pattern_key(module_path: str) -> str:
+    """The key of one module in peft's rank_pattern / alpha_pattern: peft matches keys as regexes against module
+    paths, so the path is escaped."""
+    return re.escape(module_path)
 
 
 def unit_costs(model, targets) -> list:
@@ -172,7 +183,8 @@ def rank_record(peft_model, plan, initial_ranks) -> dict:
     # The scaling every method starts with: peft's LoRA alpha / r (GLoRA's resize keeps it), AdaLoRA alpha / init_r.
     scaling = plan.adalora.lora_alpha / plan.adalora.init_r if plan.adalora else plan.lora_alpha / plan.lora_r
     return {
-        "method": plan.method, "budget_unit": plan.budget_unit, "rank_budget": plan.rank_budget,
+        "method": plan.method, "arm": plan.arm,
+        "rank_pattern": plan.rank_pattern.record() if plan.rank_pattern else None, "budget_unit": plan.budget_unit, "rank_budget": plan.rank_budget,
         "param_budget": plan.param_budget, "num_adapted_matrices": len(modules), "initial_scaling": scaling,
         "adapter_params_start": params("initial_rank"), "adapter_params_after_allocation": params("final_rank"),
         "adapter_params_effective": params("effective_rank"), "modules": modules,

@@ -5,6 +5,7 @@ resolved numbers (budget, steps, schedules) live in `plan.RunPlan`."""
 import copy
 import dataclasses
 import difflib
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from glue_tasks import GLUE_TASKS
 from plan import BUDGET_UNITS
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -78,6 +80,19 @@ class PeftArguments:
     target_modules: list[str] = field(
         default_factory=lambda: list(MATRIX_PATTERNS),
         metadata={"help": f"Matrix types to adapt in every layer, from: {' '.join(MATRIX_PATTERNS)}."},
+    )
+    arm: str | None = field(
+        default=None,
+        metadata={"help": "The run's arm label: what compare_runs.py groups and prints by, and hpo.py names studies and "
+                          "final runs after (letters, digits, '_', '-', '.'). Default: the method, '_params' under "
+                          "--budget_unit params, '_pattern-<sha256[:8]>' with --rank_pattern."},
+    )
+    rank_pattern: str | None = field(
+        default=None,
+        metadata={"help": "LoRA with fixed per-matrix ranks from step 0: a JSON file, either a run's ranks.json (its "
+                          "final_rank per module is replayed) or {module path: rank} naming every adapted matrix. "
+                          "Every matrix keeps the scaling lora_alpha / lora_r (GLoRA's rule). With --rank_budget or "
+                          "--param_budget the pattern must not exceed it.", "methods": ("lora",)},
     )
     budget_unit: str = field(
         default="rank",
@@ -301,6 +316,8 @@ def check_args(args: RunArguments):
         raise ValueError("--budget_unit params spends --param_budget; --rank_budget counts ranks and would be ignored.")
     if peft.param_budget is not None and peft.param_budget < 1:
         raise ValueError(f"--param_budget must be >= 1 (adapter parameters over all adapted matrices), got {peft.param_budget}.")
+    if peft.arm is not None and not ARM_NAME.fullmatch(peft.arm):
+        raise ValueError(f"--arm {peft.arm!r}: use letters, digits, '_', '-' and '.' only (it names folders and studies).")
     if peft.lora_r < 1:
         raise ValueError(f"--lora_r must be >= 1, got {peft.lora_r}.")
     if peft.rank_budget is not None and peft.rank_budget < 1:

@@ -8,12 +8,11 @@ the scaling s fixed (alpha := s * r_new), so the kept components contribute exac
   the rank-one term B[:, i] A[i, :]) are kept, in their original order; the rest are dropped.
 """
 
-import re
 from dataclasses import dataclass
 
 import torch
 
-from adapters import lora_layers
+from adapters import lora_layers, pattern_key
 
 
 @dataclass
@@ -65,7 +64,7 @@ def _record_rank(config, name, rank, alpha):
     """Write the layer's rank into the peft config so `save_pretrained` -> `from_pretrained` rebuilds it.
 
     peft matches these keys as regexes against module paths, hence the escaping."""
-    key = re.escape(name)
+    key = pattern_key(name)
     config.rank_pattern = {**(config.rank_pattern or {}), key: int(rank)}
     config.alpha_pattern = {**(config.alpha_pattern or {}), key: float(alpha)}
 

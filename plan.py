@@ -10,6 +10,8 @@ import logging
 import math
 from dataclasses import dataclass
 
+from rank_pattern import RankPattern, resolve_rank_pattern
+
 logger = logging.getLogger(__name__)
 
 BUDGET_UNITS = ("rank", "params")  # what --budget_unit counts: sum of ranks, or adapter parameters sum r (d_in + d_out)
@@ -49,6 +51,7 @@ class GLoRAPlan:
 class RunPlan:
     task: str
     method: str
+    arm: str  # the run's label: --arm, or derived from method, budget unit and rank pattern (`arm_label`)
     output_dir: str
     targets: tuple  # module paths of the adapted matrices
     unit_costs: tuple  # d_in + d_out of each target: the parameters one rank of it costs
@@ -64,6 +67,7 @@ class RunPlan:
     world_size: int
     adalora: AdaLoraPlan | None = None
     glora: GLoRAPlan | None = None
+    rank_pattern: RankPattern | None = None  # LoRA's fixed per-matrix ranks (--rank_pattern)
 
     @property
     def num_matrices(self) -> int:
@@ -102,6 +106,10 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     total_steps = optimizer_steps(num_train_examples, training, world_size)
     rank_budget = resolve_rank_budget(peft, len(targets))
     param_budget = resolve_param_budget(peft, unit_costs)
+    pattern = None
+    if peft.rank_pattern:
+        pattern = resolve_rank_pattern(peft.rank_pattern, list(targets), list(unit_costs), rank_budget=peft.rank_budget,
+                                       param_budget=peft.param_budget)
     adalora = glora = None
     if peft.method == "adalora":
         adalora = resolve_adalora(peft, rank_budget=rank_budget, param_budget=param_budget, unit_costs=unit_costs,
@@ -110,13 +118,20 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
         glora = resolve_glora(peft, rank_budget=rank_budget, param_budget=param_budget, total_steps=total_steps,
                               trial_run=training.max_steps > 0)
     plan = RunPlan(
-        task=args.data.task, method=peft.method, output_dir="", targets=tuple(targets), unit_costs=tuple(unit_costs),
+        task=args.data.task, method=peft.method, arm=peft.arm or arm_label(peft.method, peft.budget_unit, pattern),
+        output_dir="", targets=tuple(targets), unit_costs=tuple(unit_costs),
         head=tuple(head), budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget,
         lora_r=peft.lora_r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_steps,
         lr_warmup_steps=resolve_lr_warmup(training, total_steps), world_size=world_size, adalora=adalora, glora=glora,
+        rank_pattern=pattern,
     )
-    output_dir = training.output_dir or f"outputs/{plan.task}/{plan.method}_{plan.budget_label}_seed{training.seed}"
+    output_dir = training.output_dir or f"outputs/{plan.task}/{plan.arm}_{plan.budget_label}_seed{training.seed}"
     return dataclasses.replace(plan, output_dir=output_dir)
+
+
+def arm_label(method: str, budget_unit: str, pattern: RankPattern | None) -> str:
+    """The default arm: `glora`, `glora_params`, `lora_pattern-1a2b3c4d` (the pattern file's sha256 prefix)."""
+    return method + ("_params" if budget_unit == "params" else "") + (f"_pattern-{pattern.sha256[:8]}" if pattern else "")
 
 
 def resolve_lr_warmup(training_args, total_steps: int) -> float:
@@ -137,8 +152,9 @@ def resolve_lr_warmup(training_args, total_steps: int) -> float:
 def resolve_rank_budget(peft, num_matrices: int) -> int:
     uniform = peft.lora_r * num_matrices
     budget = peft.rank_budget or uniform
-    if peft.method == "lora" and budget != uniform:
-        raise ValueError(f"LoRA spends lora_r x matrices = {uniform}; --rank_budget {budget} differs.")
+    if peft.method == "lora" and budget != uniform and not peft.rank_pattern:
+        raise ValueError(f"LoRA spends lora_r x matrices = {uniform}; --rank_budget {budget} differs (with "
+                         "--rank_pattern it is the pattern's cap).")
     if peft.method == "adalora" and budget % num_matrices:
         raise ValueError(f"AdaLoRA needs a budget divisible by the {num_matrices} matrices; got {budget}.")
     return budget
@@ -150,8 +166,9 @@ def resolve_param_budget(peft, unit_costs) -> int | None:
         return None
     uniform = peft.lora_r * sum(unit_costs)
     budget = peft.param_budget or uniform
-    if peft.method == "lora" and budget != uniform:
-        raise ValueError(f"LoRA spends lora_r x sum(d_in + d_out) = {uniform} parameters; --param_budget {budget} differs.")
+    if peft.method == "lora" and budget != uniform and not peft.rank_pattern:
+        raise ValueError(f"LoRA spends lora_r x sum(d_in + d_out) = {uniform} parameters; --param_budget {budget} differs "
+                         "(with --rank_pattern it is the pattern's cap).")
     return budget
 
 

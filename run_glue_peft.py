@@ -71,7 +71,7 @@ def main(argv=None):
     model = get_peft_model(model, build_peft_config(plan))
     initial_ranks = current_ranks(model)
     method = method_hooks(model, plan)
-    logger.info(f"{plan.method}: {plan.num_matrices} adapted matrices, R_total {plan.rank_budget}, "
+    logger.info(f"{plan.arm} ({plan.method}): {plan.num_matrices} adapted matrices, R_total {plan.rank_budget}, "
                 f"{trainable_parameters(model, plan.head)}")
 
     check_resume(args, plan, training_args)
@@ -163,7 +163,7 @@ def check_resume(args, plan, training_args):
 
 def run_identity(args, plan) -> dict:
     """What a checkpoint records (run_identity.json) and a run resuming it must share."""
-    return {"method": plan.method, "budget_unit": plan.budget_unit,
+    return {"method": plan.method, "arm": plan.arm, "budget_unit": plan.budget_unit,
             "budget": plan.rank_budget if plan.budget_unit == "rank" else plan.param_budget,
             "target_modules": sorted(args.peft.target_modules), "model": args.model.model_name_or_path}
 
@@ -245,7 +245,7 @@ def write_records(results, model, plan, initial_ranks, method, training_args) ->
     for hook in method:
         hook.add_to_record(record)
     results.update(
-        task=plan.task, method=plan.method, seed=training_args.seed, rank_budget=plan.rank_budget,
+        task=plan.task, method=plan.method, arm=plan.arm, rank_pattern=record["rank_pattern"], seed=training_args.seed, rank_budget=plan.rank_budget,
         num_adapted_matrices=plan.num_matrices, method_hook_seconds=sum(hook.method_seconds for hook in method),
         **trainable_parameters(model, plan.head),
         final_rank_total=sum(m["final_rank"] for m in record["modules"].values()),

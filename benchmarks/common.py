@@ -106,7 +106,7 @@ def method_plan(method, lora_r, targets, costs, head, total_step, deltaT=10, sig
                          glora_warmup_steps=total_step - 1, glora_signal=signal)
     budget = resolve_rank_budget(peft, len(targets))
     return RunPlan(
-        task="benchmark", method=method, output_dir="", targets=tuple(targets), unit_costs=tuple(costs),
+        task="benchmark", method=method, arm=method, output_dir="", targets=tuple(targets), unit_costs=tuple(costs),
         head=tuple(head), budget_unit=peft.budget_unit, rank_budget=budget, param_budget=None, lora_r=lora_r,
         lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_step, lr_warmup_steps=0,
         world_size=1,

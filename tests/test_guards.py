@@ -146,7 +146,7 @@ def test_checkpoints_record_the_run_identity(tiny_bert, glora_checkpoints):
     _, full = glora_checkpoints
     for step in (2, 4):
         identity = json.loads((full / f"checkpoint-{step}" / "run_identity.json").read_text())
-        assert identity == {"method": "glora", "budget_unit": "rank", "budget": 48,
+        assert identity == {"method": "glora", "arm": "glora", "budget_unit": "rank", "budget": 48,
                             "target_modules": sorted(PeftArguments().target_modules), "model": str(tiny_bert)}
 
 
