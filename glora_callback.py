@@ -389,7 +389,8 @@ class GLoRA(TrainerCallback):
         for name, score in self.scores().items():
             record["modules"][name]["score"] = score
         record["glora"] = {
-            "signal": self.plan.signal, "beta": self.plan.beta, "warmup_steps": self.plan.warmup_steps,
+            "signal": self.plan.signal, "score_norm": self.plan.score_norm, "beta": self.plan.beta,
+            "warmup_steps": self.plan.warmup_steps,
             "reallocation_step": self.reallocation_step, "hook_seconds": self.hook_seconds,
             "resize_seconds": self.resize_seconds,
             # Equal only if ranks move between matrices of equal d_in + d_out: a rank unit of an FFN matrix

