@@ -17,7 +17,7 @@
 # under the negative control it is uniform LoRA), glora_params, adalora_params (the closest uniform target, 2).
 # Two workers, one thread each; finished runs are skipped, so an interrupted study can be restarted.
 # Environment: STUDY_ROOT, STUDY_MODEL, STUDY_SOURCE (SST-2 parquet folder whose sentences are labelled), STUDY_GRID,
-# STUDY_SEEDS, STUDY_SIGNALS, STUDY_NORMS, STUDY_WORKERS, STUDY_TARGET (regression | class), STUDY_GENERATOR_ARGS and STUDY_EXTRA_ARGS (dry runs),
+# STUDY_RATES_FROM (a chosen_rates.json to use instead of tuning), STUDY_SEEDS, STUDY_SIGNALS, STUDY_NORMS, STUDY_WORKERS, STUDY_TARGET (regression | class), STUDY_GENERATOR_ARGS and STUDY_EXTRA_ARGS (dry runs),
 # STUDY_STAGE (all | train | report), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,12 +76,18 @@ if [ "$STAGE" != report ]; then
       --target "$TARGET" "${PLANT[@]}" "${GENERATOR[@]}"
   fi
 
-  runs=()
-  for arm in "${ARMS[@]}"; do for lr in "${GRID[@]}"; do
-    runs+=("$ROOT/tuning/$arm/lr$lr|${ARM_FLAGS[$arm]} --learning_rate $lr ${TUNING[*]}")
-  done; done
-  run_pool "${runs[@]}"
-  "$PYTHON" launch/choose_rates.py "$ROOT" "$METRIC" "${ARMS[@]}"
+  if [ -n "${STUDY_RATES_FROM:-}" ]; then  # another study's chosen rates (e.g. the positive control's), no tuning
+    "$PYTHON" -c "import json, sys; rates = json.load(open(sys.argv[1])); json.dump({a: rates[a] for a in sys.argv[3:]}, \
+open(sys.argv[2], 'w'), indent=1)" "$STUDY_RATES_FROM" "$ROOT/chosen_rates.json" "${ARMS[@]}"
+    echo "rates from $STUDY_RATES_FROM (no tuning): $(cat "$ROOT/chosen_rates.json" | tr -d '\n ')"
+  else
+    runs=()
+    for arm in "${ARMS[@]}"; do for lr in "${GRID[@]}"; do
+      runs+=("$ROOT/tuning/$arm/lr$lr|${ARM_FLAGS[$arm]} --learning_rate $lr ${TUNING[*]}")
+    done; done
+    run_pool "${runs[@]}"
+    "$PYTHON" launch/choose_rates.py "$ROOT" "$METRIC" "${ARMS[@]}"
+  fi
   rate() { "$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$ROOT/chosen_rates.json" "$1"; }
 
   runs=()

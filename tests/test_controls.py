@@ -174,3 +174,17 @@ def test_control_study_launcher_dry_run(tiny_bert, tmp_path):
     assert quality.set_index("arm").loc["oracle", "rank_share"] == pytest.approx(
         quality.set_index("arm").loc["oracle", "oracle_rank_share"])
     assert (positive / "comparison" / "comparison.md").is_file()
+
+    # The negative control with the positive control's rates: no tuning, no oracle arm (it would be uniform LoRA),
+    # every matrix planted at rank 2.
+    env["STUDY_RATES_FROM"] = str(positive / "chosen_rates.json")
+    done = subprocess.run(["bash", str(ROOT / "launch" / "control_study.sh"), "negative"], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    negative = root / "negative"
+    assert json.loads((negative / "chosen_rates.json").read_text()) == {a: chosen[a] for a in
+                                                                         ("lora", "glora_params", "adalora_params")}
+    assert not (negative / "tuning").exists() and sorted(p.name for p in (negative / "final").iterdir() if p.is_dir()) == [
+        "adalora_params_seed1", "glora_params_seed1", "lora_seed1"]
+    truth = json.loads((negative / "data" / "ground_truth.json").read_text())
+    assert len(truth["planted"]) == 12 and {e["rank"] for e in truth["planted"].values()} == {2}
