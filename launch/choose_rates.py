@@ -2,7 +2,7 @@
 of training (ties: the lower rate). Reads ROOT/tuning/<arm>/lr<rate>/eval_log.jsonl; writes ROOT/chosen_rates.json
 and ROOT/tuning.md (every rate's score and the choice) and prints the table.
 
-    python launch/choose_rates.py ROOT METRIC ARM [ARM ...]       # METRIC: accuracy, pearson, ...
+    python -m launch.choose_rates ROOT METRIC ARM [ARM ...]       # from the repo root; METRIC: accuracy, pearson
 """
 
 import json

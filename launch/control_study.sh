@@ -86,7 +86,7 @@ open(sys.argv[2], 'w'), indent=1)" "$STUDY_RATES_FROM" "$ROOT/chosen_rates.json"
       runs+=("$ROOT/tuning/$arm/lr$lr|${ARM_FLAGS[$arm]} --learning_rate $lr ${TUNING[*]}")
     done; done
     run_pool "${runs[@]}"
-    "$PYTHON" launch/choose_rates.py "$ROOT" "$METRIC" "${ARMS[@]}"
+    "$PYTHON" -m launch.choose_rates "$ROOT" "$METRIC" "${ARMS[@]}"
   fi
   rate() { "$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$ROOT/chosen_rates.json" "$1"; }
 
