@@ -1,9 +1,12 @@
 """Scores -> integer ranks: the rank maths of GLoRA, pure functions with no torch in them.
 
-`apportion_ranks` splits a budget counted in ranks; `apportion_parameters` one counted in parameters.
+`apportion_ranks` splits a budget counted in ranks; `apportion_parameters` one counted in parameters. The continuous
+shares are computed in exact rational arithmetic (the float scores taken exactly as `Fraction`s), so a fractional part
+is exactly what it is: two equal remainders tie exactly, and the tie goes to the score, not to float noise.
 """
 
 import math
+from fractions import Fraction
 
 
 def apportion_ranks(scores, rank_budget: int, *, min_rank: int = 1, max_ranks=None) -> list:
@@ -11,8 +14,9 @@ def apportion_ranks(scores, rank_budget: int, *, min_rank: int = 1, max_ranks=No
 
     1. Continuous shares x_k = lambda * s_k clipped to [min_rank, max_ranks[k]], with lambda chosen so that
        sum(x) == rank_budget (clipped modules are fixed and the rest re-solved until nothing violates a bound).
-    2. Largest-remainder rounding: floor(x_k), then one more rank to the largest fractional parts.
-       Ties go to the higher score, then to the earlier module, so the result is deterministic.
+    2. Largest-remainder rounding: floor(x_k), then one more rank to the largest fractional parts (at most one per
+       module). Exact ties (x_k is exact, see the module docstring) go to the higher score, then to the earlier
+       module, so the result is deterministic and does not depend on the order of the modules when scores differ.
 
     With equal caps a higher score never gets a lower rank; equal scores get equal ranks when the
     budget divides evenly. All-zero scores are treated as uniform.
@@ -37,30 +41,20 @@ def apportion_ranks(scores, rank_budget: int, *, min_rank: int = 1, max_ranks=No
     if sum(scores) == 0:
         scores = [1.0] * n
 
-    shares = _clipped_shares(scores, rank_budget, min_rank, max_ranks)
-    ranks = [min(max(int(math.floor(x + 1e-9)), min_rank), cap) for x, cap in zip(shares, max_ranks)]
+    shares = _clipped_shares(scores, rank_budget, min_rank, max_ranks)  # exact: min_rank <= x_k <= cap_k
+    ranks = [math.floor(x) for x in shares]
+    # The leftover is the sum of the fractional parts, an integer below the number of modules that have one (and those
+    # are below their cap): the first `leftover` modules of the order each get one rank.
     leftover = rank_budget - sum(ranks)
     order = sorted(range(n), key=lambda k: (-(shares[k] - ranks[k]), -scores[k], k))
-    for k in order:
-        if leftover == 0:
-            break
-        if ranks[k] < max_ranks[k]:
-            ranks[k] += 1
-            leftover -= 1
-    # Rounding noise can only leave a leftover of a rank or two; give it to the best-scored modules with room.
-    for k in sorted(range(n), key=lambda k: (-scores[k], k)):
-        while leftover > 0 and ranks[k] < max_ranks[k]:
-            ranks[k] += 1
-            leftover -= 1
-        while leftover < 0 and ranks[k] > min_rank:
-            ranks[k] -= 1
-            leftover += 1
-    assert sum(ranks) == rank_budget
+    for k in order[:leftover]:
+        ranks[k] += 1
+    assert sum(ranks) == rank_budget and all(min_rank <= r <= cap for r, cap in zip(ranks, max_ranks))
     return ranks
 
 
 def _clipped_shares(scores, budget, min_rank, max_ranks):
-    """Real-valued x_k = lambda * s_k clipped to [min_rank, cap_k] with sum(x) == budget."""
+    """Exact x_k = lambda * s_k clipped to [min_rank, cap_k] with sum(x) == budget."""
     return _water_fill(scores, budget, [min_rank] * len(scores), max_ranks)
 
 
@@ -69,10 +63,24 @@ def apportion_parameters(scores, costs, param_budget: int, *, min_rank: int = 1,
 
     A rank unit of matrix k costs c_k = d_in + d_out parameters. The continuous solution gives matrix k the
     parameters p_k = lambda * s_k, i.e. the rank x_k = lambda * s_k / c_k, clipped to [min_rank, max_ranks[k]] with
-    sum_k x_k c_k == param_budget (water-filling in parameter space, as `apportion_ranks` in rank space). Integers:
-    floor(x_k), then one more rank at a time, largest fractional part first (ties: higher score, earlier module),
-    to every matrix whose unit still fits in what is left, until none fits. So sum_k r_k c_k <= param_budget, and the
-    shortfall is smaller than the cheapest unit of a matrix that is still below its cap.
+    sum_k x_k c_k == param_budget (water-filling in parameter space, as `apportion_ranks` in rank space, in exact
+    arithmetic). Integers: r_k = floor(x_k); then the matrices with a fractional claim x_k - r_k > 0 are taken
+    largest claim first (exact ties: higher score, then earlier module) and each gets one more rank if its unit still
+    fits in what is left. A matrix without a claim (its share is an integer, or it already got its unit) gets
+    nothing, and what is left after the last claim that fits stays unspent.
+
+    Guarantees, with P = param_budget:
+    1. sum_k r_k c_k <= P and floor(x_k) <= r_k <= ceil(x_k): no rank is a whole unit from its continuous share.
+    2. The unspent budget P - sum_k r_k c_k is smaller than c_k for every matrix still below its share (r_k < x_k).
+    3. Among all integer allocations with min_rank <= r_k <= max_ranks[k] and sum_k r_k c_k <= P, none leaves a
+       smaller largest shortfall max(x_k - r_k, 0), or the same largest and a smaller second largest, and so on
+       (of two equal shortfalls the higher score's, then the earlier module's, counts as the larger); and none with
+       these shortfalls spends fewer parameters beyond the shares. (A claim is skipped only when its unit does not
+       fit after every larger claim got one; serving it would mean leaving a larger claim short instead.)
+    tests/test_rank_allocation.py checks 1-3 against the exact shares and an exhaustive search of small cases. Guarantee
+    3 is about shortfalls: a unit that fits goes to the largest claim that fits even when that claim is small, so
+    max_k |r_k - x_k| is below 1 but not always the least possible. The budget is not always spent down to the
+    cheapest unit either: spending the rest would put a matrix a whole unit or more past its share.
     """
     n = len(scores)
     if n == 0:
@@ -102,27 +110,27 @@ def apportion_parameters(scores, costs, param_budget: int, *, min_rank: int = 1,
 
     # In parameter units y_k = x_k c_k the problem is `_clipped_shares` with bounds [min_rank c_k, cap_k c_k].
     shares = _water_fill(scores, param_budget, [min_rank * c for c in costs], [m * c for m, c in zip(max_ranks, costs)])
-    ranks = [min(max(int(math.floor(y / c + 1e-9)), min_rank), cap) for y, c, cap in zip(shares, costs, max_ranks)]
+    x = [y / c for y, c in zip(shares, costs)]  # exact ranks, min_rank <= x_k <= cap_k
+    ranks = [math.floor(v) for v in x]
     left = param_budget - sum(r * c for r, c in zip(ranks, costs))
-    order = sorted(range(n), key=lambda k: (-(shares[k] / costs[k] - ranks[k]), -scores[k], k))
-    grew = True
-    while grew:
-        grew = False
-        for k in order:
-            if ranks[k] < max_ranks[k] and costs[k] <= left:
-                ranks[k] += 1
-                left -= costs[k]
-                grew = True
-    assert left >= 0
+    claims = sorted((k for k in range(n) if x[k] > ranks[k]), key=lambda k: (-(x[k] - ranks[k]), -scores[k], k))
+    for k in claims:  # ranks[k] < x_k <= cap_k: the unit is within the cap
+        if costs[k] <= left:
+            ranks[k] += 1
+            left -= costs[k]
+    assert left >= 0 and all(min_rank <= r <= cap for r, cap in zip(ranks, max_ranks))
     return ranks
 
 
 def _water_fill(scores, budget, lows, highs):
-    """Real-valued y_k = lambda * s_k clipped to [lows[k], highs[k]] with sum(y) == budget.
+    """Exact y_k = lambda * s_k clipped to [lows[k], highs[k]] with sum(y) == budget, as `Fraction`s.
 
     Standard water-filling: fix the modules that violate a bound, re-solve the rest, one side at a time (the side
-    that needs the bigger correction), until nothing violates a bound."""
+    that needs the bigger correction), until nothing violates a bound. The float scores are taken exactly
+    (`Fraction(s)`), so the shares carry no rounding error."""
     n = len(scores)
+    scores = [Fraction(s) for s in scores]
+    budget = Fraction(budget)
     fixed = [None] * n
     while True:
         free = [k for k in range(n) if fixed[k] is None]
@@ -138,7 +146,7 @@ def _water_fill(scores, budget, lows, highs):
             return [fixed[k] if fixed[k] is not None else y[k] for k in range(n)]
         if sum(lows[k] - y[k] for k in low) >= sum(y[k] - highs[k] for k in high):
             for k in low:
-                fixed[k] = float(lows[k])
+                fixed[k] = Fraction(lows[k])
         else:
             for k in high:
-                fixed[k] = float(highs[k])
+                fixed[k] = Fraction(highs[k])

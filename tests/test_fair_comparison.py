@@ -103,7 +103,9 @@ def test_glora_parameter_budget_is_spent_to_within_one_rank_unit(tiny_bert, glue
     assert record["param_budget"] == results["param_budget"] == budget == record["adapter_params_start"]
     spent = sum(m["final_rank"] * (m["d_in"] + m["d_out"]) for m in modules)
     assert spent == record["adapter_params_after_allocation"] == results["adapter_params_after_allocation"]
-    assert budget - min(costs) < spent <= budget
+    # apportion_parameters leaves unspent less than the unit of every matrix still below its continuous share (it
+    # gives no unit past a share), so less than the largest unit.
+    assert budget - max(costs) < spent <= budget
     assert len({m["final_rank"] for m in modules}) > 1  # it did reallocate
     assert results["adapter_params_effective"] <= spent
 
