@@ -5,6 +5,10 @@ a table with honest statistics and paper figures. The question it answers:
     does GLoRA get most of AdaLoRA's gain at LoRA's cost?
     share of gain = (GLoRA - LoRA) / (AdaLoRA - LoRA)   on the task score
 
+Rows are arms (a run's `arm` label: glora and glora_params are two rows), and only runs that are comparable are
+compared or pooled as seeds: same task, R_total, model, data selection, dev rows scored, trial mode and training
+length (analysis/comparable.py). What it sets aside, and why, it prints and writes with the tables.
+
 The task score is the mean of the task's main metrics (docs/outputs.md), e.g. MNLI
 (acc + acc_mm) / 2, STS-B (pearson + spearman) / 2, MRPC/QQP (f1 + acc) / 2, CoLA MCC.
 Run layout: docs/outputs.md; the work is done by the `analysis` package. Usage:
@@ -21,9 +25,16 @@ import pandas as pd
 
 from analysis.fairness import tuning_warnings
 from analysis.figures import figures
-from analysis.runs import aggregate, load_runs, note
+from analysis.runs import aggregate, bootstrap_set_aside, load_runs, note, place
 from analysis.stats import significance
-from analysis.tables import make_table, render_markdown, to_json
+from analysis.tables import (
+    comparability_notes,
+    comparability_section,
+    comparable_groups,
+    make_table,
+    render_markdown,
+    to_json,
+)
 
 
 def parse_args(argv=None):
@@ -54,13 +65,20 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     kw = {"n_bootstrap": args.n_bootstrap, "seed": args.bootstrap_seed, "alpha": args.alpha}
     groups = aggregate(runs)
+    split = comparable_groups(groups)
+    for c in split:
+        note(f"{place(c['task'], c['group'])}, R_total = {c['budget']}: compared on its own ({c['differs']})")
+    notes = comparability_notes(groups) + [f"`{p}`: {why}" for p, why in bootstrap_set_aside(runs)]
+    for n in notes:
+        note(n)
     comparisons = significance(groups, **kw)
     rows = make_table(groups, comparisons, **kw)
     warn = [w for r in runs for w in r.warnings]
     tuning_warn = tuning_warnings(groups)
     for w in tuning_warn:
         print(f"warning: {w}", file=sys.stderr)
-    md = render_markdown(rows, comparisons, skipped, warn, args.alpha, args.n_bootstrap, args.bootstrap_seed, tuning_warn)
+    md = render_markdown(rows, comparisons, skipped, warn, args.alpha, args.n_bootstrap, args.bootstrap_seed, tuning_warn,
+                         comparability_section(split, notes))
     print(md)
     (out_dir / "comparison.md").write_text(md + "\n")
     pd.DataFrame(rows).to_csv(out_dir / "comparison.csv", index=False)
@@ -73,7 +91,7 @@ def main(argv=None):
     with open(out_dir / "comparison.json", "w") as f:
         json.dump(to_json({"settings": settings, "table": rows, "significance": sig,
                            "skipped": [{"path": p, "reason": r} for p, r in skipped], "warnings": warn,
-                           "tuning_warnings": tuning_warn}), f, indent=2)
+                           "tuning_warnings": tuning_warn, "comparable_groups": split, "notes": notes}), f, indent=2)
     if not args.no_figures:
         written = figures(runs, groups, rows, out_dir, learning_curves=not args.no_learning_curves)
         note(f"{len(written)} figure files written to {out_dir}")

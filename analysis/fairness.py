@@ -1,8 +1,8 @@
 """Is a comparison like with like? Adapter capacity (effective adapter parameters, no task head) and
-tuning effort (run_args.json's "hpo" block) per method on a task."""
+tuning effort (run_args.json's "hpo" block) per arm of a comparable group."""
 import math
 
-from analysis.runs import method_name
+from analysis.runs import arm_name, blocks, place
 
 CAPACITY_TOLERANCE = 0.02  # adapter parameters may differ by this fraction of the smaller before a pair is flagged
 
@@ -10,11 +10,11 @@ CAPACITY_TOLERANCE = 0.02  # adapter parameters may differ by this fraction of t
 def unequal_capacity(groups):
     """'' when every group's mean effective adapter parameters are within CAPACITY_TOLERANCE of each
     other (or unknown), else a note naming them."""
-    params = {g.method: g.mean_of("adapter_params_effective") for g in groups}
+    params = {arm_name(g.arm, g.method): g.mean_of("adapter_params_effective") for g in groups}
     known = {m: p for m, p in params.items() if math.isfinite(p) and p > 0}
     if len(known) < 2 or max(known.values()) <= (1 + CAPACITY_TOLERANCE) * min(known.values()):
         return ""
-    listed = ", ".join(f"{method_name(m)} {p:,.0f}" for m, p in known.items())
+    listed = ", ".join(f"{m} {p:,.0f}" for m, p in known.items())
     return f"unequal capacity (adapter params {listed}; > {CAPACITY_TOLERANCE:.0%} apart)"
 
 
@@ -29,18 +29,17 @@ def hpo_summary(group):
 
 
 def tuning_warnings(groups):
-    """Warning lines for each task and budget whose methods had unequal tuning effort, or were tuned on dev."""
+    """Warning lines for each comparable group whose arms had unequal tuning effort, or were tuned on dev."""
     out = []
-    for task, budget in dict.fromkeys((t, b) for t, b, _ in groups):
-        gs = [g for (t, b, _), g in groups.items() if (t, b) == (task, budget)]
-        trials = {g.method: {r.hpo.n_trials if r.hpo else 0 for r in g.runs} for g in gs}
-        where = f"{task} (R_total = {budget})"
+    for (task, budget, group), gs in blocks(groups).items():
+        trials = {arm_name(g.arm, g.method): {r.hpo.n_trials if r.hpo else 0 for r in g.runs} for g in gs}
+        where = f"{place(task, group)} (R_total = {budget})"
         if any(trials.values()) and len({frozenset(v) for v in trials.values()}) > 1:
-            listed = ", ".join(f"{method_name(m)} {'/'.join(map(str, sorted(v)))}" for m, v in trials.items())
-            untuned = [method_name(m) for m, v in trials.items() if 0 in v]
+            listed = ", ".join(f"{m} {'/'.join(map(str, sorted(v)))}" for m, v in trials.items())
+            untuned = [m for m, v in trials.items() if 0 in v]
             what = f"{', '.join(untuned)} not tuned" if untuned else "different numbers of trials"
             out.append(f"{where}: unequal tuning effort ({what}; trials per method: {listed}, 0 = not tuned)")
-        on_dev = [method_name(g.method) for g in gs if any(r.hpo and r.hpo.tuned_on == "dev" for r in g.runs)]
+        on_dev = [arm_name(g.arm, g.method) for g in gs if any(r.hpo and r.hpo.tuned_on == "dev" for r in g.runs)]
         if on_dev:
             out.append(f"{where}: {', '.join(on_dev)} tuned on the dev set: dev numbers are optimistic")
     return out

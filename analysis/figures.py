@@ -1,5 +1,6 @@
 """Paper figures of the comparison: bars per metric with the seeds on them, score per seed (box plots),
-score vs time, confusion matrices, learning curves, rank heatmaps, GLoRA's score vs assigned rank."""
+score vs time, confusion matrices, learning curves, rank heatmaps, GLoRA's score vs assigned rank. One series per
+arm; a task whose runs fall in several comparable groups gets one place per group (`sst2 (g2)`)."""
 import math
 from pathlib import Path
 
@@ -10,7 +11,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from analysis.metrics import confusion_matrix, spearman  # noqa: E402
-from analysis.runs import MAIN_METRICS, load_predictions, method_key, method_name, note, read_json  # noqa: E402
+from analysis.runs import (  # noqa: E402
+    MAIN_METRICS,
+    arm_key,
+    arm_name,
+    blocks,
+    load_predictions,
+    note,
+    place,
+    read_json,
+)
 from analysis.tables import GLUE_AVG  # noqa: E402
 from glue_tasks import GLUE_TASKS  # noqa: E402
 
@@ -26,16 +36,25 @@ def save(fig, out_dir, stem):
 
 
 def series_of(groups):
-    """(budget, method) series with their legend labels; the budget is named only if there are several."""
-    series = sorted({(b, m) for _, b, m in groups}, key=lambda s: (s[0], method_key(s[1])))
-    several = len({b for b, _ in series}) > 1
-    return [(b, m, method_name(m) + (f" (R={b})" if several else "")) for b, m in series]
+    """(budget, arm) series with their legend labels; the budget is named only if there are several."""
+    series = sorted({(k.budget, k.arm, g.method) for k, g in groups.items()}, key=lambda s: (s[0], arm_key(s[1], s[2])))
+    several = len({b for b, _, _ in series}) > 1
+    return [(b, a, arm_name(a, m) + (f" (R={b})" if several else "")) for b, a, m in series]
 
 
-def color(method):
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
-    return plt.get_cmap("tab10")(3 + sum(map(ord, method)) % 7)  # stable, away from the three above
+def places_of(groups):
+    """(task, group) in table order: one place on a figure per comparable group of a task."""
+    return list(dict.fromkeys((k.task, k.group) for k in groups))
+
+
+def slug(task, group):
+    return f"{task}_{group}" if group else task
+
+
+def color(arm):
+    if arm in METHOD_COLORS:
+        return METHOD_COLORS[arm]
+    return plt.get_cmap("tab10")(3 + sum(map(ord, arm)) % 7)  # stable, away from the three above
 
 
 def seed_values(group, metric):
@@ -48,17 +67,16 @@ def seed_values(group, metric):
 
 def fig_bars(groups, rows, out_dir):
     """One bar chart per main metric name (tasks on x), plus one of the task score with the GLUE average."""
-    tasks = list(dict.fromkeys(t for t, _, _ in groups))
-    panels = {}  # metric name -> [(x label, task, metric key)]
-    for t in tasks:
+    panels = {}  # metric name -> [(x label, (task, group), metric key)]
+    for t, grp in places_of(groups):
         for m in MAIN_METRICS[t]:
             base = "accuracy" if m == "accuracy_mm" else m
             label = ("mnli-mm" if m.endswith("_mm") else "mnli-m") if t == "mnli" else t
-            panels.setdefault(base, []).append((label, t, m))
-    panels["score"] = [(t, t, "score") for t in tasks]
-    avg = {(r["budget"], r["method"]): r["score_mean"] for r in rows if r["task"] == GLUE_AVG}
+            panels.setdefault(base, []).append((place(label, grp), (t, grp), m))
+    panels["score"] = [(place(t, grp), (t, grp), "score") for t, grp in places_of(groups)]
+    avg = {(r["budget"], r["arm"]): r["score_mean"] for r in rows if r["task"] == GLUE_AVG}
     if avg:
-        panels["score"].append((GLUE_AVG, GLUE_AVG, "score"))
+        panels["score"].append((GLUE_AVG, (GLUE_AVG, ""), "score"))
     series = series_of(groups)
     written = []
     for metric, xs in panels.items():
@@ -66,12 +84,12 @@ def fig_bars(groups, rows, out_dir):
         width = 0.8 / len(series)
         pos = np.arange(len(xs))
         lows = []
-        for i, (budget, method, label) in enumerate(series):
+        for i, (budget, arm, label) in enumerate(series):
             mu, sd = [], []  # nan std (GLUE avg, one seed) draws no error bar
-            for _, t, m in xs:
-                g = groups.get((t, budget, method))
+            for _, (t, grp), m in xs:
+                g = groups.get((t, budget, grp, arm))
                 if t == GLUE_AVG:
-                    mu.append(avg.get((budget, method), np.nan))
+                    mu.append(avg.get((budget, arm), np.nan))
                     sd.append(np.nan)
                 elif g is None:
                     mu.append(np.nan)
@@ -81,9 +99,9 @@ def fig_bars(groups, rows, out_dir):
                     sd.append((g.score if m == "score" else g.metrics[m]).std)
             mu, sd = 100 * np.array(mu), 100 * np.array(sd)
             x = pos + (i - (len(series) - 1) / 2) * width
-            ax.bar(x, mu, width, yerr=sd, capsize=3, label=label, color=color(method), edgecolor="black", linewidth=0.5)
+            ax.bar(x, mu, width, yerr=sd, capsize=3, label=label, color=color(arm), edgecolor="black", linewidth=0.5)
             # the seeds themselves on each bar: a mean of three can hide one outlier seed
-            seeds = [seed_values(groups.get((t, budget, method)), m) for _, t, m in xs]
+            seeds = [seed_values(groups.get((t, budget, grp, arm)), m) for _, (t, grp), m in xs]
             for xj, vals in zip(x, seeds):
                 ax.scatter(xj + np.linspace(-0.2, 0.2, len(vals)) * width, vals, s=10, color="black", zorder=3)
             lows.append(min([np.nanmin(mu - np.nan_to_num(sd)) if np.isfinite(mu).any() else 0]
@@ -103,21 +121,21 @@ def fig_bars(groups, rows, out_dir):
 
 
 def fig_metric_vs_time(groups, out_dir):
-    tasks = list(dict.fromkeys(t for t, _, _ in groups))
+    tasks = places_of(groups)
     ncol = min(3, len(tasks))
     nrow = math.ceil(len(tasks) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
-    labels = {(b, m): lab for b, m, lab in series_of(groups)}
-    for ax, task in zip(axes.flat, tasks):
-        for (t, budget, method), g in groups.items():
-            if t != task:
+    labels = {(b, a): lab for b, a, lab in series_of(groups)}
+    for ax, (task, group) in zip(axes.flat, tasks):
+        for key, g in groups.items():
+            if (key.task, key.group) != (task, group):
                 continue
-            c = color(method)
+            c = color(key.arm)
             ax.scatter([r.time for r in g.runs], [100 * r.score for r in g.runs], color=c, alpha=0.4, s=18)
             ax.errorbar(g.time.mean, 100 * g.score.mean, xerr=np.nan_to_num(g.time.std),
                         yerr=100 * np.nan_to_num(g.score.std), fmt="o", ms=8, color=c, mec="black", capsize=3,
-                        label=labels[(budget, method)])
-        ax.set_title(task)
+                        label=labels[(key.budget, key.arm)])
+        ax.set_title(place(task, group))
         ax.set_xlabel("training time (s)")
         ax.set_ylabel("task score ×100")
         ax.grid(alpha=0.3)
@@ -171,7 +189,7 @@ def fig_learning_curve(run, out_dir):
     if not keys:
         a2.text(0.5, 0.5, "no evaluation during training\n(--eval_strategy no)", ha="center", va="center",
                 transform=a2.transAxes, color="gray")
-    fig.suptitle(f"{run.name}: {run.task}, {method_name(run.method)}, seed {run.seed}, R_total={run.budget}")
+    fig.suptitle(f"{run.name}: {run.task}, {arm_name(run.arm, run.method)}, seed {run.seed}, R_total={run.budget}")
     fig.tight_layout()
     return save(fig, out_dir, f"{run.name}_learning_curve")
 
@@ -191,20 +209,21 @@ def rank_grid(runs):
 
 
 def fig_rank_heatmaps(groups, out_dir):
+    """One sheet per comparable group: the final ranks of each arm that moves or fixes them per matrix (GLoRA,
+    AdaLoRA, LoRA with a rank pattern), mean over seeds."""
     written = []
-    keys = list(dict.fromkeys((t, b) for t, b, _ in groups))
-    for task, budget in keys:
+    keys = list(blocks(groups))
+    for (task, budget, group), gs in blocks(groups).items():
         grids = []
-        for method in ("glora", "adalora"):
-            g = groups.get((task, budget, method))
-            if g:
+        for g in sorted(gs, key=lambda g: (g.method != "glora", g.method != "adalora", arm_key(g.arm, g.method))):
+            if g.method in ("glora", "adalora") or (g.method == "lora" and not g.uniform_lora):
                 grid, used = rank_grid(g.runs)
                 if grid:
-                    grids.append((method, grid, used))
-        several_budgets = sum(t == task for t, _ in keys) > 1
-        stem = f"{task}_r{budget}_rank_heatmap" if several_budgets else f"{task}_rank_heatmap"
+                    grids.append((arm_name(g.arm, g.method), grid, used))
+        several_budgets = len({b for t, b, _ in keys if t == task}) > 1
+        stem = f"{slug(task, group)}_r{budget}_rank_heatmap" if several_budgets else f"{slug(task, group)}_rank_heatmap"
         if not grids:
-            note(f"no {stem}: no GLoRA/AdaLoRA runs with ranks.json modules for {task}, R_total={budget}")
+            note(f"no {stem}: no GLoRA/AdaLoRA runs with ranks.json modules for {place(task, group)}, R_total={budget}")
             continue
         layers = sorted({k[0] for _, grid, _ in grids for k in grid})
         found = {k[1] for _, grid, _ in grids for k in grid}
@@ -213,7 +232,7 @@ def fig_rank_heatmaps(groups, out_dir):
         vmin, vmax = min(np.nanmin(a) for a in arrays), max(np.nanmax(a) for a in arrays)  # one shared scale
         fig, axes = plt.subplots(1, len(grids), figsize=(0.75 * len(mats) * len(grids) + 2.5, 0.32 * len(layers) + 2.2),
                                  squeeze=False, layout="constrained")
-        for ax, (method, grid, used), A in zip(axes[0], grids, arrays):
+        for ax, (name, grid, used), A in zip(axes[0], grids, arrays):
             im = ax.imshow(A, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
             for i in range(A.shape[0]):
                 for j in range(A.shape[1]):
@@ -225,23 +244,23 @@ def fig_rank_heatmaps(groups, out_dir):
             ax.set_yticks(range(len(layers)), layers)
             ax.set_xlabel("matrix type")
             ax.set_ylabel("layer")
-            ax.set_title(f"{method_name(method)} final rank\n(mean over {used} seed{'s' * (used > 1)})", fontsize=9)
+            ax.set_title(f"{name} final rank\n(mean over {used} seed{'s' * (used > 1)})", fontsize=9)
         fig.colorbar(im, ax=list(axes[0]), label="final rank")
-        fig.suptitle(f"{task}: rank allocation, R_total={budget}")
+        fig.suptitle(f"{place(task, group)}: rank allocation, R_total={budget}")
         written += save(fig, out_dir, stem)
     return written
 
 
 def fig_score_vs_rank(groups, out_dir):
     written = []
-    for (task, budget, method), g in groups.items():
-        if method != "glora":
+    for (task, budget, group, arm), g in groups.items():
+        if g.method != "glora":
             continue
         modules = [m for r in g.runs for m in ((r.ranks or {}).get("modules") or {}).values()]
         pts = [(m["score"], m["final_rank"], m.get("matrix", "?"), m.get("initial_rank"))
                for m in modules if m.get("score") is not None and m.get("final_rank") is not None]
-        several_budgets = sum(t == task for t, _, m in groups if m == "glora") > 1
-        stem = f"{task}_r{budget}_glora_score_vs_rank" if several_budgets else f"{task}_glora_score_vs_rank"
+        several_budgets = len({k.budget for k, o in groups.items() if k.task == task and o.method == "glora"}) > 1
+        stem = f"{slug(task, group)}{f'_r{budget}' if several_budgets else ''}_{arm}_score_vs_rank"
         if not pts:
             note(f"no {stem}: GLoRA runs have no per-module scores in ranks.json")
             continue
@@ -260,7 +279,7 @@ def fig_score_vs_rank(groups, out_dir):
         rho = spearman(score, rank)
         ax.set_xlabel("GLoRA score (EMA of gradient norm)")
         ax.set_ylabel("assigned (final) rank")
-        ax.set_title(f"{task}: GLoRA score vs assigned rank, R_total={budget}\n"
+        ax.set_title(f"{place(task, group)}: {arm_name(arm, g.method)} score vs assigned rank, R_total={budget}\n"
                      f"{len(pts)} modules over {g.n} seed{'s' * (g.n > 1)}, Spearman ρ = {rho:.2f}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, title="matrix", title_fontsize=7)
@@ -270,24 +289,23 @@ def fig_score_vs_rank(groups, out_dir):
 
 
 def fig_seed_boxes(groups, out_dir):
-    """Task score per seed: one panel per task (and budget), a box and the seeds for each method."""
-    panels = list(dict.fromkeys((t, b) for t, b, _ in groups))
+    """Task score per seed: one panel per comparable group of a task (and budget), a box and the seeds per arm."""
+    panels = blocks(groups)
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.2 * nrow), squeeze=False)
-    several_budgets = len({b for _, b in panels}) > 1
-    for ax, (task, budget) in zip(axes.flat, panels):
-        gs = [g for (t, b, _), g in groups.items() if (t, b) == (task, budget)]
+    several_budgets = len({b for _, b, _ in panels}) > 1
+    for ax, ((task, budget, group), gs) in zip(axes.flat, panels.items()):
         values = [seed_values(g, "score") for g in gs]
         box = ax.boxplot(values, widths=0.5, patch_artist=True, medianprops={"color": "black"})
         for patch, g in zip(box["boxes"], gs):
-            patch.set_facecolor(color(g.method))
+            patch.set_facecolor(color(g.arm))
             patch.set_alpha(0.5)
         for j, (g, vals) in enumerate(zip(gs, values), start=1):
-            ax.scatter(j + np.linspace(-0.12, 0.12, len(vals)), vals, s=16, color=color(g.method), edgecolor="black",
+            ax.scatter(j + np.linspace(-0.12, 0.12, len(vals)), vals, s=16, color=color(g.arm), edgecolor="black",
                        zorder=3)
-        ax.set_xticks(range(1, len(gs) + 1), [method_name(g.method) for g in gs])
-        ax.set_title(task + (f", R_total={budget}" if several_budgets else ""))
+        ax.set_xticks(range(1, len(gs) + 1), [arm_name(g.arm, g.method) for g in gs])
+        ax.set_title(place(task, group) + (f", R_total={budget}" if several_budgets else ""))
         ax.set_ylabel("task score ×100")
         ax.grid(axis="y", alpha=0.3)
     for ax in axes.flat[len(panels):]:
@@ -316,14 +334,14 @@ def summed_confusion(group):
 
 
 def fig_confusion(groups, out_dir):
-    """One sheet per task, budget and method: counts (seeds summed) and row-normalised, per dev split."""
+    """One sheet per arm of each comparable group: counts (seeds summed) and row-normalised, per dev split."""
     written = []
-    for (task, budget, method), g in groups.items():
+    for (task, budget, group, arm), g in groups.items():
         if GLUE_TASKS[task].is_regression:
             continue
         sheets, used = summed_confusion(g)
-        several_budgets = sum(t == task and m == method for t, _, m in groups) > 1
-        stem = f"{task}{f'_r{budget}' if several_budgets else ''}_{method}_confusion"
+        several_budgets = len({k.budget for k in groups if (k.task, k.arm) == (task, arm)}) > 1
+        stem = f"{slug(task, group)}{f'_r{budget}' if several_budgets else ''}_{arm}_confusion"
         if not sheets:
             note(f"no {stem}: no runs with predictions")
             continue
@@ -342,7 +360,8 @@ def fig_confusion(groups, out_dir):
                 ax.set_xlabel("predicted class")
                 ax.set_ylabel("true class")
                 ax.set_title(f"{split}: {what}", fontsize=9)
-        fig.suptitle(f"{task}, {method_name(method)}, R_total={budget}: confusion, {used} seed{'s' * (used > 1)} summed")
+        fig.suptitle(f"{place(task, group)}, {arm_name(arm, g.method)}, R_total={budget}: confusion, "
+                     f"{used} seed{'s' * (used > 1)} summed")
         written += save(fig, out_dir, stem)
     return written
 
@@ -355,7 +374,7 @@ def figures(runs, groups, rows, out_dir, learning_curves=True):
         for r in runs:
             written += fig_learning_curve(r, out_dir)
     written += fig_rank_heatmaps(groups, out_dir)
-    if not any(m == "glora" for _, _, m in groups):
+    if not any(g.method == "glora" for g in groups.values()):
         note("no GLoRA score-vs-rank figures: no GLoRA runs")
     written += fig_score_vs_rank(groups, out_dir)
     return written

@@ -1,16 +1,19 @@
-"""Finished runs on disk (docs/outputs.md) as typed records: a Run per run directory, a Group per
-task × rank budget × method with its seed statistics."""
+"""Finished runs on disk (docs/outputs.md) as typed records: a Run per run directory, a Group per arm of one
+comparable group (task × R_total × Setting, analysis.comparable) with its seed statistics."""
 import json
 import math
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from adapters import METHODS
+from analysis.comparable import ArmIdentity, Setting, arm_of
+from analysis.metrics import METRIC_FNS
 from glue_tasks import GLUE_TASKS
 
 # task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean.
@@ -32,6 +35,16 @@ def method_name(m):
 
 def method_key(m):  # sort key: lora, adalora, glora, then anything else alphabetically
     return (METHOD_ORDER.index(m), "") if m in METHOD_ORDER else (len(METHOD_ORDER), m)
+
+
+def arm_name(arm, method):
+    """How tables and figures name an arm: the method's name, and the arm's label where it is not the method's
+    (`GLoRA (glora_params)`, `LoRA (lora_pattern-1a2b3c4d)`)."""
+    return method_name(method) if arm == method else f"{method_name(method)} ({arm})"
+
+
+def arm_key(arm, method):  # sort key: by method (lora, adalora, glora), the arm named like its method first
+    return (*method_key(method), arm != method, arm)
 
 
 def task_key(t):
@@ -79,6 +92,14 @@ class Run:
     warnings: list = field(default_factory=list)
     adapter_params_effective: float = float("nan")  # LoRA parameters of non-zero components at the end, no head
     hpo: "Hpo | None" = None  # run_args.json's "hpo" block, when the hyper-parameters were tuned
+    arm: str = ""  # the run's label (analysis.comparable.arm_of): seeds are pooled per arm
+    setting: Setting | None = None  # what it must share with the runs it is compared with
+    identity: ArmIdentity | None = None  # what it must share with the other seeds of its arm
+
+    @property
+    def uniform_lora(self):
+        """Plain LoRA: the same rank on every matrix (no --rank_pattern), the baseline of "vs LoRA"."""
+        return self.method == "lora" and self.identity.rank_pattern is None
 
 
 @dataclass(frozen=True)
@@ -191,6 +212,10 @@ def load_run(d):
                        params_adapter=float(res.get("trainable_params_adapter", "nan")))
     except (TypeError, ValueError) as e:
         return None, f"non-numeric value in all_results.json ({e})"
+    try:
+        comparable = dict(arm=arm_of(res, run_args), setting=Setting.of(run_args), identity=ArmIdentity.of(res, run_args))
+    except (TypeError, ValueError) as e:  # a field of another type than a run writes
+        return None, f"run_args.json / all_results.json: unreadable arm, budget or training setting ({e})"
     bad = [k for k, v in (("score", score), ("time", time)) if not math.isfinite(v)]
     if bad:
         return None, f"non-finite {', '.join(bad)} in all_results.json"
@@ -204,27 +229,22 @@ def load_run(d):
         return None, f"non-numeric adapter_params_effective in all_results.json ({e})"
     return Run(name=d.name, path=d, task=task, results=res, args=run_args, metrics=metrics, score=score, time=time,
                ranks=ranks, total_rank=total_rank(ranks, d, warnings), warnings=warnings,
-               adapter_params_effective=params_effective, hpo=Hpo.of((run_args or {}).get("hpo")), **numbers), None
+               adapter_params_effective=params_effective, hpo=Hpo.of((run_args or {}).get("hpo")), **numbers,
+               **comparable), None
 
 
 def load_runs(paths):
-    """Load every run below paths. Returns (runs, skipped) with skipped = [(path, reason)]."""
-    runs, skipped, by_key = [], [], {}
+    """Load every run below paths. Returns (runs, skipped) with skipped = [(path, reason)]: runs that cannot be
+    read, and runs that cannot be pooled with the other seeds of their arm (set_aside)."""
+    loaded, skipped = [], []
     for d in find_run_dirs(paths):
         run, reason = load_run(d)
         if run is None:
             skipped.append((str(d), reason))
-            continue
-        by_key.setdefault((run.task, run.budget, run.method, run.seed), []).append(run)
-    for same in by_key.values():
-        if len(same) == 1:
-            runs.append(same[0])
-            continue
-        # The same seed twice (say a trial run beside the real one): which one is meant cannot be known, and
-        # keeping both would double-count the seed. Keep neither and say so.
-        for run in same:
-            others = ", ".join(str(r.path) for r in same if r is not run)
-            skipped.append((str(run.path), f"ambiguous: same task/budget/method/seed as {others}; keep one"))
+        else:
+            loaded.append(run)
+    runs, set_aside = poolable(loaded)
+    skipped += set_aside
     # run name = directory name; only where two runs share one, add parent dirs to tell them apart
     names = [r.name for r in runs]
     for r in runs:
@@ -233,13 +253,74 @@ def load_runs(paths):
     return runs, skipped
 
 
-@dataclass
-class Group:
-    """The runs (seeds) of one task × rank budget × method, sorted by seed."""
+def poolable(runs):
+    """(runs, set_aside): the runs of one arm in one comparable group become one row of seeds, so they must agree
+    on the arm's identity (method, budget unit and size, rank pattern, optimizer steps) and hold each seed once.
+    Where they do not, which runs are meant cannot be known: all of that arm's runs, or both copies of the seed,
+    are set aside with the reason."""
+    by_arm = {}
+    for r in runs:
+        by_arm.setdefault((r.task, r.budget, r.setting, r.arm), []).append(r)
+    kept, set_aside = [], []
+    for (task, budget, _, arm), same in by_arm.items():
+        identities = list(dict.fromkeys(r.identity for r in same))
+        if len(identities) > 1:
+            why = identities[0].differences(identities[1:])
+            set_aside += [(str(r.path), f"set aside: arm {arm} on {task} (R_total = {budget}) mixes runs that differ "
+                                        f"in {why}; give them distinct --arm labels") for r in same]
+            continue
+        by_seed = {}
+        for r in same:
+            by_seed.setdefault(r.seed, []).append(r)
+        for twins in by_seed.values():
+            if len(twins) == 1:
+                kept.append(twins[0])
+                continue
+            # The same seed twice (say a rerun beside the first run): which one is meant cannot be known, and
+            # keeping both would double-count the seed. Keep neither and say so.
+            for run in twins:
+                others = ", ".join(str(r.path) for r in twins if r is not run)
+                set_aside.append((str(run.path), f"ambiguous: same task/budget/arm/seed and setting as {others}; keep one"))
+    order = {id(r): i for i, r in enumerate(runs)}
+    return sorted(kept, key=lambda r: order[id(r)]), set_aside
+
+
+class GroupKey(NamedTuple):
+    """A row of the comparison: one arm in one comparable group of a task and R_total."""
     task: str
     budget: int
+    group: str  # "" where the task and R_total hold one comparable group, else g1, g2, ... (group_tags)
+    arm: str
+
+    @property
+    def block(self):
+        """(task, budget, group): the comparable group, whose arms are compared with each other."""
+        return self[:3]
+
+
+def place(task, group):
+    """The task as tables print it: `sst2`, or `sst2 (g2)` where its runs fall in several comparable groups."""
+    return f"{task} ({group})" if group else task
+
+
+@dataclass
+class Group:
+    """The runs (seeds) of one arm in one comparable group, sorted by seed."""
+    task: str
+    budget: int
+    group: str
+    arm: str
     method: str
+    setting: Setting
     runs: list
+
+    @property
+    def key(self):
+        return GroupKey(self.task, self.budget, self.group, self.arm)
+
+    @property
+    def uniform_lora(self):
+        return self.runs[0].uniform_lora
 
     @property
     def n(self):
@@ -271,17 +352,88 @@ class Group:
         return float(np.mean([getattr(r, attr) for r in self.runs]))
 
 
+def group_tags(runs):
+    """{(task, budget, setting): tag}: "" where a task and R_total have one setting, else g1, g2, ...: runs over
+    epochs before trial runs, then the group with more runs first, then by the settings' fields."""
+    settings = {}
+    for r in runs:
+        counts = settings.setdefault((r.task, r.budget), {})
+        counts[r.setting] = counts.get(r.setting, 0) + 1
+    tags = {}
+    for (task, budget), found in settings.items():
+        ordered = sorted(found, key=lambda s: (s.trial, -found[s], s.sort_text()))
+        for i, s in enumerate(ordered, start=1):
+            tags[(task, budget, s)] = f"g{i}" if len(ordered) > 1 else ""
+    return tags
+
+
 def aggregate(runs):
-    """{(task, budget, method): Group}, in GLUE task order, then budget, then method order."""
+    """{GroupKey: Group}: runs pooled per arm within their comparable group, in GLUE task order, then budget, then
+    group, then arm order (lora, other LoRA arms, AdaLoRA arms, GLoRA arms). Runs should come from load_runs,
+    which sets aside what cannot be pooled."""
+    tags = group_tags(runs)
     by_key = {}
     for r in runs:
-        by_key.setdefault((r.task, r.budget, r.method), []).append(r)
-    groups = {key: Group(*key, sorted(rs, key=lambda r: r.seed)) for key, rs in by_key.items()}
-    return dict(sorted(groups.items(), key=lambda kv: (task_key(kv[0][0]), kv[0][0], kv[0][1], method_key(kv[0][2]))))
+        by_key.setdefault(GroupKey(r.task, r.budget, tags[(r.task, r.budget, r.setting)], r.arm), []).append(r)
+    groups = {key: Group(*key, rs[0].method, rs[0].setting, sorted(rs, key=lambda r: r.seed)) for key, rs in by_key.items()}
+    return dict(sorted(groups.items(), key=lambda kv: (task_key(kv[0].task), kv[0].task, kv[0].budget, kv[0].group,
+                                                       arm_key(kv[0].arm, kv[1].method))))
+
+
+def blocks(groups):
+    """{(task, budget, group): [Group]}: the comparable groups, each with its arms in order."""
+    out = {}
+    for key, g in groups.items():
+        out.setdefault(key.block, []).append(g)
+    return out
 
 
 def load_predictions(run):
-    """({split: DataFrame(idx, label, prediction)}, None) for every split the task's metrics need, or (None, reason)."""
+    """({split: DataFrame(idx, label, prediction)}, None) for every split the task's metrics need, or (None, reason):
+    also when the predictions do not reproduce the run's recorded score (predictions_mismatch)."""
+    preds, err = read_predictions(run)
+    if preds is None:
+        return None, err
+    mismatch = predictions_mismatch(run, preds)
+    return (None, mismatch) if mismatch else (preds, None)
+
+
+SCORE_TOLERANCE = 1e-6  # a metric recomputed from the predictions file may differ from the recorded one by rounding only
+
+
+def predictions_mismatch(run, preds):
+    """'' when every main metric recomputed from the predictions equals all_results.json's, else why not: a file
+    cut short (or of other rows) would make the bootstrap score other rows than the Δ score."""
+    for m in MAIN_METRICS[run.task]:
+        split, metric = metric_split(run.task, m)
+        df = preds[split]
+        kind = float if GLUE_TASKS[run.task].is_regression else int
+        try:
+            value = METRIC_FNS[metric](df["label"].to_numpy(kind), df["prediction"].to_numpy(kind))
+        except (TypeError, ValueError) as e:
+            return f"predictions_{split}.csv: labels or predictions are not {kind.__name__}s ({e})"
+        if abs(value - run.metrics[m]) > SCORE_TOLERANCE:
+            scored = run.results.get("eval_samples" + m[len(metric):])
+            rows = f"{len(df)} of the {scored} rows scored" if scored and scored != len(df) else f"{len(df)} rows"
+            return (f"predictions_{split}.csv ({rows}) gives {metric} {value:.4f} but all_results.json records "
+                    f"{run.metrics[m]:.4f}: not the rows that were scored (truncated predictions?); left out of the bootstrap")
+    return ""
+
+
+def bootstrap_set_aside(runs):
+    """[(path, why)] of the runs whose predictions files exist but do not reproduce their recorded score: each
+    comparison leaves them out of its bootstrap (stats.compare), and the report lists them once."""
+    out = []
+    for r in runs:
+        preds, _ = read_predictions(r)
+        why = predictions_mismatch(r, preds) if preds is not None else ""
+        if why:
+            out.append((str(r.path), why))
+    return out
+
+
+def read_predictions(run):
+    """The predictions files as written, or (None, reason)."""
     out = {}
     for split in sorted({metric_split(run.task, m)[0] for m in MAIN_METRICS[run.task]}):
         path = run.path / f"predictions_{split}.csv"

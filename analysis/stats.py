@@ -1,4 +1,5 @@
-"""Statistics of the comparison: share of AdaLoRA's gain recovered by GLoRA, and the A-vs-B verdicts."""
+"""Statistics of the comparison: share of AdaLoRA's gain recovered by GLoRA, and the A-vs-B verdicts between the arms
+of each comparable group."""
 import math
 import warnings
 from dataclasses import dataclass
@@ -14,13 +15,12 @@ from analysis.bootstrap import (
     paired_from_scores,
     resampled_scores,
 )
+from analysis.comparable import pick_references
 from analysis.fairness import unequal_capacity
-from analysis.runs import METHOD_ORDER, load_predictions
+from analysis.runs import METHOD_ORDER, blocks, predictions_mismatch, read_predictions
 
-# comparisons for the significance table: (A, B) means A - B
-PAIRS = [("adalora", "lora"), ("glora", "lora"), ("glora", "adalora")]
 NAN = float("nan")
-MIN_SEEDS = 3  # per method, for a verdict: with fewer, seed-to-seed variance is not estimated at all
+MIN_SEEDS = 3  # per arm, for a verdict or a share interval: with fewer, seed-to-seed variance is not estimated at all
 
 
 @dataclass
@@ -37,6 +37,7 @@ class ShareOfGain:
     n_usable: int | None = None  # resamples where AdaLoRA beats LoRA: the only ones the ratio exists on
     n_resamples: int | None = None
     estimable: bool = False  # enough usable resamples for an interval (min_usable_fraction)
+    too_few_seeds: bool = False  # an arm has fewer than MIN_SEEDS seeds: no interval, as the verdict reads
 
 
 def min_usable_fraction(alpha):
@@ -53,7 +54,9 @@ def share_of_gain(lora, adalora, glora, n_bootstrap=2000, seed=0, alpha=0.05):
     Each argument is the per-seed scores of one method, or a list of such arrays (one per task:
     the statistic then uses the average of the task means, like the GLUE average). The CI resamples
     seeds with replacement within each method (and task) independently. Undefined when AdaLoRA does
-    not beat LoRA on mean; resamples where it does not are left out of the CI and counted.
+    not beat LoRA on mean; resamples where it does not are left out of the CI and counted. No CI when a method
+    has fewer than MIN_SEEDS seeds (in any task): where the verdict reads "too few seeds", an interval from the
+    same seeds would claim what the verdict does not.
     """
     def tasks(x):
         return [np.asarray(x, float)] if np.ndim(x[0]) == 0 else [np.asarray(t, float) for t in x]
@@ -67,6 +70,10 @@ def share_of_gain(lora, adalora, glora, n_bootstrap=2000, seed=0, alpha=0.05):
                       glora_gain=glora_gain, frac_undefined=None, note="")
     if not ada_gain > 0:
         out.note = f"undefined: AdaLoRA does not beat LoRA on mean (AdaLoRA - LoRA = {ada_gain:+.4f})"
+        return out
+    if min(len(t) for t in L + A + G) < MIN_SEEDS:
+        out.share, out.defined, out.too_few_seeds = glora_gain / ada_gain, True, True
+        out.note = f"no interval: too few seeds (< {MIN_SEEDS} per arm)"
         return out
     rng = np.random.default_rng(seed)
 
@@ -85,8 +92,6 @@ def share_of_gain(lora, adalora, glora, n_bootstrap=2000, seed=0, alpha=0.05):
         out.ci_low, out.ci_high = (float(q) for q in np.quantile(ratios, [alpha / 2, 1 - alpha / 2]))
     else:
         notes.append(f"interval not estimable: needs >= {needed} ({min_usable_fraction(alpha):.1%})")
-    if min(len(t) for t in L + A + G) < 2:
-        notes.append("a method has 1 seed: CI ignores its seed noise")
     out.note = "; ".join(notes)
     return out
 
@@ -111,10 +116,10 @@ def welch(a, b):
 
 @dataclass
 class Comparison:
-    """Method A vs method B on one task and rank budget (A - B). Field order = the output columns."""
+    """Arm A vs arm B in one comparable group of a task and rank budget (A - B). Field order = the output columns."""
     task: str
     budget: int
-    a: str
+    a: str  # arm labels
     b: str
     delta: float  # difference of the groups' mean scores
     n_a: int
@@ -143,6 +148,9 @@ class Comparison:
     sig_hier: bool
     verdict: str
     capacity: str  # "" or "unequal capacity (...)": adapter parameters more than 2 % apart
+    group: str = ""  # the comparable group's tag (GroupKey.group)
+    method_a: str = ""
+    method_b: str = ""
 
 
 def verdict(n_a, n_b, hier, w, alpha):
@@ -157,14 +165,40 @@ def verdict(n_a, n_b, hier, w, alpha):
     return "n/a"
 
 
-def method_pairs(methods):
-    """The (A, B) pairs present among methods: the three fixed ones, then any extra method vs LoRA."""
-    pairs = PAIRS + [(m, "lora") for m in methods if m not in METHOD_ORDER]
-    return [(a, b) for a, b in pairs if a in methods and b in methods]
+def arm_pairs(groups):
+    """The (A, B) arm pairs of one comparable group (its Groups in arm order): every arm of a known method vs the
+    uniform LoRA arm, every GLoRA arm vs the AdaLoRA arm (References picks both), then arms of other methods vs
+    LoRA. With the three default arms: AdaLoRA vs LoRA, GLoRA vs LoRA, GLoRA vs AdaLoRA."""
+    refs = pick_references(groups)
+    lora, ada = refs.lora, refs.adalora
+    pairs = [(g.arm, lora) for g in groups if lora and g.arm != lora and g.method in METHOD_ORDER]
+    pairs += [(g.arm, ada) for g in groups if ada and g.method == "glora"]
+    return pairs + [(g.arm, lora) for g in groups if lora and g.method not in METHOD_ORDER]
+
+
+def same_dev_rows(with_preds):
+    """(kept keys, notes): a run whose predictions cover fewer dev rows than the runs beside it (a file cut short,
+    or another dev subset) is left out, so that every run left is scored on the same rows as its recorded score
+    and the bootstrap's Δ is the Δ of those scores. with_preds: {(arm, seed): {split: DataFrame}}."""
+    rows = {k: {s: frozenset(df["idx"]) for s, df in p.items()} for k, p in with_preds.items()}
+    if not rows:
+        return [], []
+    splits = next(iter(rows.values()))
+    full = {s: frozenset().union(*(r[s] for r in rows.values())) for s in splits}
+    kept, notes = [], []
+    for (arm, seed), r in rows.items():
+        short = [s for s in splits if r[s] != full[s]]
+        if short:
+            s = short[0]
+            notes.append(f"{arm} seed {seed}: predictions_{s}.csv covers {len(r[s])} of the {len(full[s])} dev rows "
+                         "the runs beside it cover: left out of the bootstrap")
+        else:
+            kept.append((arm, seed))
+    return kept, notes
 
 
 def compare(ga, gb, preds, n_bootstrap, seed, alpha):
-    """One Comparison of group A vs group B. preds(run) -> (predictions or None, reason)."""
+    """One Comparison of group A vs group B. preds(run) -> (predictions or None, why not)."""
     notes = []
     w = welch(ga.scores, gb.scores)
     if w.note:
@@ -172,19 +206,21 @@ def compare(ga, gb, preds, n_bootstrap, seed, alpha):
     with_preds = {}
     for g in (ga, gb):
         for r in g.runs:
-            p, err = preds(r)
+            p, why = preds(r)
             if p is None:
-                notes.append(f"{g.method} seed {r.seed}: no predictions ({err})")
+                notes.append(f"{g.arm} seed {r.seed}: {why}")
             else:
-                with_preds[(g.method, r.seed)] = p
-    runs_a = [r.seed for r in ga.runs if (ga.method, r.seed) in with_preds]
-    runs_b = [r.seed for r in gb.runs if (gb.method, r.seed) in with_preds]
+                with_preds[(g.arm, r.seed)] = p
+    kept, row_notes = same_dev_rows(with_preds)
+    notes += row_notes
+    runs_a = [r.seed for r in ga.runs if (ga.arm, r.seed) in kept]
+    runs_b = [r.seed for r in gb.runs if (gb.arm, r.seed) in kept]
     paired = [s for s in runs_a if s in runs_b]
     boot, hier = PairedBootstrap(), HierarchicalBootstrap()
     if runs_a and runs_b:
         try:
-            scores = resampled_scores(ga.task, [with_preds[(ga.method, s)] for s in runs_a] +
-                                      [with_preds[(gb.method, s)] for s in runs_b],
+            scores = resampled_scores(ga.task, [with_preds[(ga.arm, s)] for s in runs_a] +
+                                      [with_preds[(gb.arm, s)] for s in runs_b],
                                       n_bootstrap, np.random.default_rng(seed))
             hier = hierarchical_from_scores(scores, len(runs_a), seed, alpha)
             if paired:
@@ -199,28 +235,32 @@ def compare(ga, gb, preds, n_bootstrap, seed, alpha):
         notes.append("no runs with predictions for one method: no paired bootstrap, no hierarchical bootstrap")
     n_a, n_b = (len(runs_a), len(runs_b)) if math.isfinite(hier.p) else (ga.n, gb.n)
     return Comparison(
-        task=ga.task, budget=ga.budget, a=ga.method, b=gb.method, delta=ga.score.mean - gb.score.mean,
+        task=ga.task, budget=ga.budget, a=ga.arm, b=gb.arm, delta=ga.score.mean - gb.score.mean,
         n_a=ga.n, n_b=gb.n, notes=notes, p_welch=w.p, t_welch=w.t, paired_seeds=paired if math.isfinite(boot.p) else [],
         delta_boot=boot.delta, boot_ci_low=boot.ci_low, boot_ci_high=boot.ci_high, p_boot=boot.p,
         p_boot_per_seed=boot.p_per_seed, delta_per_seed=boot.delta_per_seed, n_examples=boot.n_examples,
         sig_boot=bool(boot.p < alpha), sig_welch=bool(w.p < alpha),  # nan < alpha is False
         hier_n_a=len(runs_a), hier_n_b=len(runs_b), delta_hier=hier.delta, hier_ci_low=hier.ci_low,
         hier_ci_high=hier.ci_high, p_hier=hier.p, sig_hier=bool(hier.p < alpha),
-        verdict=verdict(n_a, n_b, hier, w, alpha), capacity=unequal_capacity([ga, gb]))
+        verdict=verdict(n_a, n_b, hier, w, alpha), capacity=unequal_capacity([ga, gb]),
+        group=ga.group, method_a=ga.method, method_b=gb.method)
 
 
 def significance(groups, n_bootstrap=2000, seed=0, alpha=0.05):
-    """Every method pair on every (task, budget): [Comparison]."""
+    """Every arm pair (arm_pairs) in every comparable group: [Comparison]. Arms of different groups are never
+    compared."""
     cache = {}
 
     def preds(run):
         if run.path not in cache:
-            cache[run.path] = load_predictions(run)
+            found, err = read_predictions(run)
+            why = f"no predictions ({err})" if found is None else predictions_mismatch(run, found)
+            cache[run.path] = (None, why) if why else (found, "")
         return cache[run.path]
 
     rows = []
-    for (task, budget) in dict.fromkeys((t, b) for t, b, _ in groups):
-        methods = [m for t, b, m in groups if (t, b) == (task, budget)]
-        for a, b in method_pairs(methods):
-            rows.append(compare(groups[(task, budget, a)], groups[(task, budget, b)], preds, n_bootstrap, seed, alpha))
+    for gs in blocks(groups).values():
+        by_arm = {g.arm: g for g in gs}
+        for a, b in arm_pairs(gs):
+            rows.append(compare(by_arm[a], by_arm[b], preds, n_bootstrap, seed, alpha))
     return rows

@@ -41,8 +41,8 @@ def test_effective_params_from_ranks_when_missing(tmp_path):
     runs, _ = load_runs([sweep(tmp_path, glora_effective=12345)])
     groups = aggregate(runs)
     # no field in all_results.json: sum of final_rank * (d_in + d_out) = 32 * (768 + 768)
-    assert groups[("sst2", 32, "lora")].mean_of("adapter_params_effective") == 32 * 1536
-    assert groups[("sst2", 32, "glora")].mean_of("adapter_params_effective") == 12345  # the field wins
+    assert groups[("sst2", 32, "", "lora")].mean_of("adapter_params_effective") == 32 * 1536
+    assert groups[("sst2", 32, "", "glora")].mean_of("adapter_params_effective") == 12345  # the field wins
 
 
 def test_unequal_capacity_marked(tmp_path):

@@ -1,0 +1,231 @@
+"""Arms and comparable groups in compare_runs.py: two arms of one method are two rows, runs that are not comparable
+(trial runs, another dev subset, other data, another length or model) are never pooled or compared, what is set
+aside is said, and the bootstrap uses the rows the score was computed on."""
+import json
+from pathlib import Path
+
+import pytest
+
+import compare_runs as cr
+from analysis.runs import load_runs
+from tests.test_compare_runs import N, predictions, sst2_metrics, write_run
+
+ACC = {"lora": [0.70, 0.71, 0.72], "adalora": [0.80, 0.81, 0.82], "glora": [0.78, 0.79, 0.80]}
+
+
+def recorded(arm=None, budget_unit="rank", data=None, training=None, resolved=None, results=None):
+    """(run_args sections, all_results keys) as a run of today writes them: the data selection, the training length
+    and the resolved plan (arm, budget unit, optimizer steps). arm=None: a run written before arms were recorded."""
+    args = {"model": {"model_name_or_path": "minilm"},
+            "data": {"task": "sst2", "dataset_name": "nyu-mll/glue", "dataset_dir": "data/glue", "train_file": None,
+                     "validation_file": None, "validation_mismatched_file": None, "max_train_samples": None,
+                     "max_eval_samples": None, "tuning_split_fraction": 0.0, "tuning_split_max": 2000, **(data or {})},
+            "training": {"max_steps": -1, "num_train_epochs": 1.0, **(training or {})},
+            "resolved": {"budget_unit": budget_unit, "total_steps": 60, **({"arm": arm} if arm else {}),
+                         **(resolved or {})}}
+    res = {"budget_unit": budget_unit, "param_budget": 49152 if budget_unit == "params" else None,
+           **({"arm": arm} if arm else {}), **(results or {})}
+    return args, res
+
+
+def arm_runs(root, method, accs, seeds=(1, 2, 3), prefix="", **record):
+    """One finished run per seed of one arm; record: recorded()'s arguments."""
+    args, res = recorded(**record)
+    name = prefix + (record.get("arm") or method)
+    return [write_run(root, f"{name}_s{seed}", "sst2", method, seed, sst2_metrics(acc), 100.0,
+                      {"validation": predictions(acc)}, log=False, args=args, results=res)
+            for seed, acc in zip(seeds, accs)]
+
+
+def compare(root, *flags):
+    assert cr.main([str(root), "--n_bootstrap", "100", "--no_figures", *flags]) == 0
+    out = root / "comparison"
+    return json.loads((out / "comparison.json").read_text()), (out / "comparison.md").read_text()
+
+
+def row(data, arm, group=""):
+    """The sst2 row of one arm in one comparable group (.get: the same test reads main's tables, which had none)."""
+    (r,) = [r for r in data["table"] if r["task"] == "sst2" and r.get("arm", r["method"]) == arm
+            and r.get("group", "") == group]
+    return r
+
+
+def default_arms(root, **record):
+    for method, accs in ACC.items():
+        arm_runs(root, method, accs, arm=method, **record)
+
+# -----------------------------------------------------------------------------
+# arms (issue 18, point 2)
+
+
+def test_two_arms_of_one_method_and_budget_are_separate_rows(tmp_path):
+    default_arms(tmp_path)
+    arm_runs(tmp_path, "glora", [0.74, 0.75, 0.76], arm="glora_params", budget_unit="params")
+    assert cr.main([str(tmp_path), "--n_bootstrap", "100"]) == 0  # figures too: one series per arm
+    data = json.loads((tmp_path / "comparison" / "comparison.json").read_text())
+    md = (tmp_path / "comparison" / "comparison.md").read_text()
+    assert data["skipped"] == []
+    assert [r.get("arm") for r in data["table"]] == ["lora", "adalora", "glora", "glora_params"]
+    rank, params = row(data, "glora"), row(data, "glora_params")
+    assert rank["n_seeds"] == params["n_seeds"] == 3 and params["seeds"] == "1 2 3"
+    assert rank["score_mean"] == pytest.approx(0.79) and params["score_mean"] == pytest.approx(0.75)
+    assert params["delta_vs_lora"] == pytest.approx(0.04) and params["vs_lora_arm"] == "lora"
+    assert params["share_of_gain"] == pytest.approx(0.04 / 0.10) and params["share_adalora_arm"] == "adalora"
+    assert "| sst2 | 32 | GLoRA (glora_params) | 3 |" in md and "| sst2 | 32 | GLoRA | 3 |" in md
+    assert "**GLoRA (glora_params) recovers 40% of AdaLoRA's gain over LoRA**" in md
+    pairs = [(s["a"], s["b"]) for s in data["significance"]]
+    assert pairs == [("adalora", "lora"), ("glora", "lora"), ("glora_params", "lora"), ("glora", "adalora"),
+                     ("glora_params", "adalora")]
+    for stem in ("sst2_glora_params_confusion", "sst2_glora_params_score_vs_rank", "sst2_glora_score_vs_rank"):
+        assert (tmp_path / "comparison" / f"{stem}.png").stat().st_size > 1000
+
+
+def test_runs_without_an_arm_get_it_from_method_and_budget_unit(tmp_path):
+    """Runs written before arms were recorded: glora under --budget_unit params is the glora_params arm."""
+    for method, accs in ACC.items():
+        arm_runs(tmp_path, method, accs)
+    arm_runs(tmp_path, "glora", [0.74, 0.75, 0.76], budget_unit="params", prefix="params_")
+    runs, skipped = load_runs([tmp_path])
+    assert skipped == [] and len(runs) == 12
+    assert sorted({r.arm for r in runs}) == ["adalora", "glora", "glora_params", "lora"]
+
+
+def test_rank_pattern_arm_is_its_own_row_and_uniform_lora_stays_the_baseline(tmp_path):
+    pattern = {"path": "oracle.json", "sha256": "1a2b3c4d" + "0" * 56, "source": "mapping"}
+    arm_runs(tmp_path, "lora", [0.75, 0.76, 0.77], arm="lora_pattern-1a2b3c4d", results={"rank_pattern": pattern})
+    default_arms(tmp_path)
+    data, md = compare(tmp_path)
+    assert [r.get("arm") for r in data["table"]] == ["lora", "lora_pattern-1a2b3c4d", "adalora", "glora"]
+    oracle = row(data, "lora_pattern-1a2b3c4d")
+    assert oracle["vs_lora_arm"] == "lora" and oracle["delta_vs_lora"] == pytest.approx(0.05)
+    assert oracle["verdict_vs_lora"] == "significant"
+    assert row(data, "glora")["share_of_gain"] == pytest.approx(0.08 / 0.10)  # against uniform LoRA, not the pattern
+    assert "| sst2 | 32 | LoRA (lora_pattern-1a2b3c4d) | 3 |" in md
+
+
+@pytest.mark.parametrize("labels, used", [(["lora", "lora_b"], "lora"), (["lora_a", "lora_b"], None)])
+def test_several_uniform_lora_arms_name_the_baseline_or_refuse_it(tmp_path, labels, used):
+    for label, accs in zip(labels, (ACC["lora"], [0.60, 0.61, 0.62])):
+        arm_runs(tmp_path, "lora", accs, arm=label)
+    arm_runs(tmp_path, "glora", ACC["glora"], arm="glora")
+    data, md = compare(tmp_path)
+    glora = row(data, "glora")
+    (message,) = data.get("notes", [None])
+    assert message.startswith("sst2 (R_total = 32): several uniform LoRA arms") and message in md
+    if used:
+        assert glora["vs_lora_arm"] == "lora" and glora["delta_vs_lora"] == pytest.approx(0.08)
+        assert "the comparison uses lora" in message
+    else:
+        assert glora["vs_lora_arm"] == "" and glora["delta_vs_lora"] is None and data["significance"] == []
+        assert "none labelled lora" in message and "--arm lora" in message
+
+
+def test_one_arm_label_over_two_budget_units_is_set_aside(tmp_path):
+    """--arm glora given to a rank-budget and a parameter-budget run: not one arm, so neither is pooled."""
+    default_arms(tmp_path)
+    arm_runs(tmp_path, "glora", [0.74, 0.75], seeds=(4, 5), arm="glora", budget_unit="params", prefix="params_")
+    data, md = compare(tmp_path)
+    assert not [r for r in data["table"] if r.get("arm", r["method"]) == "glora"]
+    reasons = {Path(s["path"]).name: s["reason"] for s in data["skipped"]}
+    assert len(reasons) == 5 and all("budget unit params vs rank" in r for r in reasons.values())
+    assert "give them distinct --arm labels" in md
+
+# -----------------------------------------------------------------------------
+# comparable groups (issue 19, point 7)
+
+
+def test_trial_runs_are_not_pooled_with_full_runs(tmp_path, capsys):
+    default_arms(tmp_path)
+    for method in ("lora", "glora"):  # two-step trial runs of other seeds in the same root
+        arm_runs(tmp_path, method, [0.51, 0.52], seeds=(4, 5), arm=method, prefix="trial_",
+                 training={"max_steps": 2}, resolved={"total_steps": 2})
+    data, md = compare(tmp_path)
+    full, trial = row(data, "lora", "g1"), row(data, "lora", "g2")
+    assert full["n_seeds"] == 3 and full["seeds"] == "1 2 3" and full["score_mean"] == pytest.approx(0.71)
+    assert trial["n_seeds"] == 2 and trial["seeds"] == "4 5"
+    assert row(data, "glora", "g1")["share_of_gain"] == pytest.approx(0.08 / 0.10)
+    assert {(s.get("group"), s["a"], s["b"]) for s in data["significance"]} == {
+        ("g1", "adalora", "lora"), ("g1", "glora", "lora"), ("g1", "glora", "adalora"), ("g2", "glora", "lora")}
+    (g2,) = [c for c in data.get("comparable_groups", []) if c["group"] == "g2"]
+    assert g2["differs"] == "mode: trial run (--max_steps); length: max_steps 2"
+    assert "## Comparable groups" in md and "| sst2 (g2) | 32 | LoRA | 2 |" in md
+    assert "sst2 (g2), R_total = 32: compared on its own (mode: trial run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("differs, record, expected", [
+    ("dev rows scored", {"data": {"max_eval_samples": 100}}, "dev rows: --max_eval_samples 100"),
+    ("training rows", {"data": {"max_train_samples": 8000}}, "max train samples: --max_train_samples 8000"),
+    ("tuning carve", {"data": {"tuning_split_fraction": 0.1}}, "tuning split: fraction 0.1, at most 2000"),
+    ("data", {"data": {"dataset_dir": "other/glue"}}, "data: --dataset_dir other/glue"),
+    ("epochs", {"training": {"num_train_epochs": 3.0}, "resolved": {"total_steps": 180}}, "length: num_train_epochs 3"),
+])
+def test_runs_that_differ_in_what_defines_a_run_are_not_pooled(tmp_path, differs, record, expected):
+    default_arms(tmp_path)
+    args, res = recorded(arm="lora", **{k: v for k, v in record.items() if k != "resolved"},
+                         resolved=record.get("resolved"))
+    for seed, acc in ((4, 0.90), (5, 0.91)):
+        write_run(tmp_path, f"other_s{seed}", "sst2", "lora", seed, sst2_metrics(acc), 100.0,
+                  {"validation": predictions(acc)}, log=False, args=args, results=res)
+    data, md = compare(tmp_path)
+    assert row(data, "lora", "g1")["seeds"] == "1 2 3", differs
+    assert row(data, "lora", "g2")["seeds"] == "4 5"
+    (g2,) = [c for c in data["comparable_groups"] if c["group"] == "g2"]
+    assert expected in g2["differs"]
+
+
+def test_glue_average_leaves_out_a_task_split_into_groups(tmp_path):
+    default_arms(tmp_path)
+    arm_runs(tmp_path, "lora", [0.5], seeds=(9,), arm="lora", prefix="trial_", training={"max_steps": 2})
+    for task in ("rte", "qnli"):
+        for method, accs in ACC.items():
+            args, res = recorded(arm=method, data={"task": task})
+            for seed, acc in zip((1, 2, 3), accs):
+                write_run(tmp_path, f"{task}_{method}_s{seed}", task, method, seed, sst2_metrics(acc), 100.0,
+                          {"validation": predictions(acc)}, log=False, args=args, results=res)
+    data, md = compare(tmp_path)
+    avg = [r for r in data["table"] if r["task"] == "GLUE avg"]
+    assert len(avg) == 3 and {r["avg_over"] for r in avg} == {"qnli rte"}
+    assert "GLUE avg at R_total = 32 leaves out sst2: runs in several comparable groups" in data.get("notes", [])
+
+# -----------------------------------------------------------------------------
+# predictions and the bootstrap
+
+
+def test_truncated_predictions_are_left_out_of_the_bootstrap(tmp_path, capsys):
+    default_arms(tmp_path)
+    cut = tmp_path / "lora_s2" / "predictions_validation.csv"
+    cut.write_text("\n".join(cut.read_text().splitlines()[: N // 2 + 1]) + "\n")  # header + 100 of 200 rows
+    data, md = compare(tmp_path)
+    s = next(s for s in data["significance"] if (s["a"], s["b"]) == ("glora", "lora"))
+    assert (s["hier_n_a"], s["hier_n_b"]) == (3, 2)  # lora seed 2 left out, not every run cut to 100 rows
+    assert s["n_examples"] == {"validation": N}
+    assert s["delta_hier"] == pytest.approx(0.79 - (0.70 + 0.72) / 2)  # Δ of the runs the bootstrap used
+    assert any("lora seed 2: predictions_validation.csv (100 of the 200 rows scored)" in n and "truncated" in n
+               for n in s["notes"])
+    (aside,) = [n for n in data.get("notes", []) if "lora_s2" in n]
+    assert "left out of the bootstrap" in aside and aside in md
+    assert "lora_s2" in capsys.readouterr().err
+
+
+def test_predictions_of_fewer_dev_rows_are_left_out_even_when_their_score_matches(tmp_path):
+    default_arms(tmp_path)
+    path = tmp_path / "lora_s1" / "predictions_validation.csv"  # accuracy 0.70: 140 of 200 right
+    df = predictions(0.70)
+    right, wrong = df[df.label == df.prediction], df[df.label != df.prediction]
+    df = df.drop(list(right.index[:7]) + list(wrong.index[:3]))  # 133 of 190 right: still 0.70
+    df.to_csv(path, index=False)
+    data, _ = compare(tmp_path)
+    s = next(s for s in data["significance"] if (s["a"], s["b"]) == ("adalora", "lora"))
+    assert (s["hier_n_a"], s["hier_n_b"]) == (3, 2) and s["n_examples"] == {"validation": N}
+    assert "lora seed 1: predictions_validation.csv covers 190 of the 200 dev rows" in " ".join(s["notes"])
+
+
+def test_share_interval_is_not_printed_with_too_few_seeds(tmp_path):
+    for method, accs in ACC.items():
+        arm_runs(tmp_path, method, accs[:2], seeds=(1, 2), arm=method)
+    data, md = compare(tmp_path)
+    glora = row(data, "glora")
+    assert glora["verdict_vs_lora"].startswith("too few seeds")
+    assert glora["share_of_gain"] == pytest.approx(0.08 / 0.10)
+    assert glora["share_ci_low"] is None and glora["share_ci_high"] is None and glora.get("share_too_few_seeds")
+    assert "**80%** [no interval: too few seeds]" in md and "CI" not in md.split("\n")[2]
