@@ -17,7 +17,8 @@
 # under the negative control it is uniform LoRA), glora_params, adalora_params (the closest uniform target, 2).
 # Two workers, one thread each; finished runs are skipped, so an interrupted study can be restarted.
 # Environment: STUDY_ROOT, STUDY_MODEL, STUDY_SOURCE (SST-2 parquet folder whose sentences are labelled), STUDY_GRID,
-# STUDY_RATES_FROM (a chosen_rates.json to use instead of tuning), STUDY_SEEDS, STUDY_SIGNALS, STUDY_NORMS, STUDY_WORKERS, STUDY_TARGET (regression | class), STUDY_GENERATOR_ARGS and STUDY_EXTRA_ARGS (dry runs),
+# STUDY_RATES_FROM (a chosen_rates.json to use instead of tuning), STUDY_ARMS (a subset), STUDY_SEEDS, STUDY_SIGNALS and
+# STUDY_NORMS (empty: no ablation), STUDY_WORKERS, STUDY_TARGET (regression | class), STUDY_GENERATOR_ARGS and STUDY_EXTRA_ARGS (dry runs),
 # STUDY_STAGE (all | train | report), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,7 @@ if [ "$CONTROL" = negative ]; then
 elif [ "$CONTROL" != positive ]; then
   echo "control_study.sh: CONTROL is positive or negative, got '$CONTROL'" >&2; exit 2
 fi
+[ -n "${STUDY_ARMS:-}" ] && read -r -a ARMS <<< "$STUDY_ARMS"  # a subset, e.g. more seeds of two arms
 declare -A ARM_FLAGS=(
   [lora]="--method lora --arm lora"
   [oracle]="--method lora --rank_pattern $DATA/oracle_pattern.json --arm oracle"
@@ -76,7 +78,9 @@ if [ "$STAGE" != report ]; then
       --target "$TARGET" "${PLANT[@]}" "${GENERATOR[@]}"
   fi
 
-  if [ -n "${STUDY_RATES_FROM:-}" ]; then  # another study's chosen rates (e.g. the positive control's), no tuning
+  if [ "${STUDY_RATES_FROM:-}" -ef "$ROOT/chosen_rates.json" ]; then  # this study's own rates: keep them as they are
+    echo "rates from $STUDY_RATES_FROM (no tuning)"
+  elif [ -n "${STUDY_RATES_FROM:-}" ]; then  # another study's chosen rates (e.g. the positive control's), no tuning
     "$PYTHON" -c "import json, sys; rates = json.load(open(sys.argv[1])); json.dump({a: rates[a] for a in sys.argv[3:]}, \
 open(sys.argv[2], 'w'), indent=1)" "$STUDY_RATES_FROM" "$ROOT/chosen_rates.json" "${ARMS[@]}"
     echo "rates from $STUDY_RATES_FROM (no tuning): $(cat "$ROOT/chosen_rates.json" | tr -d '\n ')"
@@ -98,12 +102,12 @@ open(sys.argv[2], 'w'), indent=1)" "$STUDY_RATES_FROM" "$ROOT/chosen_rates.json"
 
   if [ "$CONTROL" = positive ]; then  # GLoRA's signals x score normalisations, seed 1 (lora_b raw is the final run)
     runs=()
-    for signal in ${STUDY_SIGNALS:-lora_b lora_ab delta}; do for norm in ${STUDY_NORMS:-raw per_entry per_rank_unit}; do
+    for signal in ${STUDY_SIGNALS-lora_b lora_ab delta}; do for norm in ${STUDY_NORMS-raw per_entry per_rank_unit}; do
       [ "$signal/$norm" = lora_b/raw ] && continue
       runs+=("$ROOT/signals/${signal}_$norm|--method glora --glora_warmup_steps 0.3333 --arm glora_${signal}_$norm \
 --glora_signal $signal --glora_score_norm $norm --learning_rate $(rate glora_params) --seed 1 --eval_strategy no")
     done; done
-    run_pool "${runs[@]}"
+    [ ${#runs[@]} -eq 0 ] || run_pool "${runs[@]}"
   fi
   echo "study wall-clock: $(( $(date +%s) - start )) s"
 fi
