@@ -188,3 +188,19 @@ def test_control_study_launcher_dry_run(tiny_bert, tmp_path):
         "adalora_params_seed1", "glora_params_seed1", "lora_seed1"]
     truth = json.loads((negative / "data" / "ground_truth.json").read_text())
     assert len(truth["planted"]) == 12 and {e["rank"] for e in truth["planted"].values()} == {2}
+
+
+def test_oracle_share_is_the_arms_gain_over_the_oracles(tmp_path, capsys):
+    from launch import oracle_share
+
+    scores = {"lora": [0.70, 0.72, 0.74], "oracle": [0.80, 0.82, 0.84], "glora_params": [0.75, 0.77, 0.79]}
+    for arm, values in scores.items():
+        for seed, value in enumerate(values, 1):
+            (tmp_path / f"{arm}_seed{seed}").mkdir()
+            (tmp_path / f"{arm}_seed{seed}" / "all_results.json").write_text(
+                json.dumps({"arm": arm, "eval_combined_score": value}))
+    oracle_share.main(tmp_path, ["glora_params"])
+    out = capsys.readouterr().out
+    assert "oracle - lora +10.00" in out
+    row = next(line for line in out.splitlines() if line.startswith("| glora_params"))
+    assert "| 3 | 77.00 | +5.00 | 0.50 |" in row  # (77 - 72) / (82 - 72)
