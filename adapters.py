@@ -4,9 +4,11 @@ Every method adapts the same matrices with the same total rank R_total = sum of 
 matrices, so differences in accuracy come from how the rank is spent, not how much there is.
 """
 
+import contextlib
 import dataclasses
 import re
 import time
+from pathlib import Path
 
 import torch
 from peft import AdaLoraConfig, LoraConfig, TaskType
@@ -196,12 +198,21 @@ class AdaLoraCallback(TrainerCallback):
 
     `on_optimizer_step` runs after `optimizer.step()` and before `zero_grad()`, where AdaLoRA needs the
     gradients for its sensitivity scores. `global_step` there is the index of the step just taken.
+
+    A resume is exact only with what peft keeps in memory: the allocator's sensitivity and uncertainty EMAs (updated
+    every step from the first) and the rank pattern. `on_save` writes them to checkpoint-N/adalora_state.pt and
+    `load` restores them; `full_width_checkpoint` keeps peft from saving a checkpoint's adapter pruned to the rank
+    pattern, since a resume loads it into the init_r-wide tensors AdaLoRA trains (and masks).
     """
+
+    STATE_FILE = "adalora_state.pt"
+    ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
     def __init__(self, peft_model, schedule):
         self.peft_model = peft_model
         self.schedule = schedule  # plan.AdaLoraPlan
         self.hook_seconds = 0.0
+        self.resumed = None  # a checkpoint's adalora_state.pt, until training begins
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         start = time.perf_counter()
@@ -211,6 +222,44 @@ class AdaLoraCallback(TrainerCallback):
     @property
     def method_seconds(self) -> float:
         return self.hook_seconds
+
+    @property
+    def config(self):
+        return self.peft_model.peft_config[self.peft_model.active_adapter]
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:  # right after the Trainer wrote checkpoint-<step>
+            allocator = self.peft_model.base_model.rankallocator
+            saved = {name: getattr(allocator, name) for name in self.ALLOCATOR_STATE}
+            torch.save({**saved, "rank_pattern": self.config.rank_pattern, "hook_seconds": self.hook_seconds},
+                       Path(args.output_dir, f"checkpoint-{state.global_step}", self.STATE_FILE))
+
+    def load(self, folder):
+        """Before training resumes from checkpoint `folder`: its allocator EMAs, rank pattern and hook time, applied
+        when training begins (the rank pattern only after the Trainer loaded the full-width weights: peft resizes
+        the layers to a rank pattern it finds while loading)."""
+        self.resumed = torch.load(Path(folder, self.STATE_FILE), weights_only=True, map_location="cpu")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.resumed is None:
+            return
+        allocator = self.peft_model.base_model.rankallocator
+        device = next(self.peft_model.parameters()).device
+        for name in self.ALLOCATOR_STATE:
+            setattr(allocator, name, {key: value.to(device) for key, value in self.resumed[name].items()})
+        self.config.rank_pattern = self.resumed["rank_pattern"]
+        self.hook_seconds = self.resumed["hook_seconds"]  # method_hook_seconds covers the whole run, as GLoRA's does
+        self.resumed = None
+
+    @contextlib.contextmanager
+    def full_width_checkpoint(self):
+        """peft saves an AdaLoRA adapter cut to its rank pattern (the final adapter: its final ranks); a checkpoint
+        must keep the init_r-wide tensors that training goes on with."""
+        rank_pattern, self.config.rank_pattern = self.config.rank_pattern, None
+        try:
+            yield
+        finally:
+            self.config.rank_pattern = rank_pattern
 
     def add_to_record(self, record: dict):
         """ranks.json's `adalora` block: the schedule peft ran and the seconds spent in its hook."""

@@ -54,7 +54,8 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N examples of each dev split."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenise instead of using the datasets cache."})
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into an output_dir that already holds a finished or unfinished run."}
+        default=False, metadata={"help": "Replace the run in output_dir: it moves to OUTPUT_DIR.replaced, deleted once this "
+                                         "run has finished (kept if this run fails)."}
     )
     # ---- hyper-parameter search (hpo.py, docs/hpo.md) ----
     tuning_split_fraction: float = field(
@@ -210,6 +211,29 @@ class RunArguments:
 
 
 GROUPS = (ModelArguments, DataArguments, PeftArguments, GlueTrainingArguments)
+FLAG_GROUPS = ("model", "data", "peft", "training")  # RunArguments' fields: run_args.json's blocks of flags
+
+# The flags a resume may change (--resume_from_checkpoint): where the run writes, how it reports, logs and checkpoints,
+# how fast it feeds data and how it evaluates in batches. None of them changes what is trained or which rows are
+# scored. Every other flag defines the run and must equal the checkpoint's (`checkpoints.identity_of`): deny by
+# default, so a flag added later is part of a run's identity without being listed anywhere.
+RESUME_MAY_CHANGE = frozenset({
+    # where the run writes and reads its caches
+    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "overwrite_cache", "cache_dir",
+    # reporting and logging (the loss logged every N steps is a view of the run, not part of it)
+    "report_to", "run_name", "project", "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id",
+    "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter", "log_level",
+    "log_level_replica", "log_on_each_node", "disable_tqdm", "skip_memory_metrics", "include_num_input_tokens_seen",
+    # checkpoints: how often and how many are kept
+    "save_strategy", "save_steps", "save_total_limit", "save_on_each_node",
+    "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
+    # evaluation batching (not what is evaluated) and data feeding (not which data, nor its order)
+    "per_device_eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches", "eval_use_gather_object",
+    "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_multiprocessing_context",
+    # the process, not the run: torchrun sets local_rank per process
+    "local_rank", "ddp_timeout", "torch_empty_cache_steps",
+})
 
 
 class FlagParser(HfArgumentParser):
@@ -253,6 +277,9 @@ def read_config(path) -> dict:
         raise FileNotFoundError(f"Config file {path} does not exist.")
     try:
         config = yaml.safe_load(Path(path).read_text())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text file (byte {error.start} is not UTF-8); a config file is YAML or JSON "
+                         "text of flag names and values.") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark else str(path)
@@ -323,7 +350,14 @@ def check_args(args: RunArguments):
     if peft.rank_budget is not None and peft.rank_budget < 1:
         raise ValueError(f"--rank_budget must be >= 1 (the total rank over all adapted matrices), got {peft.rank_budget}; "
                          "leave it out for lora_r x matrices.")
+    for flag, value in (("max_train_samples", data.max_train_samples), ("max_eval_samples", data.max_eval_samples)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} must be >= 1 (the first N examples), got {value}; leave it out to use them all.")
     check_method_flags(args)
+    if peft.glora_min_rank < 1:
+        raise ValueError(f"--glora_min_rank must be >= 1 (a LoRA layer cannot have rank 0), got {peft.glora_min_rank}.")
+    if peft.glora_max_rank is not None and peft.glora_max_rank < peft.glora_min_rank:
+        raise ValueError(f"--glora_max_rank must be >= --glora_min_rank {peft.glora_min_rank}, got {peft.glora_max_rank}.")
     if (data.train_file is None) != (data.validation_file is None):
         raise ValueError("Give both --train_file and --validation_file, or neither.")
     if data.task == "mnli" and data.validation_file and not data.validation_mismatched_file:

@@ -117,6 +117,7 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     if peft.method == "glora":
         glora = resolve_glora(peft, rank_budget=rank_budget, param_budget=param_budget, total_steps=total_steps,
                               trial_run=training.max_steps > 0)
+        check_glora_rank_cap(glora, unit_costs)
     plan = RunPlan(
         task=args.data.task, method=peft.method, arm=peft.arm or arm_label(peft.method, peft.budget_unit, pattern),
         output_dir="", targets=tuple(targets), unit_costs=tuple(unit_costs),
@@ -197,6 +198,20 @@ def resolve_adalora(peft, *, rank_budget: int, param_budget: int | None, unit_co
         lora_alpha=lora_alpha, init_r=init_r, target_r=target_r, tinit=tinit, tfinal=tfinal, deltaT=peft.deltaT,
         beta1=peft.beta1, beta2=peft.beta2, orth_reg_weight=peft.orth_reg_weight, total_step=total_steps,
     )
+
+
+def check_glora_rank_cap(glora: GLoRAPlan, unit_costs):
+    """--glora_max_rank must leave room for the budget: with every matrix at the cap, at least all of it is spent."""
+    cap, n = glora.max_rank, len(unit_costs)
+    if cap is None:
+        return
+    if glora.budget_unit == "rank" and cap * n < glora.rank_budget:
+        raise ValueError(f"--glora_max_rank {cap} cannot hold the rank budget: {n} matrices x {cap} = {cap * n} < R_total "
+                         f"{glora.rank_budget}; give at least {math.ceil(glora.rank_budget / n)} or a smaller budget.")
+    if glora.budget_unit == "params" and cap * sum(unit_costs) < glora.param_budget:
+        raise ValueError(f"--glora_max_rank {cap} cannot hold the parameter budget: every matrix at rank {cap} spends "
+                         f"{cap * sum(unit_costs)} < {glora.param_budget} parameters; give at least "
+                         f"{math.ceil(glora.param_budget / sum(unit_costs))} or a smaller budget.")
 
 
 def resolve_glora(peft, *, rank_budget: int, param_budget: int | None, total_steps: int, trial_run: bool) -> GLoRAPlan:

@@ -32,7 +32,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, has_length
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from adapters import (
     AdaLoraCallback,
@@ -45,15 +45,28 @@ from adapters import (
     unit_costs,
 )
 from arguments import check_args, parse_args
+from checkpoints import (
+    IDENTITY_FILE,
+    NO_PROGRESS,
+    CheckpointSeal,
+    checkpoint_problem,
+    checkpoints_newest_first,
+    identity_differences,
+    identity_of,
+    newest_complete_checkpoint,
+    read_progress,
+    unseal,
+    write_json_atomic,
+)
 from eval_log import EvalLog
-from glora_callback import STATE_FILE as GLORA_STATE_FILE
 from glora_callback import GLoRA, TrainerHost
 from glue_data import load_glue_data, tokenize_splits
 from glue_tasks import GLUE_TASKS, glue_metrics
 from plan import resolve_plan
+from run_folder import discard_replaced, folder_lock, move_aside
 
 logger = logging.getLogger(__name__)
-IDENTITY_FILE = "run_identity.json"  # in every checkpoint: method, budget, target matrices, model
+TRAIN_FIGURES = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss")
 
 
 def main(argv=None):
@@ -74,19 +87,24 @@ def main(argv=None):
     logger.info(f"{plan.arm} ({plan.method}): {plan.num_matrices} adapted matrices, R_total {plan.rank_budget}, "
                 f"{trainable_parameters(model, plan.head)}")
 
-    check_resume(args, plan, training_args)
-    prepare_output_dir(args, plan, training_args)
-    encoded = tokenize_splits(raw, tokenizer, args.data, training_args)
-    trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data)
+    run_args = run_args_of(args, plan)
+    resume = check_resume(run_args, plan, training_args)
+    training_args = dataclasses.replace(training_args, resume_from_checkpoint=resume and str(resume))
+    with folder_lock(plan.output_dir, hold=PartialState().is_main_process):
+        replaced = prepare_output_dir(run_args, plan, training_args, args.data.overwrite_output_dir)
+        encoded = tokenize_splits(raw, tokenizer, args.data, training_args)
+        trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data, identity_of(run_args))
 
-    trainer.add_callback(RunIdentity(run_identity(args, plan)))  # checkpoint-N/run_identity.json, for check_resume
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()  # the adapter, with its final ranks in rank_pattern
-    trainer.save_state()
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()  # the adapter, with its final ranks in rank_pattern
+        trainer.save_state()
 
-    results = dict(train_result.metrics)
-    results.update(evaluate_and_write_predictions(trainer, raw, encoded, plan, training_args))
-    return write_records(results, model, plan, initial_ranks, method, training_args)
+        results = trainer.whole_run_metrics(train_result.metrics)
+        results.update(evaluate_and_write_predictions(trainer, raw, encoded, plan, training_args))
+        results = write_records(results, model, plan, initial_ranks, method, training_args)
+        if training_args.should_save:
+            discard_replaced(replaced)
+    return results
 
 
 # ---- the steps of main, in order ----
@@ -135,62 +153,95 @@ def method_hooks(peft_model, plan) -> list:
     return []
 
 
-def check_resume(args, plan, training_args):
-    """--resume_from_checkpoint: the checkpoint must come from a run of the same method, budget, target matrices and
-    model (its run_identity.json, and glora_state.json for GLoRA). Refused before anything is written."""
-    if not training_args.resume_from_checkpoint:
-        return
-    folder = Path(checkpoint_folder(training_args.resume_from_checkpoint, plan.output_dir))
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {folder}: no such checkpoint folder.")
-    if (folder / GLORA_STATE_FILE).is_file() and plan.method != "glora":
-        raise ValueError(f"--resume_from_checkpoint {folder} holds {GLORA_STATE_FILE}: it was written by a --method glora "
-                         f"run, which --method {plan.method} cannot continue.")
-    if plan.method == "glora" and not (folder / GLORA_STATE_FILE).is_file():
-        raise ValueError(f"--resume_from_checkpoint {folder} has no {GLORA_STATE_FILE}: it was not written by a --method "
-                         "glora run, which this run is.")
-    saved_file = folder / IDENTITY_FILE
-    if not saved_file.is_file():
-        raise FileNotFoundError(f"{saved_file} is missing: cannot check that the checkpoint's run (method, budget, target "
-                                "matrices, model) is this one.")
-    saved = json.loads(saved_file.read_text())
-    differs = [f"{key} {saved.get(key)} there, {value} here" for key, value in run_identity(args, plan).items()
-               if saved.get(key) != value]
+def run_args_of(args, plan) -> dict:
+    """run_args.json: what was asked and what it resolved to (and, for runs chosen by hpo.py, its `hpo` block)."""
+    run_args = {**args.asked(), "resolved": plan.resolved(), "world_size": plan.world_size}
+    if args.data.hpo_record:  # how hpo.py chose this run's hyper-parameters (compare_runs reads it)
+        run_args["hpo"] = json.loads(Path(args.data.hpo_record).read_text())
+    return run_args
+
+
+def check_resume(run_args, plan, training_args) -> Path | None:
+    """--resume_from_checkpoint: the checkpoint folder to continue from (True: the newest complete one in
+    output_dir), checked before anything is written. It must be complete (`checkpoints.checkpoint_problem`: sealed,
+    every file as saved) and come from this very run: its run_identity.json equals this run's identity, every flag
+    but those a resume may change (`arguments.RESUME_MAY_CHANGE`)."""
+    asked = training_args.resume_from_checkpoint
+    if not asked:
+        return None
+    if str(asked).lower() == "true":
+        folder = newest_complete_checkpoint(plan.output_dir)
+        if folder is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint True: no complete checkpoint in {plan.output_dir}"
+                                    f"{incomplete_note(plan.output_dir)}.")
+        logger.info(f"--resume_from_checkpoint True: continuing from {folder}{incomplete_note(plan.output_dir)}.")
+    else:
+        folder = Path(asked)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--resume_from_checkpoint {folder}: no such checkpoint folder.")
+        problem = checkpoint_problem(folder)
+        if problem:
+            newest = newest_complete_checkpoint(folder.parent)
+            other = f"; the newest complete checkpoint there is {newest}" if newest else ""
+            raise ValueError(f"--resume_from_checkpoint {folder}: {problem}{other}.")
+    differs = identity_differences(json.loads((folder / IDENTITY_FILE).read_text()), identity_of(run_args))
     if differs:
-        raise ValueError(f"--resume_from_checkpoint {folder} is from another run ({'; '.join(differs)}): resume it with "
-                         "its own settings, or start a new run.")
+        raise ValueError(f"--resume_from_checkpoint {folder} is from another run ({'; '.join(differs)}): a resume may "
+                         "change only where and how the run reports and checkpoints (arguments.RESUME_MAY_CHANGE); "
+                         "resume it with its own settings, or start a new run.")
+    return folder
 
 
-def run_identity(args, plan) -> dict:
-    """What a checkpoint records (run_identity.json) and a run resuming it must share."""
-    return {"method": plan.method, "arm": plan.arm, "budget_unit": plan.budget_unit,
-            "budget": plan.rank_budget if plan.budget_unit == "rank" else plan.param_budget,
-            "target_modules": sorted(args.peft.target_modules), "model": args.model.model_name_or_path}
+def incomplete_note(output_dir) -> str:
+    """', skipping incomplete checkpoint-N (...)' for the incomplete checkpoints newer than the newest complete one."""
+    skipped = []
+    for folder in checkpoints_newest_first(output_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            break
+        skipped.append(f"{folder.name} ({problem})")
+    return f", skipping incomplete {'; '.join(skipped)}" if skipped else ""
 
 
-def prepare_output_dir(args, plan, training_args):
-    """Refuse to mix with a finished or an unfinished run; write run_args.json (what was asked and what was resolved)."""
+def prepare_output_dir(run_args, plan, training_args, overwrite: bool):
+    """Refuse to mix with a finished or an unfinished run; write run_args.json. --overwrite_output_dir moves the run
+    there aside whole (`run_folder.move_aside`), returned so that it is deleted once this run has finished. A resume
+    into its own folder keeps run_args.json, which must be this run's."""
     output_dir = Path(plan.output_dir)
-    if (output_dir / "all_results.json").exists():
-        if not args.data.overwrite_output_dir:
-            raise FileExistsError(f"{output_dir} holds a finished run; pass --overwrite_output_dir or another --output_dir.")
-        if training_args.should_save:
-            (output_dir / "all_results.json").unlink()  # until this run finishes, the directory is unfinished
-    elif is_unfinished_run(output_dir) and not (training_args.resume_from_checkpoint or args.data.overwrite_output_dir):
-        last = get_last_checkpoint(output_dir)
-        resume = f"--resume_from_checkpoint {last} to continue it, or " if last else ""
-        raise FileExistsError(f"{output_dir} holds an unfinished run (no all_results.json): pass {resume}"
-                              "--overwrite_output_dir True to start again, or another --output_dir.")
+    resume = training_args.resume_from_checkpoint
+    finished = (output_dir / "all_results.json").exists()
+    unfinished = not finished and is_unfinished_run(output_dir)
+    if overwrite and resume and (finished or unfinished) and Path(resume).resolve().is_relative_to(output_dir.resolve()):
+        raise ValueError(f"--overwrite_output_dir would move {output_dir} aside, and with it the checkpoint "
+                         f"--resume_from_checkpoint {resume} continues from: drop --overwrite_output_dir to continue "
+                         "the run there.")
+    if finished and not overwrite:
+        raise FileExistsError(f"{output_dir} holds a finished run; pass --overwrite_output_dir or another --output_dir.")
+    if unfinished and not (resume or overwrite):
+        newest = newest_complete_checkpoint(output_dir)
+        how = f"--resume_from_checkpoint {newest} to continue it, or " if newest else ""
+        raise FileExistsError(f"{output_dir} holds an unfinished run (no all_results.json{incomplete_note(output_dir)}): "
+                              f"pass {how}--overwrite_output_dir True to start again, or another --output_dir.")
+    keep_run_args = bool(resume) and unfinished and not overwrite and (output_dir / "run_args.json").is_file()
+    if keep_run_args:
+        differs = identity_differences(identity_of(json.loads((output_dir / "run_args.json").read_text())),
+                                       identity_of(run_args))
+        if differs:
+            raise ValueError(f"{output_dir}/run_args.json is another run's ({'; '.join(differs)}): resume into that "
+                             "run's own folder only with its settings, or pass another --output_dir.")
     PartialState().wait_for_everyone()  # under DDP every process checks before the main one writes
+    replaced = None
     if training_args.should_save:
+        if overwrite and (finished or unfinished):
+            replaced = move_aside(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        run_args = {**args.asked(), "resolved": plan.resolved(), "world_size": plan.world_size}
-        if args.data.hpo_record:  # how hpo.py chose this run's hyper-parameters (compare_runs reads it)
-            run_args["hpo"] = json.loads(Path(args.data.hpo_record).read_text())
-        write_json_atomic(output_dir / "run_args.json", run_args)
+        if not keep_run_args:
+            write_json_atomic(output_dir / "run_args.json", run_args)
+    PartialState().wait_for_everyone()
+    return replaced
 
 
-def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_args):
+def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_args, identity):
     task = GLUE_TASKS[plan.task]
     if data_args.pad_to_max_length:
         collator = default_data_collator
@@ -200,7 +251,6 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
     def compute_metrics(prediction):
         return glue_metrics(plan.task, prediction.predictions, prediction.label_ids)
 
-    glora = next((hook for hook in method if isinstance(hook, GLoRA)), None)
     # --eval_split tuning: evaluations during training score the held-out tuning split (metrics eval_tuning_*), for
     # hpo.py; the final evaluation (evaluate_and_write_predictions) is on the dev splits either way.
     eval_dataset = {"tuning": encoded["tuning"]} if data_args.eval_split == "tuning" else encoded[task.eval_splits[0].name]
@@ -214,8 +264,9 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
         compute_metrics=compute_metrics,
         callbacks=[ScheduleCheck(plan.total_steps), EvalLog(plan.output_dir, data_args.eval_split,
                                                                  resuming=bool(training_args.resume_from_checkpoint))]
-        + [hook for hook in method if hook is not glora],
-        glora=glora,
+        + [hook for hook in method if not isinstance(hook, GLoRA)],
+        method=method,
+        identity=identity,
     )
 
 
@@ -245,7 +296,8 @@ def write_records(results, model, plan, initial_ranks, method, training_args) ->
     for hook in method:
         hook.add_to_record(record)
     results.update(
-        task=plan.task, method=plan.method, arm=plan.arm, rank_pattern=record["rank_pattern"], seed=training_args.seed, rank_budget=plan.rank_budget,
+        task=plan.task, method=plan.method, arm=plan.arm, rank_pattern=record["rank_pattern"], seed=training_args.seed,
+        rank_budget=plan.rank_budget,
         num_adapted_matrices=plan.num_matrices, method_hook_seconds=sum(hook.method_seconds for hook in method),
         **trainable_parameters(model, plan.head),
         final_rank_total=sum(m["final_rank"] for m in record["modules"].values()),
@@ -265,19 +317,25 @@ def write_records(results, model, plan, initial_ranks, method, training_args) ->
 
 
 class GlueTrainer(Trainer):
-    """Trainer that evaluates in dataset order, normalises the loss itself, and makes GLoRA's calls."""
+    """Trainer that evaluates in dataset order, normalises the loss itself, makes GLoRA's calls, seals its
+    checkpoints (`checkpoints.CheckpointSeal`), and on a resume stops where the run ends and reports whole-run
+    figures."""
 
-    def __init__(self, *args, glora: GLoRA | None = None, **kwargs):
+    def __init__(self, *args, method=(), identity: dict, **kwargs):
         super().__init__(*args, **kwargs)
         # Sequence classifiers take **kwargs, so transformers assumes they normalise the loss by the token count
         # it passes them; they ignore it and return a batch mean. Left True, the loss is then never divided by the
         # accumulation steps (8 x 2 gives twice the gradient of 16 x 1) and is multiplied by the world size when
         # tokens are averaged across devices.
         self.model_accepts_loss_kwargs = False
-        self.glora = glora
-        if glora is not None:
-            glora.attach(TrainerHost(self))
-            self.add_callback(glora)
+        self.method = list(method)
+        self.glora = next((hook for hook in self.method if isinstance(hook, GLoRA)), None)
+        if self.glora is not None:
+            self.glora.attach(TrainerHost(self))
+            self.add_callback(self.glora)
+        self.prior = None  # the resumed checkpoint's progress (checkpoints.read_progress); None: a fresh run
+        self.seal = CheckpointSeal(identity, self.progress)
+        self.add_callback(self.seal)  # last: after every other callback's on_save
 
     def _get_eval_sampler(self, eval_dataset):
         # transformers also groups (and seed-shuffles) evaluation batches under --train_sampling_strategy
@@ -292,14 +350,75 @@ class GlueTrainer(Trainer):
         return self.glora.training_step(super().training_step, model, inputs, num_items_in_batch, self.accelerator)
 
     def train(self, resume_from_checkpoint=None, **kwargs):
-        if self.glora is not None and resume_from_checkpoint:
-            # Before the Trainer loads the checkpoint's weights and optimizer state: they have its ranks.
-            self.glora.load(checkpoint_folder(resume_from_checkpoint, self.args.output_dir))
+        """`resume_from_checkpoint`: a folder `check_resume` accepted."""
+        if self.callback_handler.callbacks[-1] is not self.seal:
+            raise RuntimeError("CheckpointSeal must be the last callback: a callback added after it writes into "
+                               "checkpoints after they are sealed.")
+        self.prior = read_progress(resume_from_checkpoint) if resume_from_checkpoint else None
+        if resume_from_checkpoint:
+            for hook in self.method:  # GLoRA: before the Trainer loads the checkpoint's weights, which have its ranks
+                hook.load(resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
+        epochs_trained, batches_trained = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial)
+        # A resume may change how often the run logs and checkpoints (arguments.RESUME_MAY_CHANGE); transformers
+        # would keep the checkpoint's cadence from its trainer_state.json.
+        self.state.compute_steps(self.args, max_steps)
+        if self.state.global_step >= max_steps:
+            # A checkpoint of the run's last step. transformers stops only after a step (should_training_stop is set
+            # in on_step_end), so when --max_steps ends mid-epoch it would resume into that epoch and train step
+            # max_steps + 1. Every epoch is trained: the loop is skipped and the run goes on to its evaluation.
+            return num_train_epochs, 0
+        return epochs_trained, batches_trained
+
+    def _save_checkpoint(self, model, trial):
+        if self.args.should_save:  # a checkpoint folder being (re)written is not complete until sealed again
+            unseal(Path(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
+        with contextlib.ExitStack() as stack:
+            for hook in self.method:
+                if isinstance(hook, AdaLoraCallback):
+                    stack.enter_context(hook.full_width_checkpoint())
+            super()._save_checkpoint(model, trial)
+
+    def progress(self, seconds: float) -> dict:
+        """The whole run's figures at a checkpoint, `seconds` into this process's training: the Trainer's own loss
+        accumulators (those its train_loss divides by the steps) plus the resumed checkpoint's."""
+        prior = self.prior or NO_PROGRESS
+        return {"global_step": self.state.global_step, "train_runtime": prior["train_runtime"] + seconds,
+                "train_loss_sum": prior["train_loss_sum"] + self._total_loss_scalar + float(self._tr_loss)}
+
+    def whole_run_metrics(self, part: dict) -> dict:
+        """The Trainer's figures of this train() call, for the whole run: after a resume they cover only the part
+        since the checkpoint, kept as resumed_part_*; train_runtime, train_loss, epoch and the rates become the whole
+        run's (the checkpoint's recorded progress plus this part)."""
+        metrics = {**part, "epoch": self.state.epoch}
+        if self.prior is None:
+            return metrics
+        steps, part_steps = self.state.global_step, self.state.global_step - self.prior["global_step"]
+        metrics.update({f"resumed_part_{key}": part[key] for key in TRAIN_FIGURES},
+                       resumed_from_step=self.prior["global_step"], resumed_part_steps=part_steps)
+        runtime = self.prior["train_runtime"] + part["train_runtime"]
+        metrics.update(
+            train_runtime=runtime,
+            train_loss=(self.prior["train_loss_sum"] + part["train_loss"] * part_steps) / max(steps, 1),
+            train_steps_per_second=steps / runtime,
+            train_samples_per_second=self.samples_per_step() * steps / runtime,
+        )
+        return metrics
+
+    def samples_per_step(self) -> float:
+        """Training examples per optimizer step as the Trainer counts them for train_samples_per_second."""
+        args = self.args
+        if args.max_steps > 0:
+            return args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+        return len(self.train_dataset) * args.num_train_epochs / self.state.max_steps
 
 
 class ScheduleCheck(TrainerCallback):
-    """AdaLoRA and GLoRA were configured from a predicted step count; stop at once if the Trainer disagrees."""
+    """AdaLoRA and GLoRA were configured from a predicted step count; stop at once if the Trainer disagrees, or if it
+    is about to train past it."""
 
     def __init__(self, expected_steps):
         self.expected_steps = expected_steps
@@ -308,38 +427,15 @@ class ScheduleCheck(TrainerCallback):
         if state.max_steps != self.expected_steps:
             raise RuntimeError(f"Trainer plans {state.max_steps} optimizer steps, the schedule assumed {self.expected_steps}.")
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            raise RuntimeError(f"The Trainer is about to train step {state.global_step + 1} of a run of {state.max_steps} "
+                               "steps (GlueTrainer._init_training_state no longer stops a resume at the run's end?).")
+
 
 def is_unfinished_run(output_dir: Path) -> bool:
     """run_args.json or checkpoints without all_results.json: a run that stopped or is still going."""
     return (output_dir / "run_args.json").exists() or any(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
-
-
-class RunIdentity(TrainerCallback):
-    """checkpoint-N/run_identity.json at every checkpoint: what `check_resume` compares with a resuming run."""
-
-    def __init__(self, identity: dict):
-        self.identity = identity
-
-    def on_save(self, args, state, control, **kwargs):
-        if args.should_save:  # called right after the Trainer wrote the checkpoint
-            write_json_atomic(Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", IDENTITY_FILE),
-                              self.identity)
-
-
-def checkpoint_folder(resume_from_checkpoint, output_dir):
-    """The folder `Trainer.train(resume_from_checkpoint=...)` loads: True means the last one in output_dir."""
-    if resume_from_checkpoint is True:
-        folder = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if folder is None:
-            raise ValueError(f"No checkpoint to resume from in {output_dir}.")
-        return folder
-    return resume_from_checkpoint
-
-
-def write_json_atomic(path, obj):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def log_to_wandb(training_args, record):

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 
 import pandas as pd
@@ -10,7 +11,8 @@ import pytest
 from conftest import ROOT, trial_args
 
 import run_glue_peft
-from arguments import PeftArguments, check_args, parse_args
+from arguments import FLAG_GROUPS, RESUME_MAY_CHANGE, PeftArguments, check_args, flag_fields, parse_args
+from checkpoints import checkpoint_problem, identity_differences, identity_of
 
 
 def run(model_dir, data_dir, task, method, out, *extra):
@@ -104,6 +106,58 @@ def test_flag_prefixes_are_not_accepted():
         parse_args(["--task", "sst2", "--method", "glora", "--glora_warmup", "5"])
 
 
+@pytest.mark.parametrize("flag, value", [("--max_train_samples", "0"), ("--max_train_samples", "-3"),
+                                         ("--max_eval_samples", "0")])
+def test_sample_counts_below_one_are_refused(tiny_bert, glue_dir, tmp_path, flag, value):
+    fails_before_writing(ValueError, f"^{flag} must be >= 1 \\(the first N examples\\), got {value}", tiny_bert,
+                         glue_dir("sst2"), "lora", tmp_path / "out", "--max_steps", "2", flag, value)
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--glora_min_rank", "0"], r"^--glora_min_rank must be >= 1 \(a LoRA layer cannot have rank 0\), got 0"),
+        (["--glora_max_rank", "2"], r"^--glora_max_rank 2 cannot hold the rank budget: 12 matrices x 2 = 24 < R_total 48; "
+                                    r"give at least 4"),
+        (["--glora_max_rank", "3", "--budget_unit", "params"],
+         r"^--glora_max_rank 3 cannot hold the parameter budget: every matrix at rank 3 spends 2688 < 3584 parameters; "
+         r"give at least 4"),
+        (["--glora_min_rank", "3", "--glora_max_rank", "2"], r"^--glora_max_rank must be >= --glora_min_rank 3, got 2"),
+    ],
+)
+def test_glora_rank_floor_and_cap_are_named(tiny_bert, glue_dir, tmp_path, extra, match):
+    fails_before_writing(ValueError, match, tiny_bert, glue_dir("sst2"), "glora", tmp_path / "out", "--max_steps", "2",
+                         *extra)
+
+
+def test_binary_config_file_is_named(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(ValueError, match=f"^{config}: not a text file \\(byte 0 is not UTF-8\\)"):
+        parse_args([str(config), "--task", "sst2"])
+
+
+def test_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tiny_bert, glue_dir, tmp_path, caplog):
+    data, out = glue_dir("sst2"), tmp_path / "out"
+    run(tiny_bert, data, "sst2", "lora", out, "--max_steps", "2")
+    finished = snapshot(out)
+    other = subprocess.Popen(["sleep", "60"])  # a run that is still going
+    lock = tmp_path / "out.lock"
+    lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": "earlier"}))
+    try:
+        with pytest.raises(FileExistsError, match=f"^{out} is in use by another run \\(pid {other.pid} on "
+                                                  f"{socket.gethostname()}, started earlier; lock file {lock}\\): wait"):
+            run(tiny_bert, data, "sst2", "lora", out, "--max_steps", "2", "--overwrite_output_dir", "True")
+        assert snapshot(out) == finished and lock.is_file()
+    finally:
+        other.kill()
+        other.wait()
+    # Killed without removing its lock: a dead process's lock on this host is taken over.
+    run(tiny_bert, data, "sst2", "lora", out, "--max_steps", "2", "--overwrite_output_dir", "True")
+    assert f"{lock}: left by a run that no longer runs (pid {other.pid}" in caplog.text
+    assert not lock.exists() and (out / "all_results.json").is_file()
+
+
 @pytest.mark.parametrize(
     "text, match",
     [
@@ -128,88 +182,254 @@ def test_missing_config_file_is_named(tmp_path):
 
 # ---- resume ----
 
+RESUMED = ("--max_steps", "4", "--glora_warmup_steps", "3", "--save_strategy", "steps", "--save_steps", "2")
+
 
 @pytest.fixture(scope="module")
 def glora_checkpoints(tiny_bert, tmp_path_factory):
-    """A finished GLoRA run with checkpoints before (2) and after (4) its reallocation at step 3."""
+    """A finished GLoRA run with checkpoints before (2) and after (4) its reallocation at step 3. Its 4 steps end
+    mid-epoch (64 examples, batch 8), where transformers' own bookkeeping would resume into the epoch."""
     from conftest import write_glue_fixture
 
     root = tmp_path_factory.mktemp("resume")
     data = write_glue_fixture(root / "glue", "sst2")
+    write_glue_fixture(root / "glue", "rte")
     out = root / "full"
-    run(tiny_bert, data, "sst2", "glora", out, "--max_steps", "4", "--glora_warmup_steps", "3",
-        "--save_strategy", "steps", "--save_steps", "2")
+    run(tiny_bert, data, "sst2", "glora", out, *RESUMED)
     return data, out
 
 
-def test_checkpoints_record_the_run_identity(tiny_bert, glora_checkpoints):
+def unfinished_copy(full, out, remove_checkpoint=None):
+    """The run as a kill after its last checkpoint (during the final evaluation) leaves it."""
+    shutil.copytree(full, out)
+    (out / "all_results.json").unlink()
+    if remove_checkpoint:
+        shutil.rmtree(out / remove_checkpoint)
+    return out
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_from_the_last_checkpoint_trains_nothing_and_records_the_whole_run(tiny_bert, glora_checkpoints, tmp_path):
+    data, full = glora_checkpoints
+    out = unfinished_copy(full, tmp_path / "killed_in_final_evaluation")
+    results = run(tiny_bert, data, "sst2", "glora", out, *RESUMED, "--resume_from_checkpoint", str(out / "checkpoint-4"))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]  # no step 5
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert (out / "adapter_model.safetensors").read_bytes() == (full / "adapter_model.safetensors").read_bytes()
+    assert (out / "predictions_validation.csv").read_text() == (full / "predictions_validation.csv").read_text()
+    finished = json.loads((full / "all_results.json").read_text())
+    progress = json.loads((full / "checkpoint-4" / "checkpoint_complete.json").read_text())
+    assert (results["resumed_from_step"], results["resumed_part_steps"]) == (4, 0)
+    assert results["eval_accuracy"] == finished["eval_accuracy"] and results["epoch"] == finished["epoch"] == 0.5
+    assert results["train_loss"] == pytest.approx(finished["train_loss"], rel=1e-6)
+    assert results["train_runtime"] == pytest.approx(progress["train_runtime"] + results["resumed_part_train_runtime"])
+
+
+def test_resume_mid_run_records_whole_run_figures(tiny_bert, glora_checkpoints, tmp_path):
+    data, full = glora_checkpoints
+    results = run(tiny_bert, data, "sst2", "glora", tmp_path / "resumed", *RESUMED,
+                  "--resume_from_checkpoint", str(full / "checkpoint-2"))
+    finished = json.loads((full / "all_results.json").read_text())
+    # The loss of all 4 steps, as the uninterrupted run computed it; the Trainer's own covers steps 3-4 only.
+    assert results["train_loss"] == pytest.approx(finished["train_loss"], rel=1e-6)
+    assert results["resumed_part_train_loss"] != pytest.approx(finished["train_loss"], rel=1e-6)
+    assert results["epoch"] == finished["epoch"] and results["resumed_part_steps"] == 2
+    progress = json.loads((full / "checkpoint-2" / "checkpoint_complete.json").read_text())
+    assert progress["global_step"] == 2 and progress["train_runtime"] > 0
+    assert results["train_runtime"] == pytest.approx(progress["train_runtime"] + results["resumed_part_train_runtime"])
+    # Rates over the whole run: the same 4 x 8 examples as the uninterrupted run.
+    for run_results in (results, finished):
+        assert run_results["train_samples_per_second"] * run_results["train_runtime"] == pytest.approx(32, rel=2e-3)
+        assert run_results["train_steps_per_second"] * run_results["train_runtime"] == pytest.approx(4, rel=2e-3)
+
+
+def test_checkpoints_record_the_run_identity(glora_checkpoints):
     _, full = glora_checkpoints
+    run_args = json.loads((full / "run_args.json").read_text())
     for step in (2, 4):
         identity = json.loads((full / f"checkpoint-{step}" / "run_identity.json").read_text())
-        assert identity == {"method": "glora", "arm": "glora", "budget_unit": "rank", "budget": 48,
-                            "target_modules": sorted(PeftArguments().target_modules), "model": str(tiny_bert)}
+        assert identity == identity_of(run_args)
+        assert identity["peft"]["glora_warmup_steps"] == 3.0 and identity["training"]["seed"] == 42
+        assert "output_dir" not in identity["training"] and "output_dir" not in identity["resolved"]
+
+
+def test_run_identity_is_every_flag_but_those_a_resume_may_change():
+    args = parse_args(["--task", "sst2", "--method", "glora"])
+    run_args = {**args.asked(), "resolved": {"output_dir": "out", "total_steps": 8}, "world_size": 1}
+    identity = identity_of(run_args)
+    assert RESUME_MAY_CHANGE < set(flag_fields())  # no misspelt name
+    assert {flag for group in FLAG_GROUPS for flag in identity[group]} == set(flag_fields()) - RESUME_MAY_CHANGE
+    assert identity["resolved"] == {"total_steps": 8} and identity["world_size"] == 1
+    # Deny by default: a flag added later (e.g. an --arm label in peft) is part of the identity unlisted.
+    run_args["peft"]["arm"] = "glora-b"
+    assert identity_differences(identity, identity_of(run_args)) == ["--arm (absent) there, glora-b here"]
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (["--task", "rte"], "--task sst2 there, rte here"),
+        (["--lora_alpha", "4"], r"--lora_alpha 16(\.0)? there, 4\.0 here"),
+        (["--glora_warmup_steps", "2"], r"--glora_warmup_steps 3\.0 there, 2\.0 here"),
+        (["--seed", "7"], "--seed 42 there, 7 here"),
+        (["--max_train_samples", "48"], "--max_train_samples None there, 48 here"),
+        (["--learning_rate", "1e-3", "--lora_dropout", "0.1"],
+         r"--lora_dropout 0\.0 there, 0\.1 here; --learning_rate 0\.005 there, 0\.001 here"),
+    ],
+)
+def test_resume_that_changes_what_is_trained_is_refused_naming_each_flag(tiny_bert, glora_checkpoints, tmp_path,
+                                                                        change, named):
+    data, full = glora_checkpoints
+    out = unfinished_copy(full, tmp_path / "unfinished", remove_checkpoint="checkpoint-4")
+    before = snapshot(out)
+    task = change[1] if change[0] == "--task" else "sst2"
+    with pytest.raises(ValueError, match=f"checkpoint-2 is from another run \\({named}\\): a resume may change only"):
+        run(tiny_bert, data, task, "glora", out, *RESUMED, "--resume_from_checkpoint", str(out / "checkpoint-2"),
+            *change)
+    assert snapshot(out) == before  # run_args.json included
+
+
+def test_resume_may_change_how_the_run_reports_and_checkpoints(tiny_bert, glora_checkpoints, tmp_path):
+    data, full = glora_checkpoints
+    out = unfinished_copy(full, tmp_path / "unfinished", remove_checkpoint="checkpoint-4")
+    run_args = (out / "run_args.json").read_bytes()
+    run(tiny_bert, data, "sst2", "glora", out, "--max_steps", "4", "--glora_warmup_steps", "3", "--save_strategy",
+        "steps", "--save_steps", "1", "--save_total_limit", "5", "--logging_steps", "2", "--per_device_eval_batch_size",
+        "5", "--run_name", "again", "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    assert (out / "run_args.json").read_bytes() == run_args  # a resume keeps the run's own record
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    assert json.loads((out / "ranks.json").read_text())["modules"] == json.loads((full / "ranks.json").read_text())["modules"]
+
+
+def test_a_failed_resume_leaves_run_args_json_as_it_was(tiny_bert, glora_checkpoints, tmp_path, monkeypatch):
+    data, full = glora_checkpoints
+    out = unfinished_copy(full, tmp_path / "unfinished", remove_checkpoint="checkpoint-4")
+    run_args = (out / "run_args.json").read_bytes()
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(run_glue_peft.GlueTrainer, "train", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run(tiny_bert, data, "sst2", "glora", out, *RESUMED, "--logging_steps", "2",
+            "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    assert (out / "run_args.json").read_bytes() == run_args
+
+
+def test_resume_into_the_folder_of_another_run_is_refused(tiny_bert, glora_checkpoints, tmp_path):
+    data, full = glora_checkpoints
+    other = tmp_path / "other"
+    run(tiny_bert, data, "sst2", "glora", other, *RESUMED, "--seed", "5", "--save_steps", "3")
+    (other / "all_results.json").unlink()
+    with pytest.raises(ValueError, match=f"{other}/run_args.json is another run's \\(--seed 5 there, 42 here\\)"):
+        run(tiny_bert, data, "sst2", "glora", other, *RESUMED, "--resume_from_checkpoint", str(full / "checkpoint-2"))
 
 
 @pytest.mark.parametrize(
     "method, extra, match",
     [
-        ("lora", [], "holds glora_state.json: it was written by a --method glora run, which --method lora cannot continue"),
-        ("glora", ["--rank_budget", "30"], r"is from another run \(budget 48 there, 30 here\)"),
+        ("lora", [], "--method glora there, lora here"),
+        ("glora", ["--rank_budget", "30"], r"--rank_budget None there, 30 here"),
         ("glora", ["--target_modules", "query", "value", "--rank_budget", "48"],
-         r"is from another run \(target_modules \['attention_output', .*\] there, \['query', 'value'\] here\)"),
-        ("glora", ["--lora_r", "2"], r"budget 48 there, 24 here"),
+         r"--target_modules \['query', 'key', .*\] there, \['query', 'value'\] here; --rank_budget None there, 48 here"),
+        ("glora", ["--lora_r", "2"], r"--lora_r 4 there, 2 here"),
     ],
 )
 def test_resume_from_another_run_is_refused_before_writing(tiny_bert, glora_checkpoints, tmp_path, method, extra, match):
     data, full = glora_checkpoints
     out = tmp_path / "resumed"
+    extra = [flag for flag in extra] + (["--glora_warmup_steps", "3"] if method == "glora" else [])
     fails_before_writing(ValueError, match, tiny_bert, data, method, out, "--max_steps", "4", "--save_strategy", "steps",
                          "--save_steps", "2", "--resume_from_checkpoint", str(full / "checkpoint-2"), *extra)
 
 
 def test_resume_from_another_model_is_refused(tiny_bert, tiny_deberta, glora_checkpoints, tmp_path):
     data, full = glora_checkpoints
-    with pytest.raises(ValueError, match=f"model {tiny_bert} there, {tiny_deberta} here"):
-        run(tiny_deberta, data, "sst2", "glora", tmp_path / "out", "--max_steps", "4",
+    with pytest.raises(ValueError, match=f"--model_name_or_path {tiny_bert} there, {tiny_deberta} here"):
+        run(tiny_deberta, data, "sst2", "glora", tmp_path / "out", *RESUMED,
             "--resume_from_checkpoint", str(full / "checkpoint-2"))
     assert not (tmp_path / "out").exists()
 
 
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
 @pytest.mark.parametrize(
-    "remove, error, match",
+    "damage, match",
     [
-        (None, FileNotFoundError, r"--resume_from_checkpoint .*checkpoint-9: no such checkpoint folder"),
-        ("glora_state.json", ValueError, r"checkpoint-2 has no glora_state.json: it was not written by a --method glora run"),
-        ("run_identity.json", FileNotFoundError, r"checkpoint-2/run_identity.json is missing: cannot check"),
+        (lambda c: (c / "glora_state.json").write_text(""), r"glora_state.json holds 0 bytes, the checkpoint saved \d+: truncated"),
+        (lambda c: truncate(c / "run_identity.json"), r"run_identity.json holds \d+ bytes, the checkpoint saved \d+: truncated"),
+        (lambda c: truncate(c / "adapter_model.safetensors"), r"adapter_model.safetensors holds \d+ bytes, the checkpoint saved"),
+        (lambda c: truncate(c / "optimizer.pt"), r"optimizer.pt holds \d+ bytes, the checkpoint saved \d+"),
+        (lambda c: (c / "adapter_model.safetensors").unlink(), r"adapter_model.safetensors is missing \(the checkpoint held"),
+        (lambda c: (c / "checkpoint_complete.json").write_text('{"files": {"ad'), "checkpoint_complete.json is not valid JSON"),
+        (lambda c: (c / "checkpoint_complete.json").unlink(missing_ok=True),
+         "checkpoint_complete.json is missing: the checkpoint is incomplete \\(its save was interrupted\\) or was "
+         "written by a version without checkpoint seals"),
     ],
+    ids=["empty_glora_state", "truncated_identity", "truncated_adapter", "truncated_optimizer", "missing_adapter",
+         "truncated_seal", "unsealed"],
 )
-def test_resume_from_an_incomplete_checkpoint_is_refused(tiny_bert, glora_checkpoints, tmp_path, remove, error, match):
+def test_damaged_checkpoint_is_named_before_anything_is_written(tiny_bert, glora_checkpoints, tmp_path, damage, match):
     data, full = glora_checkpoints
-    checkpoint = tmp_path / "checkpoint-9"
-    if remove:
-        checkpoint = tmp_path / "checkpoint-2"
-        shutil.copytree(full / "checkpoint-2", checkpoint)
-        (checkpoint / remove).unlink()
-    fails_before_writing(error, match, tiny_bert, data, "glora", tmp_path / "out", "--max_steps", "4",
-                         "--resume_from_checkpoint", str(checkpoint))
+    out = unfinished_copy(full, tmp_path / "unfinished")
+    damage(out / "checkpoint-4")
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=f"^--resume_from_checkpoint {out / 'checkpoint-4'}: .*{match}.*; the newest "
+                                         f"complete checkpoint there is {out / 'checkpoint-2'}\\.$"):
+        run(tiny_bert, data, "sst2", "glora", out, *RESUMED, "--resume_from_checkpoint", str(out / "checkpoint-4"))
+    assert snapshot(out) == before
+
+
+def test_resume_from_a_missing_folder_is_refused(tiny_bert, glora_checkpoints, tmp_path):
+    data, _ = glora_checkpoints
+    fails_before_writing(FileNotFoundError, r"--resume_from_checkpoint .*checkpoint-9: no such checkpoint folder",
+                         tiny_bert, data, "glora", tmp_path / "out", *RESUMED,
+                         "--resume_from_checkpoint", str(tmp_path / "checkpoint-9"))
 
 
 def test_unfinished_run_asks_for_resume_or_overwrite(tiny_bert, glora_checkpoints, tmp_path):
     data, full = glora_checkpoints
-    out = tmp_path / "unfinished"
-    shutil.copytree(full, out)
-    (out / "all_results.json").unlink()
-    shutil.rmtree(out / "checkpoint-4")  # stopped between its two checkpoints
+    out = unfinished_copy(full, tmp_path / "unfinished", remove_checkpoint="checkpoint-4")  # stopped between the two
     run_args = (out / "run_args.json").read_text()
     with pytest.raises(FileExistsError, match=f"{out} holds an unfinished run .*pass --resume_from_checkpoint "
                                               f"{out / 'checkpoint-2'} to continue it, or --overwrite_output_dir True"):
         run(tiny_bert, data, "sst2", "glora", out, "--max_steps", "4", "--glora_warmup_steps", "3")
     assert (out / "run_args.json").read_text() == run_args
     # As the message says: resuming it finishes the run with the uninterrupted run's ranks.
-    run(tiny_bert, data, "sst2", "glora", out, "--max_steps", "4", "--glora_warmup_steps", "3", "--save_strategy",
-        "steps", "--save_steps", "2", "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    run(tiny_bert, data, "sst2", "glora", out, *RESUMED, "--resume_from_checkpoint", str(out / "checkpoint-2"))
     ranks = json.loads((out / "ranks.json").read_text())["modules"]
     assert ranks == json.loads((full / "ranks.json").read_text())["modules"]
+
+
+def test_overwrite_with_a_resume_from_inside_the_folder_is_refused(tiny_bert, glora_checkpoints, tmp_path):
+    data, full = glora_checkpoints
+    out = unfinished_copy(full, tmp_path / "unfinished")
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=f"--overwrite_output_dir would move {out} aside, and with it the checkpoint "
+                                         f"--resume_from_checkpoint {out / 'checkpoint-2'} continues from"):
+        run(tiny_bert, data, "sst2", "glora", out, *RESUMED, "--overwrite_output_dir", "True",
+            "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    assert snapshot(out) == before and not (tmp_path / "unfinished.replaced").exists()
+
+
+def test_a_checkpoint_cut_short_by_a_kill_is_skipped_for_the_newest_complete_one(tiny_bert, glora_checkpoints, tmp_path):
+    data, full = glora_checkpoints
+    out = unfinished_copy(full, tmp_path / "killed_while_saving")
+    (out / "checkpoint-4" / "checkpoint_complete.json").unlink(missing_ok=True)  # killed before the save ended
+    (out / "checkpoint-4" / "optimizer.pt").unlink()
+    with pytest.raises(FileExistsError, match=f"no all_results.json, skipping incomplete checkpoint-4 .*: pass "
+                                              f"--resume_from_checkpoint {out / 'checkpoint-2'} to continue it"):
+        run(tiny_bert, data, "sst2", "glora", out, *RESUMED)
+    run(tiny_bert, data, "sst2", "glora", out, *RESUMED, "--resume_from_checkpoint", "True")
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert (out / "adapter_model.safetensors").read_bytes() == (full / "adapter_model.safetensors").read_bytes()
+    assert checkpoint_problem(out / "checkpoint-4") is None  # rewritten and sealed
 
 
 # ---- LR warm-up of a trial run ----

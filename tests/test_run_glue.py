@@ -95,6 +95,25 @@ def test_adalora_ranks_change_and_sum_to_budget(tiny_deberta, glue_dir, tmp_path
     assert config["rank_pattern"]
 
 
+def test_adalora_resumes_exactly_during_and_after_its_pruning(tiny_bert, glue_dir, tmp_path):
+    """peft keeps AdaLoRA's sensitivity EMAs in memory only and saves its adapter pruned to the rank pattern; the
+    checkpoints carry both (adalora_state.pt, full-width tensors), so a resume ends where the uninterrupted run did."""
+    data, full = glue_dir("sst2"), tmp_path / "full"
+    common = ["--max_steps", "12", "--tinit", "2", "--tfinal", "4", "--deltaT", "1", "--save_strategy", "steps",
+              "--save_steps", "4"]
+    finished = run(tiny_bert, data, "sst2", "adalora", full, *common)
+    reference = load_file(full / "adapter_model.safetensors")
+    for checkpoint in ("checkpoint-4", "checkpoint-12"):  # while pruning; the last step (trains nothing)
+        out = tmp_path / checkpoint
+        results = run(tiny_bert, data, "sst2", "adalora", out, *common, "--resume_from_checkpoint", str(full / checkpoint))
+        resumed = load_file(out / "adapter_model.safetensors")
+        assert resumed.keys() == reference.keys()
+        for key in reference:
+            assert torch.allclose(resumed[key], reference[key], atol=1e-6), (checkpoint, key)
+        assert json.loads((out / "ranks.json").read_text())["modules"] == json.loads((full / "ranks.json").read_text())["modules"]
+        assert results["train_loss"] == pytest.approx(finished["train_loss"], rel=1e-6)
+
+
 def test_trainable_parameters_equal_across_methods_at_same_budget(tiny_bert, glue_dir, tmp_path):
     data = glue_dir("rte")
     lora = run(tiny_bert, data, "rte", "lora", tmp_path / "lora", "--max_steps", "4")
@@ -178,6 +197,28 @@ def test_finished_run_is_not_overwritten(tiny_bert, glue_dir, tmp_path):
         run(tiny_bert, data, "sst2", "lora", out, "--max_steps", "2")
     run(tiny_bert, data, "sst2", "lora", out, "--max_steps", "2", "--overwrite_output_dir", "True")
     assert (out / "all_results.json").is_file()
+
+
+def test_overwrite_keeps_the_old_run_whole_until_the_new_one_finishes(tiny_bert, glue_dir, tmp_path, monkeypatch, caplog):
+    data, out, aside = glue_dir("sst2"), tmp_path / "out", tmp_path / "out.replaced"
+    run(tiny_bert, data, "sst2", "glora", out, "--max_steps", "2")
+    old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_glue_peft.GlueTrainer, "train", killed)
+    for attempt in range(2):  # an attempt that fails twice leaves one copy of the old run, not two
+        with pytest.raises(KeyboardInterrupt):
+            run(tiny_bert, data, "sst2", "glora", out, "--max_steps", "2", "--seed", "3", "--overwrite_output_dir", "True")
+        assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == old
+        assert sorted(p.name for p in out.iterdir()) == ["run_args.json"]  # the new run's only: nothing old mixed in
+        assert json.loads((out / "run_args.json").read_text())["training"]["seed"] == 3
+    assert f"the run in {out} was moved to {aside}; it is deleted when this run finishes" in caplog.text
+    monkeypatch.undo()
+    results = run(tiny_bert, data, "sst2", "glora", out, "--max_steps", "2", "--seed", "3", "--overwrite_output_dir", "True")
+    assert results["seed"] == 3 and json.loads((out / "all_results.json").read_text())["seed"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out"]  # no copy, no lock left
 
 
 def test_config_file_with_cli_override(tiny_bert, glue_dir, tmp_path):
