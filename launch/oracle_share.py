@@ -1,7 +1,8 @@
 """The share of the oracle's gain over uniform LoRA that each other arm recovers, from a control study's final runs:
 (arm - lora) / (oracle - lora) on mean scores (all_results.json's eval_combined_score, the mean of the task's main
 metrics, as compare_runs scores), with the seed-bootstrap interval of analysis.stats.share_of_gain (the oracle in
-AdaLoRA's place there: no interval unless the oracle beats LoRA in at least 97.5 % of the resamples).
+AdaLoRA's place there: no interval unless the oracle beats LoRA in at least 97.5 % of the resamples). First, oracle
+vs lora over every seed present: Welch's t-test and, since both arms ran the same seeds, a t-test paired by seed.
 
     python -m launch.oracle_share FINAL_DIR [ARM ...]      # default arms: glora_params adalora_params
 """
@@ -10,6 +11,8 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from scipy.stats import ttest_ind, ttest_rel
 
 from analysis.stats import share_of_gain
 
@@ -22,20 +25,39 @@ def scores_by_arm(final_dir) -> dict:
     return scores
 
 
+def seed_scores(final_dir, arm) -> dict:
+    """{seed: score} of one arm's final runs."""
+    out = {}
+    for results in sorted(Path(final_dir).glob("*/all_results.json")):
+        record = json.loads(results.read_text())
+        if record["arm"] == arm:
+            out[record["seed"]] = record["eval_combined_score"]
+    return out
+
+
 def main(final_dir, arms):
     scores = scores_by_arm(final_dir)
     lora, oracle = scores["lora"], scores["oracle"]
     print(f"lora {len(lora)} seeds, mean {100 * sum(lora) / len(lora):.2f}; oracle {len(oracle)} seeds, mean "
           f"{100 * sum(oracle) / len(oracle):.2f}; oracle - lora {100 * (sum(oracle) / len(oracle) - sum(lora) / len(lora)):+.2f}")
-    print("| arm | seeds | mean score (x100) | arm - lora | share of the oracle's gain | 95% interval | note |")
-    print("|---|---|---|---|---|---|---|")
-    for arm in arms:
-        s = share_of_gain(lora, oracle, scores[arm])
+    by_seed = {arm: seed_scores(final_dir, arm) for arm in ("lora", "oracle")}
+    paired = sorted(set(by_seed["lora"]) & set(by_seed["oracle"]))
+    diffs = [by_seed["oracle"][s] - by_seed["lora"][s] for s in paired]
+    print(f"oracle vs lora over all seeds: Welch p {ttest_ind(oracle, lora, equal_var=False).pvalue:.3f}; paired by seed "
+          f"({len(paired)} seeds, differences {', '.join(f'{100 * d:+.2f}' for d in diffs)}): t-test p "
+          f"{ttest_rel([by_seed['oracle'][s] for s in paired], [by_seed['lora'][s] for s in paired]).pvalue:.3f}")
+    print("| arm | seeds | mean score (x100) | arm - lora | oracle - lora | share of the oracle's gain | 95% interval | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for arm in arms:  # on the seeds that lora, the oracle and the arm all ran
+        runs = seed_scores(final_dir, arm)
+        seeds = sorted(set(runs) & set(paired))
+        base, best, own = ([by_seed["lora"][k] for k in seeds], [by_seed["oracle"][k] for k in seeds],
+                           [runs[k] for k in seeds])
+        s = share_of_gain(base, best, own)
         interval = f"[{s.ci_low:.2f}, {s.ci_high:.2f}]" if s.ci_low is not None else "none"
         share = f"{s.share:.2f}" if s.share is not None else "undefined"
-        print(f"| {arm} | {len(scores[arm])} | {100 * sum(scores[arm]) / len(scores[arm]):.2f} | {100 * s.glora_gain:+.2f} | "
-              f"{share} | {interval} | {s.note.replace('AdaLoRA', 'oracle')} |")
-
+        print(f"| {arm} | {','.join(map(str, seeds))} | {100 * sum(own) / len(own):.2f} | {100 * s.glora_gain:+.2f} | "
+              f"{100 * s.adalora_gain:+.2f} | {share} | {interval} | {s.note.replace('AdaLoRA', 'oracle')} |")
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:] or ["glora_params", "adalora_params"])

@@ -198,9 +198,10 @@ def test_oracle_share_is_the_arms_gain_over_the_oracles(tmp_path, capsys):
         for seed, value in enumerate(values, 1):
             (tmp_path / f"{arm}_seed{seed}").mkdir()
             (tmp_path / f"{arm}_seed{seed}" / "all_results.json").write_text(
-                json.dumps({"arm": arm, "eval_combined_score": value}))
+                json.dumps({"arm": arm, "seed": seed, "eval_combined_score": value}))
     oracle_share.main(tmp_path, ["glora_params"])
     out = capsys.readouterr().out
     assert "oracle - lora +10.00" in out
+    assert "paired by seed (3 seeds, differences +10.00, +10.00, +10.00)" in out
     row = next(line for line in out.splitlines() if line.startswith("| glora_params"))
-    assert "| 3 | 77.00 | +5.00 | 0.50 |" in row  # (77 - 72) / (82 - 72)
+    assert "| 1,2,3 | 77.00 | +5.00 | +10.00 | 0.50 |" in row  # (77 - 72) / (82 - 72)
