@@ -30,6 +30,7 @@ _pool_worker() {
     "$PYTHON" run_glue_peft.py "${COMMON[@]}" "${flags[@]}" "${EXTRA[@]}" --output_dir "$out" \
       --overwrite_output_dir True > "$out.log" 2>&1 || { echo "FAILED: $out (see $out.log)"; return 1; }
     echo "$(date +%T) done  $out ($("$PYTHON" -c "import json, sys; r = json.load(open(sys.argv[1])); \
-print(f\"eval_accuracy {r['eval_accuracy']:.4f}, train {r['train_runtime']:.0f} s\")" "$out/all_results.json"))"
+k = 'eval_accuracy' if 'eval_accuracy' in r else 'eval_tuning_accuracy'; \
+print(f\"{k} {r[k]:.4f}, train {r['train_runtime']:.0f} s\")" "$out/all_results.json"))"
   done
 }
