@@ -65,7 +65,11 @@ class DataArguments:
     )
     tuning_split_max: int = field(default=2000, metadata={"help": "At most this many examples in the tuning split."})
     eval_split: str = field(
-        default="dev", metadata={"help": "What evaluations during training use: dev (the task's first dev split) or tuning."}
+        default="dev",
+        metadata={"help": "What the run is scored on: dev (evaluations during training on the task's first dev split, "
+                          "the final one on every dev split) or tuning (every evaluation, the final one included, on "
+                          "the tuning split only: metrics eval_tuning_*, predictions_tuning.csv; dev is never "
+                          "evaluated)."},
     )
     hpo_record: str | None = field(
         default=None, metadata={"help": "A JSON file (written by hpo.py) copied into run_args.json as its `hpo` block."}

@@ -7,8 +7,10 @@
 
 Flags hpo.py does not know are run_glue_peft.py flags, given to every trial and final run (after the space file's
 `run` block, so they override it). Each trial is an ordinary run in STUDY_DIR/trials/trial_NNNN, scored on a tuning
-split held out from the training data (`--tune_on dev`: the seed plan's choice); W&B is off for trials. The study
-lives in a database (default STUDY_DIR/study.db), so a killed search resumes and several workers can share it.
+split held out from the training data, which is all it evaluates (`--tune_on dev`: the seed plan's choice); W&B is
+off for trials. The study lives in a database (default STUDY_DIR/study.db), so a killed search resumes and several
+workers can share it. A study is one arm under one set of fixed run flags, recorded in it: reopening it with others
+is refused, and a finished final run is reused only if it is this study's with the current best values.
 docs/hpo.md has the protocol, the budget mapping and a real check.
 """
 
@@ -18,12 +20,14 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 from sqlalchemy.engine import make_url
 
 from arguments import check_args, config_to_flags, parse_args
+from search.identity import ARM_FLAGS, arm_of, final_run_mismatch, fixed_run_flags, pin_study, shown, study_identity
 from search.report import progress_line, summary, write_outputs
 from search.space import load_search_config, sample
 from search.study import hpo_record, open_study, run_worker
@@ -42,7 +46,8 @@ def parse_hpo_args(argv):
                                                 "0: no search; the final runs use the config's values.")
     p.add_argument("--stage", choices=("all", "search", "final"), default="all",
                    help="all: search, then final runs; search: only trials (an extra worker); final: only final runs.")
-    p.add_argument("--study_name", help="Default <task>_<method>.")
+    p.add_argument("--study_name", help="Default <task>_<arm> (the run's --arm, or its default label: method, "
+                                        "'_params' under --budget_unit params, the rank pattern's hash).")
     p.add_argument("--study_dir", help="Trials, database, tables and figures (default outputs/hpo/<study_name>).")
     p.add_argument("--storage", help="Optuna RDB URL (sqlite:///..., postgresql://..., mysql://...); default "
                                      "sqlite:///STUDY_DIR/study.db. Workers on several machines need a server database.")
@@ -58,7 +63,10 @@ def parse_hpo_args(argv):
     p.add_argument("--tuning_split_max", type=int, default=2000, help="At most this many examples held out.")
     p.add_argument("--final_seeds", type=int, nargs="*", default=[1, 2, 3], help="One final run per seed.")
     p.add_argument("--final_root", default="outputs/hpo/final",
-                   help="Final runs go to FINAL_ROOT/<task>/<method>_seed<seed> (python compare_runs.py FINAL_ROOT).")
+                   help="Final runs go to FINAL_ROOT/<task>/<arm>_seed<seed> (python compare_runs.py FINAL_ROOT).")
+    p.add_argument("--rerun_stale_finals", action="store_true",
+                   help="A finished final run made by another study, other run flags or other best parameters is moved "
+                        "to FINAL_ROOT_stale/<task>/ (kept) and run again; without this flag hpo.py refuses it.")
     p.add_argument("--launcher", default=f"{sys.executable}",
                    help="How each run is started, e.g. 'accelerate launch --num_processes 4' (default: this python).")
     p.add_argument("--run_script", default="run_glue_peft.py", help="The training script (tests use a stand-in).")
@@ -75,21 +83,30 @@ def main(argv=None):
     search = load_search_config(hpo.config)
     preset = config_to_flags(yaml.safe_load(Path(hpo.run_config).read_text()) or {}) if hpo.run_config else []
     fixed = preset + config_to_flags(search.run) + run_flags  # later flags win
-    run_args = parse_args(fixed)  # the run flags are checked here, before any trial starts
-    check_args(run_args)
     check_flags(run_flags, search, hpo)
-    task, method = run_args.data.task, run_args.peft.method
+    # The run flags are checked here, before any trial starts; with hpo.py's data flags, as the final runs get them.
+    run_args = parse_args(fixed + data_flags(hpo, during_search=False))
+    check_args(run_args)
+    task, method, arm = run_args.data.task, run_args.peft.method, arm_of(run_args.peft)
     n_trials = search.n_trials if hpo.n_trials is None else hpo.n_trials
 
-    name = hpo.study_name or f"{task}_{method}"
+    name = hpo.study_name or f"{task}_{arm}"
     study_dir = Path(hpo.study_dir or f"outputs/hpo/{name}")
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = hpo.storage or f"sqlite:///{study_dir / 'study.db'}"
     study = open_study(name, storage, search.direction, hpo.pruner, hpo.pruner_startup_trials, hpo.sampler_seed,
                        hpo.heartbeat_interval, hpo.grace_period)
+    flags = fixed_run_flags(run_args, search.space)
+    note = pin_study(study, flags, arm)
     tuned_on = hpo.tune_on
-    print(f"study {name} in {safe_url(storage)}: {n_trials} trials of {method} on {task}, tuned on {tuned_on}, "
+    what = arm if arm == method else f"{arm} ({method})"
+    print(f"study {name} in {safe_url(storage)}: {n_trials} trials of {what} on {task}, tuned on {tuned_on}, "
           f"space {hpo.config}", flush=True)
+    if note:
+        print(note, flush=True)
+    identity = {"study_name": name, **study_identity(study)}
+    if hpo.stage != "search":  # a finished final run of another study is refused before this one searches
+        check_final_runs(hpo, task, arm, identity)
 
     if hpo.stage in ("all", "search"):
         objective = make_objective(hpo, search, fixed, study_dir)
@@ -97,11 +114,18 @@ def main(argv=None):
                    catch=(TrialFailed,), poll_seconds=hpo.poll_seconds)
     if hpo.stage == "search":
         return
-    record = hpo_record(study, safe_url(storage), tuned_on)
+    pin_study(study, flags, arm)  # again: a worker that created the study at the same moment with other flags
+    record = {**hpo_record(study, safe_url(storage), tuned_on), **study_identity(study)}
     record_path = study_dir / "hpo_record.json"
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     table, notes = write_outputs(study, study_dir, record["best_params"])
-    final = final_runs(hpo, fixed, record["best_params"], record_path, task, method, search.metric)
+    if n_trials and not record["n_complete"]:  # a search that found nothing must not end in final runs
+        print(summary(study, record, table, notes, [], search.metric, study_dir), flush=True)
+        raise SystemExit(f"study {name}: no trial completed ({record['n_trials']} finished, {record['n_pruned']} "
+                         f"pruned, the rest failed): no best parameters to make final runs with. The reasons are in "
+                         f"{study_dir / 'trials.csv'}; --n_trials 0 makes final runs with the config's values.")
+    check_final_runs(hpo, task, arm, record)
+    final = final_runs(hpo, fixed, record, record_path, task, arm, search.metric)
     print(summary(study, record, table, notes, final, search.metric, study_dir), flush=True)
 
 
@@ -113,6 +137,12 @@ def check_flags(run_flags, search, hpo):
     managed = sorted(given & set(SET_BY_HPO))
     if managed:
         raise SystemExit(f"{managed} are set by hpo.py (see --tune_on, --tuning_split_*, --study_dir, --final_root).")
+    defining = sorted(set(search.space) & set(ARM_FLAGS))
+    if defining:
+        raise SystemExit(f"{hpo.config}: search_space.{defining[0]} names the arm, which a study holds fixed (one study "
+                         "per arm): set it under `run:` or on the command line.")
+    if hpo.n_trials is not None and hpo.n_trials < 0:
+        raise SystemExit(f"--n_trials must be >= 0 (0: no search, final runs with the config's values), got {hpo.n_trials}.")
 
 
 def data_flags(hpo, during_search: bool) -> list:
@@ -145,15 +175,78 @@ def run_command(hpo, flags) -> list:
     return shlex.split(hpo.launcher) + [hpo.run_script] + flags
 
 
-def final_runs(hpo, fixed, best_params, record_path, task, method, metric) -> list:
-    """One run per seed with the best values, W&B as the run flags say; finished ones are kept (rerun to resume)."""
+def final_dir(hpo, task, arm, seed) -> Path:
+    return Path(hpo.final_root, task, f"{arm}_seed{seed}")
+
+
+def check_final_runs(hpo, task, arm, expected: dict):
+    """Refuse (one line) finished final runs that are not this study's with `expected` (its identity, and once known
+    its best parameters), unless --rerun_stale_finals says to move them aside and run them again."""
+    stale = stale_final_runs(hpo, task, arm, expected)
+    if not stale or hpo.rerun_stale_finals:
+        return
+    (first, differs), *others = stale.items()
+    also = f" (and {', '.join(str(out) for out in others)})" if others else ""
+    raise SystemExit(f"{first}{also} holds a finished final run that is not this study's: {shown(differs)}. Pass "
+                     f"--rerun_stale_finals to run it again (the old run is moved to {stale_root(hpo)}, not deleted), "
+                     "or give another --final_root.")
+
+
+def stale_final_runs(hpo, task, arm, expected: dict) -> dict:
+    """{folder: what differs} for each seed's finished final run that `expected` does not match."""
+    stale = {}
+    for seed in hpo.final_seeds:
+        out = final_dir(hpo, task, arm, seed)
+        if not (out / "all_results.json").exists():
+            continue  # nothing to reuse: an unfinished run is started again
+        try:
+            block = json.loads((out / "run_args.json").read_text()).get("hpo")
+        except (OSError, ValueError, AttributeError) as error:
+            stale[out] = [f"its run_args.json is unreadable ({type(error).__name__})"]
+            continue
+        differs = final_run_mismatch(block, expected)
+        if differs:
+            stale[out] = differs
+    return stale
+
+
+def stale_root(hpo) -> Path:
+    root = Path(hpo.final_root)
+    return root.with_name(root.name + "_stale")
+
+
+def move_aside(hpo, out: Path, task) -> Path:
+    """Move a stale final run (and its log) out of FINAL_ROOT, where compare_runs.py would pool it; nothing is
+    deleted."""
+    target = stale_root(hpo) / task / f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while target.exists():
+        target, n = target.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out.rename(target)
+    log = Path(f"{out}.log")
+    if log.exists():
+        log.rename(f"{target}.log")
+    return target
+
+
+def final_runs(hpo, fixed, record, record_path, task, arm, metric) -> list:
+    """One run per seed with the best values, W&B as the run flags say. A finished run is kept when it is this
+    study's with these values (check_final_runs refused any other, or --rerun_stale_finals moves it aside here)."""
+    stale = stale_final_runs(hpo, task, arm, record)
     results = []
     for seed in hpo.final_seeds:
-        out = Path(hpo.final_root, task, f"{method}_seed{seed}")
+        out = final_dir(hpo, task, arm, seed)
         finished = out / "all_results.json"
-        if not finished.exists():
+        if out in stale:
+            aside = move_aside(hpo, out, task)
+            print(f"final run, seed {seed}: {out} was not this study's ({shown(stale[out])}); moved to {aside}, "
+                  "running it again", flush=True)
+        if finished.exists():
+            print(f"final run, seed {seed}: {out} is this study's, with these parameters: kept", flush=True)
+        else:
             out.mkdir(parents=True, exist_ok=True)
-            command = run_command(hpo, fixed + config_to_flags(best_params) + data_flags(hpo, during_search=False) + [
+            command = run_command(hpo, fixed + config_to_flags(record["best_params"]) + data_flags(hpo, during_search=False) + [
                 "--seed", str(seed), "--output_dir", str(out), "--overwrite_output_dir", "True",
                 "--hpo_record", str(record_path)])
             print(f"final run, seed {seed}: {out} (log {out}.log)", flush=True)
@@ -163,9 +256,9 @@ def final_runs(hpo, fixed, best_params, record_path, task, method, metric) -> li
                 results.append((seed, f"FAILED (exit {code}; see {out}.log)"))
                 continue
         values = json.loads(finished.read_text())
-        shown = {k: v for k, v in values.items() if k.startswith("eval_") and k.split("eval_")[1].split("_mm")[0] in
-                 (metric, "accuracy", "combined_score")}
-        results.append((seed, ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f"  ({out})"))
+        shown_values = {k: v for k, v in values.items() if k.startswith("eval_") and
+                        k.split("eval_")[1].split("_mm")[0] in (metric, "accuracy", "combined_score")}
+        results.append((seed, ", ".join(f"{k} {v:.4f}" for k, v in shown_values.items()) + f"  ({out})"))
     return results
 
 

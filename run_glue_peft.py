@@ -100,7 +100,7 @@ def main(argv=None):
         trainer.save_state()
 
         results = trainer.whole_run_metrics(train_result.metrics)
-        results.update(evaluate_and_write_predictions(trainer, raw, encoded, plan, training_args))
+        results.update(evaluate_and_write_predictions(trainer, raw, encoded, plan, training_args, args.data.eval_split))
         results = write_records(results, model, plan, initial_ranks, method, training_args)
         if training_args.should_save:
             discard_replaced(replaced)
@@ -251,8 +251,8 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
     def compute_metrics(prediction):
         return glue_metrics(plan.task, prediction.predictions, prediction.label_ids)
 
-    # --eval_split tuning: evaluations during training score the held-out tuning split (metrics eval_tuning_*), for
-    # hpo.py; the final evaluation (evaluate_and_write_predictions) is on the dev splits either way.
+    # --eval_split tuning: every evaluation scores the held-out tuning split (metrics eval_tuning_*), for hpo.py's
+    # trials; the final one too (evaluate_and_write_predictions), so such a run never evaluates dev.
     eval_dataset = {"tuning": encoded["tuning"]} if data_args.eval_split == "tuning" else encoded[task.eval_splits[0].name]
     return GlueTrainer(
         model=model,
@@ -270,24 +270,32 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
     )
 
 
-def evaluate_and_write_predictions(trainer, raw, encoded, plan, training_args) -> dict:
-    """Metrics of every dev split, and its per-example predictions as predictions_<split>.csv."""
+def evaluate_and_write_predictions(trainer, raw, encoded, plan, training_args, eval_split="dev") -> dict:
+    """Metrics of every dev split, and its per-example predictions as predictions_<split>.csv; under --eval_split
+    tuning those of the tuning split alone (eval_tuning_*, predictions_tuning.csv): a trial never reads dev."""
     task = GLUE_TASKS[plan.task]
     results = {}
-    for split in task.eval_splits:
-        output = trainer.predict(encoded[split.name], metric_key_prefix="eval")
-        results.update({f"{k}{split.metric_suffix}": v for k, v in output.metrics.items()})
+    for split, prefix, suffix in final_eval_splits(task, eval_split):
+        output = trainer.predict(encoded[split], metric_key_prefix=prefix)
+        results.update({f"{k}{suffix}": v for k, v in output.metrics.items()})
         if not training_args.should_save:
             continue
-        if not np.allclose(output.label_ids.reshape(-1), np.asarray(raw[split.name]["label"], dtype=float), atol=1e-6):
-            raise RuntimeError(f"{split.name}: predictions are not in dataset order; predictions_{split.name}.csv would "
+        if not np.allclose(output.label_ids.reshape(-1), np.asarray(raw[split]["label"], dtype=float), atol=1e-6):
+            raise RuntimeError(f"{split}: predictions are not in dataset order; predictions_{split}.csv would "
                                "pair them with the wrong idx")
         predicted = output.predictions.reshape(-1) if task.is_regression else output.predictions.argmax(-1)
         lines = ["idx,label,prediction"] + [
-            f"{i},{label},{p}" for i, label, p in zip(raw[split.name]["idx"], output.label_ids.tolist(), predicted.tolist())
+            f"{i},{label},{p}" for i, label, p in zip(raw[split]["idx"], output.label_ids.tolist(), predicted.tolist())
         ]
-        Path(plan.output_dir, f"predictions_{split.name}.csv").write_text("\n".join(lines) + "\n")
+        Path(plan.output_dir, f"predictions_{split}.csv").write_text("\n".join(lines) + "\n")
     return results
+
+
+def final_eval_splits(task, eval_split) -> list:
+    """(split, metric prefix, metric suffix) of the final evaluation: the task's dev splits, or the tuning split."""
+    if eval_split == "tuning":
+        return [("tuning", "eval_tuning", "")]
+    return [(split.name, "eval", split.metric_suffix) for split in task.eval_splits]
 
 
 def write_records(results, model, plan, initial_ranks, method, training_args) -> dict:

@@ -7,7 +7,8 @@
 # 1. Tuning: every arm at every learning rate of the grid, seed 1, scored on a tuning split held out from the
 #    training data (2,000 rows of SST-2's train set, never the dev set); the best rate per arm (ties: the lower).
 # 2. Final runs: every arm at its chosen rate, seeds 1-3, trained on the first 8,000 training rows, scored on dev.
-# 3. compare_runs.py twice: LoRA / AdaLoRA / GLoRA with a rank budget, and with a parameter budget.
+# 3. compare_runs.py once on every final run: each arm is its own row (the runs carry their --arm label, so the two
+#    GLoRA arms, rank and parameter budget, stay apart).
 # Two workers, one thread each; finished runs are skipped, so an interrupted study can be restarted.
 # Environment: STUDY_ROOT, STUDY_MODEL, STUDY_GRID, STUDY_SEEDS, STUDY_WORKERS, STUDY_EXTRA_ARGS (dry runs), PYTHON.
 set -euo pipefail
@@ -24,11 +25,11 @@ read -r -a EXTRA <<< "${STUDY_EXTRA_ARGS:-}"
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 
 ARMS=(lora adalora glora_rank glora_params)
-declare -A ARM_FLAGS=(
-  [lora]="--method lora"
-  [adalora]="--method adalora"
-  [glora_rank]="--method glora --glora_warmup_steps 0.3333"
-  [glora_params]="--method glora --glora_warmup_steps 0.3333 --budget_unit params"
+declare -A ARM_FLAGS=(  # --arm: the label every record carries and compare_runs.py groups by
+  [lora]="--method lora --arm lora"
+  [adalora]="--method adalora --arm adalora"
+  [glora_rank]="--method glora --glora_warmup_steps 0.3333 --arm glora_rank"
+  [glora_params]="--method glora --glora_warmup_steps 0.3333 --budget_unit params --arm glora_params"
 )
 # Average rank 2 on all six matrices of every layer; alpha 4 keeps LoRA's scaling alpha / r = 2, the project's
 # default (16 / 8). AdaLoRA: the project's defaults (init 1.5 x target, scaling parity); GLoRA: the new Adam rule.
@@ -81,7 +82,4 @@ done; done
 run_pool "${runs[@]}"
 
 echo "study wall-clock: $(( $(date +%s) - start )) s"
-for budget in rank params; do
-  "$PYTHON" compare_runs.py "$ROOT"/final/lora_seed*/ "$ROOT"/final/adalora_seed*/ "$ROOT"/final/glora_${budget}_seed*/ \
-    --out_dir "$ROOT/comparison_$budget"
-done
+"$PYTHON" compare_runs.py "$ROOT/final" --out_dir "$ROOT/comparison"

@@ -30,6 +30,7 @@ _pool_worker() {
     "$PYTHON" run_glue_peft.py "${COMMON[@]}" "${flags[@]}" "${EXTRA[@]}" --output_dir "$out" \
       --overwrite_output_dir True > "$out.log" 2>&1 || { echo "FAILED: $out (see $out.log)"; return 1; }
     echo "$(date +%T) done  $out ($("$PYTHON" -c "import json, sys; r = json.load(open(sys.argv[1])); \
-print(f\"eval_combined_score {r['eval_combined_score']:.4f}, train {r['train_runtime']:.0f} s\")" "$out/all_results.json"))"
+k = 'eval_combined_score' if 'eval_combined_score' in r else 'eval_tuning_combined_score'; \
+print(f\"{k} {r[k]:.4f}, train {r['train_runtime']:.0f} s\")" "$out/all_results.json"))"
   done
 }

@@ -115,7 +115,7 @@ def summary(study, record: dict, table: pd.DataFrame, notes: list, final_results
         lines.append(f"best: trial {study.best_trial.number}, {metric} {study.best_value:.4f}, "
                      + ", ".join(f"{k}={format_value(v)}" for k, v in record["best_params"].items()))
     else:
-        lines.append("best: none (no complete trial); final runs use the config's values")
+        lines.append("best: none (no complete trial)" + ("; final runs use the config's values" if final_results else ""))
     if len(table):
         c = compute_spent(table)
         if c["trials"]:

@@ -3,8 +3,9 @@
 (every ceil(eval_steps x max_steps) steps and at the last one). Its score is a fixed function of the learning rate
 (higher is better up to 1e-2), so a test knows which trial is good. FAKE_RUN_FAILS=1 makes it fail at its start.
 
-A run that finishes writes all_results.json, and run_args.json with its command line (`argv`, for the tests to
-parse with the real parser) and the hpo block, as prepare_output_dir does.
+A run that finishes writes all_results.json (its metrics eval_tuning_* under --eval_split tuning, as a real run's),
+and run_args.json with its command line (`argv`, for the tests to parse with the real parser) and the hpo block, as
+prepare_output_dir does.
 """
 
 import json
@@ -52,8 +53,9 @@ def main(argv):
     if flags.get("hpo_record"):
         run_args["hpo"] = json.loads(Path(flags["hpo_record"]).read_text())
     (out / "run_args.json").write_text(json.dumps(run_args))
+    prefix = "eval_tuning_" if flags.get("eval_split") == "tuning" else "eval_"  # a trial never scores dev
     results = {"task": flags["task"], "method": flags["method"], "seed": int(flags.get("seed") or 42),
-               "eval_combined_score": score(lr, 1.0), "eval_accuracy": score(lr, 1.0)}
+               f"{prefix}combined_score": score(lr, 1.0), f"{prefix}accuracy": score(lr, 1.0)}
     (out / "all_results.json").write_text(json.dumps(results))
 
 

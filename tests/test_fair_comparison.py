@@ -215,8 +215,8 @@ def test_equal_parameter_presets_spend_uniform_loras_parameters():
 
 
 def test_low_budget_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
-    """launch/low_budget_study.sh end to end on fixtures: tuning on the held-out split, the chosen rate per arm,
-    final runs at it, and both comparisons."""
+    """launch/low_budget_study.sh end to end on fixtures: tuning on the held-out split (and only on it), the chosen
+    rate per arm, final runs at it labelled with their arm, and one comparison of them all."""
     import os
     import subprocess
     import sys
@@ -235,11 +235,15 @@ def test_low_budget_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
     for arm, lr in chosen.items():
         run_args = json.loads((root / "final" / f"{arm}_seed1" / "run_args.json").read_text())
         assert run_args["training"]["learning_rate"] == lr and run_args["data"]["tuning_split_fraction"] == 0
+        assert json.loads((root / "final" / f"{arm}_seed1" / "all_results.json").read_text())["arm"] == arm
         tuned = json.loads((root / "tuning" / arm / "lr1e-3" / "run_args.json").read_text())
         assert tuned["data"]["eval_split"] == "tuning"
+        tuned_results = json.loads((root / "tuning" / arm / "lr1e-3" / "all_results.json").read_text())
+        assert "eval_tuning_accuracy" in tuned_results and "eval_accuracy" not in tuned_results  # dev never read
     assert json.loads((root / "final" / "glora_params_seed1" / "ranks.json").read_text())["budget_unit"] == "params"
-    for budget in ("rank", "params"):
-        assert "| GLoRA |" in (root / f"comparison_{budget}" / "comparison.md").read_text()
+    comparison = (root / "comparison" / "comparison.md").read_text()  # one call on every final run
+    assert "| LoRA |" in comparison and "| AdaLoRA |" in comparison
+    assert not list(root.glob("comparison_*"))
 
 
 def test_trial_run_scales_adaloras_schedule_into_the_run(tiny_bert, glue_dir, tmp_path):

@@ -3,9 +3,11 @@
 Most tests start tests/fake_run.py in place of run_glue_peft.py (same flags, same eval_log.jsonl, no model); one
 runs the whole pipeline with a tiny model."""
 
+import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,13 +22,16 @@ from conftest import ROOT, trial_args
 from optuna.trial import TrialState
 
 import hpo
+import run_glue_peft
 from arguments import DataArguments, check_args, config_to_flags, parse_args
+from eval_log import read_eval_log
 from glue_data import load_glue_data
 from search.space import load_search_config, sample
 from search.study import counted_trials
 
 FAKE_RUN = str(ROOT / "tests" / "fake_run.py")
-HPO_BLOCK_KEYS = {"study_name", "storage", "n_trials", "n_complete", "n_pruned", "best_params", "tuned_on"}
+HPO_BLOCK_KEYS = {"study_name", "storage", "n_trials", "n_complete", "n_pruned", "best_params", "tuned_on", "study_uid",
+                  "arm", "run_flags"}
 
 
 def write_space(tmp_path, space, run=None, n_trials=4) -> Path:
@@ -198,6 +203,162 @@ def test_n_trials_0_runs_the_final_runs_with_the_config_values(tmp_path):
         assert run_args["hpo"]["n_trials"] == 0 and run_args["hpo"]["best_params"] == {}
 
 
+BAD_SPACE_FILES = {  # file text -> what its one line must say (besides the file's name)
+    "": "the file is empty",
+    "optna:\n  n_trials: 2\n": "unknown section 'optna' (did you mean 'optuna'?)",
+    "optuna:\n  n_trials: 2\n  search_spaces: {learning_rate: {type: uniform, low: 0.1, high: 0.2}}\n":
+        "unknown key in optuna: 'search_spaces' (did you mean 'search_space'?)",
+    "optuna:\n  n_trials: 2\n  search_space: {learning_rate: {type: loguniform, low: 1.0e-4}}\n":
+        "search_space.learning_rate: loguniform needs low and high; high is missing",
+    "- learning_rate\n- per_device_train_batch_size\n": "expected a mapping with `run:` and `optuna:` sections, got a list",
+    "optuna:\n  search_space: {learning_rate: {type: uniform, low: 0.1, high: 0.2}}\n":
+        "optuna.n_trials must be an integer >= 1, got None (for final runs without a search, pass hpo.py --n_trials 0)",
+    "optuna:\n  n_trials: 3\n": "optuna.search_space is missing (or empty)",
+    "optuna:\n  n_trials: 3\n  search_space: {learning_rate: {type: uniform, low: x, high: 0.2}}\n":
+        "search_space.learning_rate: low 'x' is not a number",
+}
+
+
+@pytest.mark.parametrize("text", list(BAD_SPACE_FILES), ids=range(len(BAD_SPACE_FILES)))
+def test_each_bad_space_file_gets_one_line_naming_the_file_and_key(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as refused:
+        load_search_config(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: ") and BAD_SPACE_FILES[text] in message and "\n" not in message
+
+
+def test_a_search_that_yields_no_trial_never_reaches_the_final_runs(tmp_path, monkeypatch):
+    no_n_trials = tmp_path / "space.yaml"
+    no_n_trials.write_text(yaml.safe_dump({"optuna": {"search_space": LR_SPACE}}))
+    with pytest.raises(ValueError, match="optuna.n_trials must be an integer >= 1"):
+        hpo.main(fake_hpo_args(no_n_trials, tmp_path / "study"))
+    monkeypatch.setenv("FAKE_RUN_FAILS", "1")  # every trial fails: no best parameters
+    with pytest.raises(SystemExit, match="no trial completed .*--n_trials 0 makes final runs"):
+        hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), tmp_path / "study", "--n_trials", "2"))
+    assert len(load_study(tmp_path / "study").get_trials()) == 2
+    assert not (tmp_path / "study" / "final").exists()
+
+
+def test_a_study_reopened_with_other_fixed_flags_is_refused(tmp_path):
+    study_dir, space_file = tmp_path / "study", write_space(tmp_path, LR_SPACE)
+    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "1", "--stage", "search", "--lora_alpha", "8"))
+    recorded = load_study(study_dir).user_attrs
+    assert recorded["arm"] == "lora" and len(recorded["study_uid"]) == 32
+    assert recorded["run_flags"]["max_steps"] == 8 and recorded["run_flags"]["lora_alpha"] == 8.0
+    assert "learning_rate" not in recorded["run_flags"] and "output_dir" not in recorded["run_flags"]  # searched, set
+    with pytest.raises(SystemExit, match=r"^study sst2_lora was created with other run flags \(lora_alpha 8.0 there, "
+                                         r"16 now; max_steps 8 there, 4 now\)"):
+        hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search", "--max_steps", "4"))
+    with pytest.raises(SystemExit, match=r"arm 'lora' there, 'lora_small' now"):
+        hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--lora_alpha", "8", "--arm", "lora_small",
+                               "--study_name", "sst2_lora"))
+    assert len(load_study(study_dir).get_trials()) == 1  # neither refused worker ran a trial
+    # The same flags, spelt otherwise and with other bookkeeping flags (logging), resume the study.
+    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search", "--lora_alpha=8.0",
+                           "--logging_steps", "3"))
+    assert len(load_study(study_dir).get_trials()) == 2
+
+
+def test_two_arms_of_one_method_get_separate_studies_and_final_folders(tmp_path):
+    storage, final_root = f"sqlite:///{tmp_path / 'shared.db'}", tmp_path / "final"
+    pattern = tmp_path / "pattern.json"
+    pattern.write_text('{"bert.encoder.layer.0.attention.self.query": 2}')
+    sha = hashlib.sha256(pattern.read_bytes()).hexdigest()[:8]
+    arms = {"glora": ["--method", "glora"], "glora_params": ["--method", "glora", "--budget_unit", "params"],
+            f"lora_pattern-{sha}": ["--method", "lora", "--rank_pattern", str(pattern)]}
+    def search(arm, *flags):
+        hpo.main([str(write_space(tmp_path, LR_SPACE, run={})), "--task", "sst2", "--study_dir", str(tmp_path / arm),
+                  "--storage", storage, "--final_root", str(final_root), "--run_script", FAKE_RUN, "--poll_seconds",
+                  "0.1", "--max_steps", "4", "--n_trials", "1", "--final_seeds", "1", *flags])
+
+    for arm, flags in arms.items():
+        search(arm, *flags)
+    assert set(optuna.get_all_study_names(storage)) == {f"sst2_{arm}" for arm in arms}
+    for arm in arms:
+        assert optuna.load_study(study_name=f"sst2_{arm}", storage=storage).user_attrs["arm"] == arm
+        block = json.loads((final_root / "sst2" / f"{arm}_seed1" / "run_args.json").read_text())["hpo"]
+        assert (block["study_name"], block["arm"]) == (f"sst2_{arm}", arm)
+    assert sorted(p.name for p in (final_root / "sst2").iterdir() if p.is_dir()) == sorted(f"{a}_seed1" for a in arms)
+    pattern.write_text('{"bert.encoder.layer.0.attention.self.query": 3}')  # another pattern under the same name
+    with pytest.raises(SystemExit, match=rf"rank_pattern .*'sha256': '{sha}.* there, .*'sha256': '(?!{sha})"):
+        search(f"lora_pattern-{sha}", "--method", "lora", "--rank_pattern", str(pattern), "--arm", f"lora_pattern-{sha}")
+
+
+def final_hpo_block(final_root, name="lora_seed1") -> dict:
+    return json.loads((final_root / "sst2" / name / "run_args.json").read_text())["hpo"]
+
+
+def test_a_final_run_of_another_study_is_refused_and_rerun_beside_it_on_request(tmp_path):
+    space_file, final_root = write_space(tmp_path, LR_SPACE), tmp_path / "final"
+    first = fake_hpo_args(space_file, tmp_path / "first") + ["--n_trials", "1", "--final_seeds", "1", "--final_root",
+                                                             str(final_root)]
+    hpo.main(first)
+    made_by_first = final_hpo_block(final_root)
+    second = fake_hpo_args(space_file, tmp_path / "second", "--max_steps", "4") + [
+        "--n_trials", "1", "--final_seeds", "1", "--final_root", str(final_root)]
+    folder = final_root / "sst2" / "lora_seed1"
+    with pytest.raises(SystemExit, match=rf"^{re.escape(str(folder))} holds a finished final run that is not this "
+                                         rf"study's: made by study sst2_lora in {re.escape(f'sqlite:///{tmp_path}/first')}"
+                                         ".*max_steps 8 there, 4 now.*Pass --rerun_stale_finals"):
+        hpo.main(second)
+    assert not (tmp_path / "second" / "trials").exists()  # refused before its search
+    assert final_hpo_block(final_root) == made_by_first
+
+    hpo.main(second + ["--rerun_stale_finals"])
+    rerun = final_hpo_block(final_root)
+    assert rerun["study_uid"] == load_study(tmp_path / "second").user_attrs["study_uid"] != made_by_first["study_uid"]
+    assert rerun["run_flags"]["max_steps"] == 4
+    (aside,) = (tmp_path / "final_stale" / "sst2").glob("lora_seed1-*/")  # the first study's run, kept
+    assert json.loads((aside / "run_args.json").read_text())["hpo"] == made_by_first
+    assert (aside / "all_results.json").is_file() and Path(f"{aside}.log").is_file()
+
+
+def test_a_final_run_made_before_the_best_parameters_changed_is_refused(tmp_path, capsys):
+    study_dir, final_root = tmp_path / "study", tmp_path / "study" / "final"
+    space_file = write_space(tmp_path, LR_SPACE)
+    args = fake_hpo_args(space_file, study_dir, "--final_seeds", "1", "--pruner", "none")
+    study_dir.mkdir()
+    study = optuna.create_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
+    study.enqueue_trial({"learning_rate": 1e-3})
+    hpo.main(args + ["--n_trials", "1"])
+    results = final_root / "sst2" / "lora_seed1" / "all_results.json"
+    before = results.read_text()
+    hpo.main(args + ["--n_trials", "1"])  # the same study, the same best: kept, nothing trained
+    assert "lora_seed1 is this study's, with these parameters: kept" in capsys.readouterr().out
+    assert results.read_text() == before
+
+    study.enqueue_trial({"learning_rate": 9e-3})  # the resumed search finds a better rate
+    with pytest.raises(SystemExit, match=r"best learning_rate 0.001 there, 0.009 now\. Pass --rerun_stale_finals"):
+        hpo.main(args + ["--n_trials", "2"])
+    assert results.read_text() == before and final_hpo_block(final_root)["best_params"] == {"learning_rate": 1e-3}
+    hpo.main(args + ["--n_trials", "2", "--stage", "final", "--rerun_stale_finals"])
+    block = final_hpo_block(final_root)
+    assert block["best_params"] == {"learning_rate": 9e-3} and block["n_trials"] == 2
+    argv = json.loads((final_root / "sst2" / "lora_seed1" / "run_args.json").read_text())["argv"]
+    assert parse_args(argv).training.learning_rate == 9e-3
+
+
+def test_a_trial_evaluates_only_its_tuning_split(tiny_bert, glue_dir, tmp_path):
+    """--eval_split tuning (every hpo.py trial): no dev metric, prediction or evaluation anywhere in its folder."""
+    out = tmp_path / "trial"
+    results = run_glue_peft.main(trial_args(tiny_bert, glue_dir("sst2", n_train=80), "sst2", "lora", out,
+                                            "--tuning_split_fraction", "0.25", "--eval_split", "tuning",
+                                            "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1"))
+    saved = json.loads((out / "all_results.json").read_text())
+    metrics = sorted(k for k in saved if k.startswith("eval_"))
+    assert metrics and all(k.startswith("eval_tuning_") for k in metrics) and "eval_tuning_accuracy" in metrics
+    assert results["eval_tuning_accuracy"] == saved["eval_tuning_accuracy"]
+    assert sorted(p.name for p in out.glob("predictions_*.csv")) == ["predictions_tuning.csv"]
+    written = pd.read_csv(out / "predictions_tuning.csv")
+    assert len(written) == 20 and math.isclose(saved["eval_tuning_accuracy"],
+                                               float((written["label"] == written["prediction"]).mean()))
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert not [k for entry in history for k in entry if k.startswith("eval_") and not k.startswith("eval_tuning_")]
+    assert {r["split"] for r in read_eval_log(out)} == {"tuning"}
+
+
 def without(flags, *names):
     """flags less each named flag and its value."""
     out = list(flags)
@@ -227,6 +388,9 @@ def test_whole_pipeline_with_a_tiny_model(tiny_bert, glue_dir, tmp_path, capsys)
 
     trial_log = [json.loads(line) for line in (study_dir / "trials" / "trial_0000" / "eval_log.jsonl").read_text().splitlines()]
     assert {r["split"] for r in trial_log} == {"tuning"} and trial_log[-1]["step"] == 2
+    for trial_dir in (study_dir / "trials").iterdir():  # trials never evaluate dev
+        assert [p.name for p in trial_dir.glob("predictions_*.csv")] == ["predictions_tuning.csv"]
+        assert "eval_accuracy" not in json.loads((trial_dir / "all_results.json").read_text())
 
     final = final_root / "sst2" / "glora_seed1"
     run_args = json.loads((final / "run_args.json").read_text())
@@ -236,7 +400,8 @@ def test_whole_pipeline_with_a_tiny_model(tiny_bert, glue_dir, tmp_path, capsys)
     assert run_args["data"]["tuning_split_fraction"] == 0.25  # trained on the trials' rows
     assert set(run_args["hpo"]) == HPO_BLOCK_KEYS and run_args["hpo"]["tuned_on"] == "tuning_split"
     assert run_args["hpo"]["n_trials"] == 2 and run_args["hpo"]["best_params"] == best
-    assert (final / "all_results.json").exists()
+    assert "eval_accuracy" in json.loads((final / "all_results.json").read_text())
+    assert (final / "predictions_validation.csv").is_file()
 
 
 def test_tuning_split_is_fixed_and_disjoint_from_the_training_rows(glue_dir):

@@ -1,0 +1,137 @@
+"""What a study is for, recorded in the study itself, and whether a final run belongs to it.
+
+A study searches one arm (`--arm`, or the label run_glue_peft.py derives from method, budget unit and rank pattern)
+under one set of fixed run flags: the parsed run arguments that are neither searched nor bookkeeping (where output
+goes, logging, saving, evaluation timing, data-loader workers), each as run_glue_peft.py parses it, so that two
+spellings of one setting are equal. Both are stored in the study as user attributes when it is created, with an id
+(a UUID) that tells it from a study of the same name in another database or made again after a deletion.
+
+- A worker that reopens the study with other fixed flags or another arm is refused: its trials would not be
+  comparable with the ones already there.
+- A finished final run is reused only if its `hpo` block names this study (name and id), the same arm and fixed
+  flags, and the current best parameters; otherwise hpo.py refuses, or with --rerun_stale_finals moves it aside
+  and runs it again.
+"""
+
+import json
+import uuid
+from functools import lru_cache
+
+from optuna.trial import TrialState
+
+from arguments import parse_args
+from plan import arm_label
+from rank_pattern import RankPattern, read_rank_pattern_file
+
+# Flags that change neither what is trained nor how it is scored: where output goes, what is logged or saved and
+# when, evaluation timing (hpo.py sets it for trials), data-loader processes, caches. Every other flag defines a study.
+BOOKKEEPING = frozenset({
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "eval_split", "hpo_record", "cache_dir",
+    "overwrite_cache", "report_to", "run_name", "project", "logging_strategy", "logging_steps", "logging_first_step",
+    "logging_nan_inf_filter", "log_level", "log_level_replica", "log_on_each_node", "disable_tqdm",
+    "skip_memory_metrics", "trackio_bucket_id", "trackio_space_id", "trackio_static_space_id", "save_strategy",
+    "save_steps", "save_total_limit", "save_only_model", "save_on_each_node", "push_to_hub", "hub_always_push",
+    "hub_model_id", "hub_private_repo", "hub_revision", "hub_strategy", "hub_token", "eval_strategy", "eval_steps",
+    "eval_delay", "eval_on_start", "dataloader_num_workers", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "dataloader_pin_memory", "dataloader_multiprocessing_context", "local_rank",
+    "ddp_timeout",
+})
+ARM_FLAGS = ("task", "method", "budget_unit", "rank_pattern", "arm")  # what names the study: never searched
+RAN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+SHOWN = 4  # differences named in one refusal line
+
+
+def fixed_run_flags(run_args, searched) -> dict:
+    """{flag: value} of every parsed run argument that defines the study: not searched, not bookkeeping; values as
+    JSON holds them (enums as their names, tuples as lists); a rank pattern as its path and sha256."""
+    flat = {}
+    for block in run_args.asked().values():
+        flat.update(block)
+    flags = {k: json.loads(json.dumps(v, default=str)) for k, v in sorted(flat.items())
+             if k not in searched and k not in BOOKKEEPING and k != "arm"}  # the arm is compared as resolved
+    if flags.get("rank_pattern"):  # the file's content defines the runs, not only its name
+        flags["rank_pattern"] = {"path": flags["rank_pattern"], "sha256": read_rank_pattern_file(flags["rank_pattern"])[2]}
+    return flags
+
+
+def arm_of(peft) -> str:
+    """The arm run_glue_peft.py will record (plan.arm_label): --arm, or method, budget unit and the rank pattern
+    file's hash, read here (a bad pattern file is refused before the study opens)."""
+    pattern = None
+    if peft.rank_pattern:
+        ranks, source, sha256 = read_rank_pattern_file(peft.rank_pattern)
+        pattern = RankPattern(path=str(peft.rank_pattern), sha256=sha256, source=source, ranks=tuple(ranks.items()))
+    return peft.arm or arm_label(peft.method, peft.budget_unit, pattern)
+
+
+def pin_study(study, flags: dict, arm: str) -> str | None:
+    """Record the fixed flags, the arm and an id in a study that has none; refuse a study recorded with other flags
+    or another arm (SystemExit, one line). Returns a note for an older study that has trials but no record."""
+    recorded = study.user_attrs
+    if "run_flags" in recorded:
+        differs = run_differences(recorded.get("arm"), recorded["run_flags"], arm, flags)
+        if differs:
+            raise SystemExit(f"study {study.study_name} was created with other run flags ({shown(differs)}): give the "
+                             "same flags to resume it, or another --study_name (or --study_dir) for a new study.")
+        return None
+    note = None
+    if study.get_trials(deepcopy=False, states=RAN):
+        note = (f"study {study.study_name} has trials but no recorded run flags (made by an older hpo.py): recording "
+                "this command's; they are not checked against its trials.")
+    study.set_user_attr("run_flags", flags)
+    study.set_user_attr("arm", arm)
+    if "study_uid" not in recorded:
+        study.set_user_attr("study_uid", uuid.uuid4().hex)
+    return note
+
+
+def study_identity(study) -> dict:
+    """The study's id, arm and fixed flags as stored (read from the database, so every worker sees one value)."""
+    recorded = study.user_attrs
+    return {"study_uid": recorded["study_uid"], "arm": recorded["arm"], "run_flags": recorded["run_flags"]}
+
+
+def final_run_mismatch(block, expected: dict) -> list:
+    """What differs between a final run's `hpo` block and what this study would give it now (`expected`: the hpo
+    record, or without best_params before they are known). Empty: the run is this study's and current."""
+    if not isinstance(block, dict):
+        return ["no hpo block: not made by hpo.py"]
+    differs = []
+    if (block.get("study_name"), block.get("study_uid")) != (expected["study_name"], expected["study_uid"]):
+        differs.append(f"made by study {block.get('study_name')} in {block.get('storage')} (id "
+                       f"{block.get('study_uid') or 'not recorded'}), not by this one (id {expected['study_uid']})")
+    if "run_flags" not in block:
+        differs.append("its run flags are not recorded (made by an older hpo.py)")
+    else:
+        differs += run_differences(block.get("arm"), block["run_flags"], expected["arm"], expected["run_flags"])
+    if "best_params" in expected:
+        differs += [f"best {d}" for d in differences(block.get("best_params") or {}, expected["best_params"],
+                                                     absent="not searched")]
+    return differs
+
+
+def run_differences(arm_there, flags_there: dict, arm_now, flags_now: dict) -> list:
+    arm = [f"arm {arm_there!r} there, {arm_now!r} now"] if arm_there != arm_now else []
+    return arm + differences(flags_there, flags_now)
+
+
+def differences(there: dict, now: dict, absent=None) -> list:
+    """'flag A there, B now' for each differing value. A flag only one side has (an older or newer harness) counts
+    as its parsed default when the harness knows it; else as `absent`."""
+    defaults = default_flags() if absent is None else {}
+    lines = []
+    for key in sorted(set(there) | set(now)):
+        a, b = there.get(key, defaults.get(key, absent)), now.get(key, defaults.get(key, absent))
+        if a != b:
+            lines.append(f"{key} {a!r} there, {b!r} now")
+    return lines
+
+
+@lru_cache(maxsize=1)
+def default_flags() -> dict:
+    return fixed_run_flags(parse_args(["--task", "rte"]), searched=())
+
+
+def shown(differs: list) -> str:
+    more = f"; and {len(differs) - SHOWN} more" if len(differs) > SHOWN else ""
+    return "; ".join(differs[:SHOWN]) + more
