@@ -27,7 +27,14 @@ from peft import get_peft_model  # noqa: E402
 from transformers import get_linear_schedule_with_warmup  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from adapters import MATRIX_PATTERNS, build_peft_config, head_modules, lora_layers, resolve_targets, unit_costs  # noqa: E402
+from adapters import (  # noqa: E402
+    MATRIX_PATTERNS,
+    build_peft_config,
+    head_modules,
+    lora_layers,
+    resolve_targets,
+    unit_costs,
+)
 from arguments import PeftArguments  # noqa: E402
 from glora_callback import GLoRA, LoopHost  # noqa: E402
 from plan import RunPlan, resolve_adalora, resolve_glora, resolve_rank_budget  # noqa: E402
