@@ -15,6 +15,7 @@ from adapters import METHODS
 from analysis.comparable import ArmIdentity, Setting, arm_of
 from analysis.metrics import METRIC_FNS
 from glue_tasks import GLUE_TASKS
+from run_folder import REPLACED_SUFFIX
 
 # task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean.
 # From the task table the runs were made with; MNLI's mismatched split adds the `_mm` metrics.
@@ -134,10 +135,15 @@ def read_json(path):
 
 
 def find_run_dirs(paths):
-    """Run dirs (dirs holding run_args.json) at or below each path, first-seen order, no repeats."""
+    """Run dirs (dirs holding run_args.json) at or below each path, first-seen order, no repeats. A run that
+    --overwrite_output_dir moved aside (OUTPUT_DIR.replaced, run_folder.py) is left out: it is kept only until the run
+    that replaces it finishes, and would otherwise count as one more seed beside it."""
     seen, dirs = set(), []
     for p in map(Path, paths):
         for d in sorted(q.parent for q in p.rglob("run_args.json")):
+            if any(part.endswith(REPLACED_SUFFIX) for part in d.parts):
+                note(f"{d}: set aside, a run moved aside by --overwrite_output_dir (its replacement is beside it)")
+                continue
             if d.resolve() not in seen:
                 seen.add(d.resolve())
                 dirs.append(d)

@@ -343,3 +343,16 @@ def test_same_seed_twice_is_ambiguous_and_both_are_skipped(tmp_path):
     assert [r.name for r in runs] == ["other_seed"]
     reasons = {Path(p).name: r for p, r in skipped}
     assert set(reasons) == {"real", "trial"} and all("ambiguous" in r for r in reasons.values())
+
+
+def test_a_run_moved_aside_by_overwrite_is_not_counted_as_a_seed(tmp_path):
+    """A kill between the new run's all_results.json and the removal of OUTPUT_DIR.replaced leaves both runs; the
+    moved-aside one is not a seed."""
+    import shutil
+
+    from analysis.runs import find_run_dirs
+
+    root = tmp_path / "sweep"
+    kept = write_run(root, "lora_seed1", "sst2", "lora", 1, {"accuracy": 0.8}, 10.0, {})
+    shutil.copytree(kept, root / "lora_seed1.replaced")
+    assert find_run_dirs([root]) == [kept]
