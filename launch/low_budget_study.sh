@@ -50,29 +50,7 @@ done; done
 run_pool "${runs[@]}"
 
 # The chosen rate per arm: the best accuracy on the tuning split at the end of training (ties: the lower rate).
-"$PYTHON" - "$ROOT" "${ARMS[@]}" <<'EOF'
-import json, sys
-from pathlib import Path
-from eval_log import read_eval_log
-root, arms = Path(sys.argv[1]), sys.argv[2:]
-chosen, lines = {}, ["| arm | learning rate | tuning-split accuracy |", "| --- | --- | --- |"]
-for arm in arms:
-    scores = []
-    for run in sorted((root / "tuning" / arm).glob("lr*/")):
-        lr = float(run.name[2:])
-        last = read_eval_log(run)[-1]
-        scores.append((lr, last["metrics"]["accuracy"], last["step"], last["max_steps"]))
-    for lr, accuracy, step, max_steps in sorted(scores):
-        assert step == max_steps, f"{arm} lr {lr}: the last tuning evaluation is not at the end of training"
-        lines.append(f"| {arm} | {lr:g} | {accuracy:.4f} |")
-    best = max(scores, key=lambda s: (s[1], -s[0]))
-    chosen[arm] = best[0]
-(root / "chosen_rates.json").write_text(json.dumps(chosen, indent=1))
-lines.append("")
-lines.append("chosen: " + ", ".join(f"{arm} {lr:g}" for arm, lr in chosen.items()))
-(root / "tuning.md").write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
-EOF
+"$PYTHON" -m launch.choose_rates "$ROOT" accuracy "${ARMS[@]}"
 
 runs=()
 for seed in "${SEEDS[@]}"; do for arm in "${ARMS[@]}"; do

@@ -9,20 +9,11 @@ vs lora over every seed present: Welch's t-test and, since both arms ran the sam
 
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 from scipy.stats import ttest_ind, ttest_rel
 
 from analysis.stats import share_of_gain
-
-
-def scores_by_arm(final_dir) -> dict:
-    scores = defaultdict(list)
-    for results in sorted(Path(final_dir).glob("*/all_results.json")):
-        record = json.loads(results.read_text())
-        scores[record["arm"]].append(record["eval_combined_score"])
-    return scores
 
 
 def seed_scores(final_dir, arm) -> dict:
@@ -36,11 +27,10 @@ def seed_scores(final_dir, arm) -> dict:
 
 
 def main(final_dir, arms):
-    scores = scores_by_arm(final_dir)
-    lora, oracle = scores["lora"], scores["oracle"]
+    by_seed = {arm: seed_scores(final_dir, arm) for arm in ("lora", "oracle")}
+    lora, oracle = list(by_seed["lora"].values()), list(by_seed["oracle"].values())
     print(f"lora {len(lora)} seeds, mean {100 * sum(lora) / len(lora):.2f}; oracle {len(oracle)} seeds, mean "
           f"{100 * sum(oracle) / len(oracle):.2f}; oracle - lora {100 * (sum(oracle) / len(oracle) - sum(lora) / len(lora)):+.2f}")
-    by_seed = {arm: seed_scores(final_dir, arm) for arm in ("lora", "oracle")}
     paired = sorted(set(by_seed["lora"]) & set(by_seed["oracle"]))
     diffs = [by_seed["oracle"][s] - by_seed["lora"][s] for s in paired]
     print(f"oracle vs lora over all seeds: Welch p {ttest_ind(oracle, lora, equal_var=False).pvalue:.3f}; paired by seed "
