@@ -1,6 +1,11 @@
 """Evaluations during training, appended to `<output_dir>/eval_log.jsonl` as they happen, one JSON object a line:
 
-    {"step": 32, "max_steps": 125, "split": "tuning", "examples_per_step": 16, "metrics": {"accuracy": 0.81, ...}}
+    {"step": 32, "max_steps": 125, "split": "tuning", "examples_per_step": 16, "structure_final_step": 41,
+     "seconds": 57.3, "metrics": {"accuracy": 0.81, "runtime": 3.2, ...}}
+
+`structure_final_step` is the step of the method's last structural change (plan.RunPlan.structure_final_step):
+hpo.py never prunes a trial on an evaluation at or before it. `seconds` is the wall-clock time since training began,
+this evaluation included (its own `runtime` is among the metrics): what a trial stopped here would have cost.
 
 hpo.py reads this file while a trial runs: each line is an intermediate value for Optuna's pruner, and the last
 line is the trial's result. The callback also makes the last training step an evaluation step (when the run
@@ -8,6 +13,7 @@ evaluates at all), so that the log always ends with the model as trained.
 """
 
 import json
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -16,12 +22,15 @@ EVAL_LOG = "eval_log.jsonl"
 
 
 class EvalLog(TrainerCallback):
-    def __init__(self, output_dir, split: str, resuming: bool = False):
+    def __init__(self, output_dir, split: str, structure_final_step: int = 0, resuming: bool = False):
         self.path = Path(output_dir, EVAL_LOG)
         self.split = split
+        self.structure_final_step = structure_final_step
         self.resuming = resuming  # a resumed run appends to the log of the evaluations before its checkpoint
+        self.started = time.monotonic()
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
         if state.is_world_process_zero and self.path.exists() and not self.resuming:
             self.path.unlink()  # a rerun into the same directory starts a new log
 
@@ -36,6 +45,8 @@ class EvalLog(TrainerCallback):
         record = {
             "step": state.global_step, "max_steps": state.max_steps, "split": self.split,
             "examples_per_step": args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            "structure_final_step": self.structure_final_step,
+            "seconds": round(time.monotonic() - self.started, 3),
             "metrics": {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)},
         }
         with self.path.open("a") as f:

@@ -74,6 +74,17 @@ class RunPlan:
         return len(self.targets)
 
     @property
+    def structure_final_step(self) -> int:
+        """The optimizer step of the method's last structural change: GLoRA's reallocation, AdaLoRA's last masking
+        (total_step - tfinal, where its budget reaches the target); 0 for LoRA, whose shape never changes. An
+        evaluation at a later step scores the adapter in its final shape (hpo.py prunes on no earlier one)."""
+        if self.glora is not None:
+            return self.glora.warmup_steps
+        if self.adalora is not None:
+            return self.adalora.total_step - self.adalora.tfinal
+        return 0
+
+    @property
     def budget_label(self) -> str:
         """The budget in the output directory's name: r<R_total> or p<parameters>."""
         return f"r{self.rank_budget}" if self.budget_unit == "rank" else f"p{self.param_budget}"

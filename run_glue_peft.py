@@ -263,6 +263,7 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
         data_collator=collator,
         compute_metrics=compute_metrics,
         callbacks=[ScheduleCheck(plan.total_steps), EvalLog(plan.output_dir, data_args.eval_split,
+                                                                 plan.structure_final_step,
                                                                  resuming=bool(training_args.resume_from_checkpoint))]
         + [hook for hook in method if not isinstance(hook, GLoRA)],
         method=method,

