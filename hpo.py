@@ -30,6 +30,7 @@ from arguments import check_args, config_to_flags, parse_args
 from search.identity import ARM_FLAGS, arm_of, final_run_mismatch, fixed_run_flags, pin_study, shown, study_identity
 from search.report import progress_line, summary, write_outputs
 from search.space import load_search_config, sample
+from search.pruning import PRUNERS, PruningSettings
 from search.study import hpo_record, open_study, run_worker
 from search.trial import TrialFailed, run_trial
 
@@ -51,9 +52,18 @@ def parse_hpo_args(argv):
     p.add_argument("--study_dir", help="Trials, database, tables and figures (default outputs/hpo/<study_name>).")
     p.add_argument("--storage", help="Optuna RDB URL (sqlite:///..., postgresql://..., mysql://...); default "
                                      "sqlite:///STUDY_DIR/study.db. Workers on several machines need a server database.")
-    p.add_argument("--pruner", choices=("median", "none"), default="median",
-                   help="median: stop a trial below the median of completed trials at the same point of training.")
-    p.add_argument("--pruner_startup_trials", type=int, default=3, help="Completed trials before the pruner acts.")
+    p.add_argument("--pruner", choices=PRUNERS, default="median",
+                   help="Optuna's pruner, its resource counted in evaluations of the tuning split. median: stop a trial "
+                        "below the median of the completed trials at the same point; successive_halving: keep the top "
+                        "1/--pruner_reduction_factor at each rung; hyperband: several such brackets; none: no pruning.")
+    p.add_argument("--pruner_warmup_fraction", type=float, default=0.5,
+                   help="No trial is judged before this fraction of its run, whatever its method (and none on an "
+                        "evaluation taken before its method's last structural change: GLoRA's reallocation, AdaLoRA's "
+                        "tfinal).")
+    p.add_argument("--pruner_startup_trials", type=int, default=3,
+                   help="median: completed trials before it acts.")
+    p.add_argument("--pruner_reduction_factor", type=int, default=3,
+                   help="successive_halving, hyperband: a rung keeps the top 1/this of its trials.")
     p.add_argument("--evaluations_per_trial", type=int, default=4,
                    help="Evaluations during each trial, evenly spaced (the pruner's checkpoints); the last at the end.")
     p.add_argument("--tune_on", choices=("tuning_split", "dev"), default="tuning_split",
@@ -94,8 +104,8 @@ def main(argv=None):
     study_dir = Path(hpo.study_dir or f"outputs/hpo/{name}")
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = hpo.storage or f"sqlite:///{study_dir / 'study.db'}"
-    study = open_study(name, storage, search.direction, hpo.pruner, hpo.pruner_startup_trials, hpo.sampler_seed,
-                       hpo.heartbeat_interval, hpo.grace_period)
+    study = open_study(name, storage, search.direction, pruning_settings(hpo), hpo.sampler_seed, hpo.heartbeat_interval,
+                       hpo.grace_period)
     flags = fixed_run_flags(run_args, search.space)
     note = pin_study(study, flags, arm)
     tuned_on = hpo.tune_on
@@ -141,8 +151,18 @@ def check_flags(run_flags, search, hpo):
     if defining:
         raise SystemExit(f"{hpo.config}: search_space.{defining[0]} names the arm, which a study holds fixed (one study "
                          "per arm): set it under `run:` or on the command line.")
+    try:
+        pruning_settings(hpo)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     if hpo.n_trials is not None and hpo.n_trials < 0:
         raise SystemExit(f"--n_trials must be >= 0 (0: no search, final runs with the config's values), got {hpo.n_trials}.")
+
+
+def pruning_settings(hpo) -> PruningSettings:
+    return PruningSettings(pruner=hpo.pruner, evaluations_per_trial=hpo.evaluations_per_trial,
+                           warmup_fraction=hpo.pruner_warmup_fraction, startup_trials=hpo.pruner_startup_trials,
+                           reduction_factor=hpo.pruner_reduction_factor)
 
 
 def data_flags(hpo, during_search: bool) -> list:
@@ -163,7 +183,7 @@ def make_objective(hpo, search, fixed, study_dir):
             "--output_dir", str(trial_dir), "--overwrite_output_dir", "True", "--report_to", "none",
             "--eval_strategy", "steps", "--eval_steps", str(1 / hpo.evaluations_per_trial), "--save_strategy", "no"])
         try:
-            return run_trial(trial, command, trial_dir, search.metric, hpo.evaluations_per_trial, hpo.poll_seconds, env)
+            return run_trial(trial, command, trial_dir, search.metric, pruning_settings(hpo), hpo.poll_seconds, env)
         except TrialFailed as failure:
             trial.set_user_attr("fail_reason", str(failure))
             raise

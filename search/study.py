@@ -15,11 +15,13 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from search.pruning import PruningSettings, make_pruner
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def open_study(name: str, storage_url: str, direction: str, pruner: str, pruner_startup_trials: int,
-               sampler_seed: int | None, heartbeat_interval: int, grace_period: int) -> optuna.Study:
+def open_study(name: str, storage_url: str, direction: str, pruning: PruningSettings, sampler_seed: int | None,
+               heartbeat_interval: int, grace_period: int) -> optuna.Study:
     """Create the study, or load it if it exists (same name, same storage)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # hpo.py prints its own line per trial, reasons included
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -29,7 +31,7 @@ def open_study(name: str, storage_url: str, direction: str, pruner: str, pruner_
             storage = RDBStorage(storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                                  grace_period=grace_period, heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
             study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
-                                        pruner=make_pruner(pruner, pruner_startup_trials))  # sampler: TPE
+                                        pruner=make_pruner(pruning))  # sampler: TPE
             break
         except sqlalchemy.exc.SQLAlchemyError:
             if attempt == 4:
@@ -40,16 +42,6 @@ def open_study(name: str, storage_url: str, direction: str, pruner: str, pruner_
         seed = np.random.SeedSequence([sampler_seed, len(study.get_trials(deepcopy=False))]).generate_state(1)[0]
         study.sampler = optuna.samplers.TPESampler(seed=int(seed))
     return study
-
-
-def make_pruner(name: str, startup_trials: int) -> optuna.pruners.BasePruner:
-    if name == "median":
-        # Stop a trial whose intermediate value is worse than the median of the completed trials' at the same step,
-        # once `startup_trials` trials have completed.
-        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"--pruner is median or none, got {name!r}.")
 
 
 def retried_numbers(trials) -> set:

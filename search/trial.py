@@ -8,7 +8,6 @@ evaluation, ends FAILED with its reason; the study goes on.
 """
 
 import ctypes
-import math
 import os
 import re
 import signal
@@ -20,13 +19,14 @@ from pathlib import Path
 import optuna
 
 from eval_log import read_eval_log
+from search.pruning import PruningSettings, may_prune, report_step
 
 
 class TrialFailed(Exception):
     """The run did not produce a result; the message says why."""
 
 
-def run_trial(trial, command: list, trial_dir: Path, metric: str, evaluations_per_trial: int, poll_seconds: float,
+def run_trial(trial, command: list, trial_dir: Path, metric: str, pruning: PruningSettings, poll_seconds: float,
               env: dict) -> float:
     """The run's last evaluation of `metric`; intermediate ones go to the pruner. Writes trial_dir/run.log."""
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -41,8 +41,8 @@ def run_trial(trial, command: list, trial_dir: Path, metric: str, evaluations_pe
             records = read_eval_log(trial_dir)
             for record in records[reported:]:
                 record_progress(trial, record)
-                trial.report(value_of(record, metric), report_step(record, evaluations_per_trial))
-                if record["step"] < record["max_steps"] and trial.should_prune():  # a finished trial keeps its result
+                trial.report(value_of(record, metric), report_step(record, pruning.evaluations_per_trial))
+                if may_prune(record, pruning) and trial.should_prune():
                     stop(process)
                     raise optuna.TrialPruned(f"pruned at step {record['step']} of {record['max_steps']}")
             reported = len(records)
@@ -58,10 +58,6 @@ def run_trial(trial, command: list, trial_dir: Path, metric: str, evaluations_pe
     return value_of(records[-1], metric)
 
 
-def report_step(record: dict, evaluations_per_trial: int) -> int:
-    return math.floor(evaluations_per_trial * record["step"] / record["max_steps"])
-
-
 def value_of(record: dict, metric: str) -> float:
     if metric not in record["metrics"]:
         raise TrialFailed(f"metric {metric!r} not among the evaluation's {sorted(record['metrics'])}")
@@ -73,6 +69,7 @@ def record_progress(trial, record: dict):
     trial.set_user_attr("steps_trained", record["step"])
     trial.set_user_attr("max_steps", record["max_steps"])
     trial.set_user_attr("examples_per_step", record["examples_per_step"])
+    trial.set_user_attr("structure_final_step", record.get("structure_final_step", 0))
 
 
 def stop(process: subprocess.Popen, grace_seconds: float = 10):

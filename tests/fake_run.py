@@ -2,6 +2,8 @@
 --max_steps steps of FAKE_STEP_SECONDS each and logs evaluations to eval_log.jsonl where and how a real run does
 (every ceil(eval_steps x max_steps) steps and at the last one). Its score is a fixed function of the learning rate
 (higher is better up to 1e-2), so a test knows which trial is good. FAKE_RUN_FAILS=1 makes it fail at its start.
+Its records carry the step of the method's last structural change as plan.RunPlan.structure_final_step gives it
+(GLoRA: --glora_warmup_steps, default a third; AdaLoRA: max_steps - --tfinal, default 20 %; LoRA: 0).
 
 A run that finishes writes all_results.json (its metrics eval_tuning_* under --eval_split tuning, as a real run's),
 and run_args.json with its command line (`argv`, for the tests to parse with the real parser) and the hpo block, as
@@ -18,6 +20,18 @@ from pathlib import Path
 
 def score(learning_rate: float, progress: float) -> float:
     return min(learning_rate * 100, 1.0) * progress
+
+
+def steps_from(value: float, total: int) -> int:
+    return int(round(value * total)) if 0 < value < 1 else int(value)
+
+
+def structure_final_step(flags: dict, max_steps: int) -> int:
+    if flags.get("method") == "glora":
+        return steps_from(float(flags.get("glora_warmup_steps") or 1 / 3), max_steps)
+    if flags.get("method") == "adalora":
+        return max_steps - steps_from(float(flags.get("tfinal") or 0.2), max_steps)
+    return 0
 
 
 def flags_of(argv) -> dict:
@@ -46,6 +60,7 @@ def main(argv):
         if interval and (step % interval == 0 or step == max_steps):
             record = {"step": step, "max_steps": max_steps, "split": flags.get("eval_split"),
                       "examples_per_step": int(flags.get("per_device_train_batch_size") or 32),
+                      "structure_final_step": structure_final_step(flags, max_steps),
                       "metrics": {"combined_score": score(lr, step / max_steps)}}
             with open(out / "eval_log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -102,13 +102,61 @@ def test_the_pruner_stops_a_poor_trial_and_its_process(tmp_path, monkeypatch):
     study.enqueue_trial({"learning_rate": 9e-3})  # good: completes
     study.enqueue_trial({"learning_rate": 1e-4})  # poor: below the median at its first evaluation
     hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--stage", "search",
-                           "--pruner_startup_trials", "1"))
+                           "--pruner_startup_trials", "1", "--pruner_warmup_fraction", "0"))
     good, poor = load_study(study_dir).get_trials()
     assert good.state == TrialState.COMPLETE and good.user_attrs["steps_trained"] == 8
     assert poor.state == TrialState.PRUNED and poor.user_attrs["steps_trained"] == 2  # first of 4 evaluations
     time.sleep(1)  # a run left alive would go on logging every 2 steps
     lines = (study_dir / "trials" / "trial_0001" / "eval_log.jsonl").read_text().splitlines()
     assert len(lines) <= 2 and not (study_dir / "trials" / "trial_0001" / "all_results.json").exists()
+
+
+def pruned_at(tmp_path, method, *flags, space=LR_SPACE) -> list:
+    """A good then a poor trial of `method` (8 steps, the fake run's structure steps); (state, steps) of each."""
+    study_dir = tmp_path / f"study_{method}"
+    study_dir.mkdir()
+    name = f"sst2_{method}"
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
+    study.enqueue_trial({"learning_rate": 9e-3})
+    study.enqueue_trial({"learning_rate": 1e-4})
+    hpo.main(fake_hpo_args(write_space(tmp_path, space, run={"method": method}), study_dir, "--n_trials", "2",
+                           "--stage", "search", "--pruner_startup_trials", "1", *flags))
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}").get_trials()
+    return [(t.state, t.user_attrs["steps_trained"]) for t in trials]
+
+
+@pytest.mark.parametrize("method, settled", [("lora", 0), ("glora", 3), ("adalora", 6)])
+def test_no_trial_is_pruned_before_its_methods_last_structural_change(tmp_path, method, settled):
+    # 8 evaluations of 8 steps, no common warm-up: the poor trial is stopped at its first evaluation after the last
+    # structural change (GLoRA reallocates at step round(8/3) = 3; AdaLoRA's ranks are final at 8 - round(0.2 x 8) = 6).
+    trials = pruned_at(tmp_path, method, "--evaluations_per_trial", "8", "--pruner_warmup_fraction", "0")
+    assert trials == [(TrialState.COMPLETE, 8), (TrialState.PRUNED, settled + 1)]
+
+
+def test_no_trial_of_any_method_is_pruned_before_the_common_warmup_fraction(tmp_path):
+    # Warm-up 0.5 of 8 evaluations: k >= 4, i.e. step 4 at the earliest; GLoRA (settled at 3) waits for it too.
+    for method, step in (("lora", 4), ("glora", 4), ("adalora", 7)):
+        trials = pruned_at(tmp_path, method, "--evaluations_per_trial", "8", "--pruner_warmup_fraction", "0.5")
+        assert trials == [(TrialState.COMPLETE, 8), (TrialState.PRUNED, step)], method
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband", "none"])
+def test_each_pruner_option_runs_and_stops_the_poor_trial_unless_none(tmp_path, pruner):
+    trials = pruned_at(tmp_path, "lora", "--pruner", pruner, "--evaluations_per_trial", "4",
+                       "--pruner_warmup_fraction", "0.25", "--pruner_reduction_factor", "2")
+    stopped = (TrialState.COMPLETE, 8) if pruner == "none" else (TrialState.PRUNED, 2)
+    assert trials == [(TrialState.COMPLETE, 8), stopped]
+
+
+@pytest.mark.parametrize("flag, value, line", [
+    ("--pruner_warmup_fraction", "1", "--pruner_warmup_fraction must be in [0, 1)"),
+    ("--evaluations_per_trial", "0", "--evaluations_per_trial must be >= 1"),
+    ("--pruner_reduction_factor", "1", "--pruner_reduction_factor must be >= 2"),
+])
+def test_bad_pruner_settings_are_refused_before_the_study_opens(tmp_path, flag, value, line):
+    with pytest.raises(SystemExit, match=re.escape(line)):
+        hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), tmp_path / "study", flag, value))
+    assert not (tmp_path / "study").exists()
 
 
 def test_pruner_none_lets_the_poor_trial_finish(tmp_path):
@@ -425,7 +473,7 @@ def test_tuning_split_is_fixed_and_disjoint_from_the_training_rows(glue_dir):
 
 
 def test_report_step_means_the_same_point_of_training_for_every_batch_size():
-    from search.trial import report_step
+    from search.pruning import report_step
 
     for max_steps in (2, 32, 63, 125):
         interval = math.ceil(0.25 * max_steps)
