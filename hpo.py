@@ -28,9 +28,9 @@ from sqlalchemy.engine import make_url
 
 from arguments import check_args, config_to_flags, parse_args
 from search.identity import ARM_FLAGS, arm_of, final_run_mismatch, fixed_run_flags, pin_study, shown, study_identity
+from search.pruning import PRUNERS, PruningSettings
 from search.report import progress_line, summary, write_outputs
 from search.space import load_search_config, sample
-from search.pruning import PRUNERS, PruningSettings
 from search.study import hpo_record, open_study, run_worker
 from search.trial import TrialFailed, run_trial
 
