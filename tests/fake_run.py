@@ -55,13 +55,15 @@ def main(argv):
     max_steps = int(flags.get("max_steps") or 8)
     interval = math.ceil(float(flags["eval_steps"]) * max_steps) if flags.get("eval_strategy") == "steps" else None
     lr = float(flags.get("learning_rate") or 2e-4)
+    started = time.monotonic()
     for step in range(1, max_steps + 1):
         time.sleep(float(os.environ.get("FAKE_STEP_SECONDS", "0.05")))
         if interval and (step % interval == 0 or step == max_steps):
             record = {"step": step, "max_steps": max_steps, "split": flags.get("eval_split"),
                       "examples_per_step": int(flags.get("per_device_train_batch_size") or 32),
                       "structure_final_step": structure_final_step(flags, max_steps),
-                      "metrics": {"combined_score": score(lr, step / max_steps)}}
+                      "seconds": round(time.monotonic() - started, 3),
+                      "metrics": {"combined_score": score(lr, step / max_steps), "runtime": 0.0}}
             with open(out / "eval_log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
     run_args = {"argv": argv}

@@ -159,6 +159,42 @@ def test_bad_pruner_settings_are_refused_before_the_study_opens(tmp_path, flag, 
     assert not (tmp_path / "study").exists()
 
 
+REPLAY_RATES = [2e-3, 9e-3, 1e-4, 5e-3, 3e-4, 8e-3]  # enqueued in this order in every study of the replay test
+
+
+def enqueued_study(study_dir, space_file, *flags) -> Path:
+    """A fake-run study of the REPLAY_RATES trials, searched then tabulated (trials.csv) without final runs."""
+    study_dir.mkdir(parents=True)
+    created = optuna.create_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}",
+                                  direction="maximize")
+    for lr in REPLAY_RATES:
+        created.enqueue_trial({"learning_rate": lr})
+    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", str(len(REPLAY_RATES)), "--final_seeds",
+                           "--pruner_startup_trials", "1", "--pruner_reduction_factor", "2", *flags))
+    return study_dir
+
+
+@pytest.fixture(scope="module")
+def unpruned_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("replay")
+    return enqueued_study(root / "unpruned", write_space(root, LR_SPACE), "--pruner", "none",
+                          "--evaluations_per_trial", "8")
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband"])
+def test_a_replayed_pruner_stops_the_trials_a_live_pruned_study_stops(tmp_path, unpruned_study, pruner):
+    from search.replay_pruners import load_curves, replay
+
+    flags = ("--pruner", pruner, "--evaluations_per_trial", "4", "--pruner_warmup_fraction", "0.25")
+    live = enqueued_study(tmp_path / "live", write_space(tmp_path, LR_SPACE), *flags)
+    settings = hpo.pruning_settings(hpo.parse_hpo_args(["space.yaml", *flags, "--pruner_startup_trials", "1",
+                                                        "--pruner_reduction_factor", "2"])[0])
+    replayed = replay("sst2_lora", load_curves(unpruned_study), settings)
+    lived = [(t.state.name, t.user_attrs["steps_trained"]) for t in load_study(live).get_trials()]
+    assert list(zip(replayed.state, replayed.steps)) == lived
+    assert "PRUNED" in replayed.state.values  # the case is one where pruning happens
+
+
 def test_pruner_none_lets_the_poor_trial_finish(tmp_path):
     study_dir = tmp_path / "study"
     study_dir.mkdir()
