@@ -35,6 +35,7 @@ from analysis.tables import (
     render_markdown,
     to_json,
 )
+from search.pruning import PRUNING_RATE_MARGIN
 
 
 def parse_args(argv=None):
@@ -44,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--alpha", type=float, default=0.05, help="significance threshold; CIs are at level 1 - alpha (default 0.05)")
     p.add_argument("--n_bootstrap", type=int, default=2000, help="bootstrap resamples for p-values and CIs (default 2000)")
     p.add_argument("--bootstrap_seed", type=int, default=0, help="RNG seed of every bootstrap, for reproducible numbers (default 0)")
+    p.add_argument("--pruning_rate_margin", type=float, default=PRUNING_RATE_MARGIN,
+                   help="warn when the arms' hyper-parameter searches pruned shares of their trials further apart than "
+                        f"this (default {PRUNING_RATE_MARGIN})")
     p.add_argument("--no_figures", action="store_true", help="write the tables only")
     p.add_argument("--no_learning_curves", action="store_true", help="skip the per-run learning-curve figures (one per run)")
     return p.parse_args(argv)
@@ -74,7 +78,7 @@ def main(argv=None):
     comparisons = significance(groups, **kw)
     rows = make_table(groups, comparisons, **kw)
     warn = [w for r in runs for w in r.warnings]
-    tuning_warn = tuning_warnings(groups)
+    tuning_warn = tuning_warnings(groups, args.pruning_rate_margin)
     for w in tuning_warn:
         print(f"warning: {w}", file=sys.stderr)
     md = render_markdown(rows, comparisons, skipped, warn, args.alpha, args.n_bootstrap, args.bootstrap_seed, tuning_warn,

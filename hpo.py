@@ -28,10 +28,10 @@ from sqlalchemy.engine import make_url
 
 from arguments import check_args, config_to_flags, parse_args
 from search.identity import ARM_FLAGS, arm_of, final_run_mismatch, fixed_run_flags, pin_study, shown, study_identity
-from search.pruning import PRUNERS, PruningSettings
+from search.pruning import PRUNERS, PRUNING_RATE_MARGIN, PruningSettings, judged_late, pruning_rate_gap
 from search.report import progress_line, summary, write_outputs
 from search.space import load_search_config, sample
-from search.study import hpo_record, open_study, run_worker
+from search.study import counted_trials, hpo_record, open_study, run_worker
 from search.trial import TrialFailed, run_trial
 
 SET_BY_HPO = ("output_dir", "tuning_split_fraction", "tuning_split_max", "eval_split", "hpo_record")
@@ -64,6 +64,9 @@ def parse_hpo_args(argv):
                    help="median: completed trials before it acts.")
     p.add_argument("--pruner_reduction_factor", type=int, default=3,
                    help="successive_halving, hyperband: a rung keeps the top 1/this of its trials.")
+    p.add_argument("--pruning_rate_margin", type=float, default=PRUNING_RATE_MARGIN,
+                   help="The summary warns when this study and the other arms' studies with final runs under "
+                        "FINAL_ROOT/<task> pruned shares of their trials further apart than this.")
     p.add_argument("--evaluations_per_trial", type=int, default=4,
                    help="Evaluations during each trial, evenly spaced (the pruner's checkpoints); the last at the end.")
     p.add_argument("--tune_on", choices=("tuning_split", "dev"), default="tuning_split",
@@ -129,6 +132,7 @@ def main(argv=None):
     record_path = study_dir / "hpo_record.json"
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     table, notes = write_outputs(study, study_dir, record["best_params"])
+    notes = pruning_notes(hpo, study, record, task, arm) + notes
     if n_trials and not record["n_complete"]:  # a search that found nothing must not end in final runs
         print(summary(study, record, table, notes, [], search.metric, study_dir), flush=True)
         raise SystemExit(f"study {name}: no trial completed ({record['n_trials']} finished, {record['n_pruned']} "
@@ -163,6 +167,31 @@ def pruning_settings(hpo) -> PruningSettings:
     return PruningSettings(pruner=hpo.pruner, evaluations_per_trial=hpo.evaluations_per_trial,
                            warmup_fraction=hpo.pruner_warmup_fraction, startup_trials=hpo.pruner_startup_trials,
                            reduction_factor=hpo.pruner_reduction_factor)
+
+
+def pruning_notes(hpo, study, record: dict, task: str, arm: str) -> list:
+    """The pruning rate of this study beside those of the other arms' studies (read from their final runs' hpo
+    blocks under FINAL_ROOT/<task>), a warning when they differ by more than --pruning_rate_margin, and the number
+    of trials the pruner judged late because their structure settled after the common warm-up."""
+    settings = pruning_settings(hpo)
+    rates = {arm: (record["n_pruned"], record["n_trials"])}
+    for run_args in sorted(Path(hpo.final_root, task).glob("*/run_args.json")):
+        try:
+            block = json.loads(run_args.read_text()).get("hpo") or {}
+            rates.setdefault(str(block["arm"]), (int(block["n_pruned"]), int(block["n_trials"])))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a final run of hpo.py (compare_runs.py reports such folders)
+    lines = ["pruning rates: " + ", ".join(f"{a} {p}/{n}" for a, (p, n) in rates.items())
+             + f" (pruner {settings.pruner}, judged from {settings.first_evaluation}/{settings.evaluations_per_trial} "
+               "of each run)"]
+    gap = pruning_rate_gap(rates, hpo.pruning_rate_margin)
+    if gap:
+        lines.append(f"WARNING: {gap}")
+    late = judged_late(counted_trials(study), settings)
+    if late:
+        lines.append(f"{late} trial(s) changed structure at or after the common warm-up point: judged later than the "
+                     "others")
+    return lines
 
 
 def data_flags(hpo, during_search: bool) -> list:

@@ -3,6 +3,7 @@ tuning effort (run_args.json's "hpo" block) per arm of a comparable group."""
 import math
 
 from analysis.runs import arm_name, blocks, place
+from search.pruning import PRUNING_RATE_MARGIN, pruning_rate_gap
 
 CAPACITY_TOLERANCE = 0.02  # adapter parameters may differ by this fraction of the smaller before a pair is flagged
 
@@ -28,8 +29,9 @@ def hpo_summary(group):
                      for h in records)
 
 
-def tuning_warnings(groups):
-    """Warning lines for each comparable group whose arms had unequal tuning effort, or were tuned on dev."""
+def tuning_warnings(groups, pruning_rate_margin: float = PRUNING_RATE_MARGIN):
+    """Warning lines for each comparable group whose arms had unequal tuning effort, pruning rates more than
+    `pruning_rate_margin` apart, or were tuned on dev."""
     out = []
     for (task, budget, group), gs in blocks(groups).items():
         trials = {arm_name(g.arm, g.method): {r.hpo.n_trials if r.hpo else 0 for r in g.runs} for g in gs}
@@ -39,6 +41,14 @@ def tuning_warnings(groups):
             untuned = [m for m, v in trials.items() if 0 in v]
             what = f"{', '.join(untuned)} not tuned" if untuned else "different numbers of trials"
             out.append(f"{where}: unequal tuning effort ({what}; trials per method: {listed}, 0 = not tuned)")
+        rates = {}
+        for g in gs:
+            studies = list(dict.fromkeys(r.hpo for r in g.runs if r.hpo and r.hpo.n_pruned >= 0))
+            if studies:
+                rates[arm_name(g.arm, g.method)] = (sum(h.n_pruned for h in studies), sum(h.n_trials for h in studies))
+        gap = pruning_rate_gap(rates, pruning_rate_margin)
+        if gap:
+            out.append(f"{where}: {gap}")
         on_dev = [arm_name(g.arm, g.method) for g in gs if any(r.hpo and r.hpo.tuned_on == "dev" for r in g.runs)]
         if on_dev:
             out.append(f"{where}: {', '.join(on_dev)} tuned on the dev set: dev numbers are optimistic")

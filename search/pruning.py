@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import optuna
 
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
+PRUNING_RATE_MARGIN = 0.25  # per-method pruning rates further apart than this are flagged
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,23 @@ def may_prune(record: dict, settings: PruningSettings) -> bool:
     return (record["step"] < record["max_steps"]
             and report_step(record, settings.evaluations_per_trial) >= settings.first_evaluation
             and record["step"] > record.get("structure_final_step", 0))
+
+
+def pruning_rate_gap(rates: dict, margin: float = PRUNING_RATE_MARGIN) -> str:
+    """'' when the methods' pruning rates ({method: (pruned, trials)}) are within `margin` of each other, else a
+    warning naming them: methods pruned at different rates were not judged alike, and the pruner may be deciding
+    the comparison."""
+    shares = {m: pruned / trials for m, (pruned, trials) in rates.items() if trials > 0}
+    if len(shares) < 2 or max(shares.values()) - min(shares.values()) <= margin + 1e-12:
+        return ""
+    listed = ", ".join(f"{m} {rates[m][0]}/{rates[m][1]} ({share:.0%})" for m, share in shares.items())
+    return (f"pruning rates differ by more than {margin:.0%} ({listed}): the pruner treated the methods differently "
+            "and may be deciding the comparison")
+
+
+def judged_late(trials, settings: PruningSettings) -> int:
+    """Trials whose structure settled at or after the common warm-up point: the pruner judged them later than the
+    others (from their user attributes structure_final_step and max_steps)."""
+    point = settings.first_evaluation / settings.evaluations_per_trial
+    return sum(1 for t in trials if t.user_attrs.get("max_steps") and settings.can_act
+               and t.user_attrs.get("structure_final_step", 0) / t.user_attrs["max_steps"] >= point)

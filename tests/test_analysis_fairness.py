@@ -93,3 +93,14 @@ def test_untuned_runs_have_no_tuning_section(tmp_path):
     assert data["tuning_warnings"] == [] and "## Tuning" not in md
     assert {r["tuning"] for r in data["table"] if r["task"] == "sst2"} == {"not tuned"}
     assert len(LAYOUT) == 4  # the layout the capacity numbers above assume
+
+
+def test_pruning_rates_further_apart_than_the_margin_are_warned(tmp_path):
+    pruned = {"lora": 2, "adalora": 6, "glora": 2}
+    hpo = {m: {**hpo_block(8), "n_complete": 8 - p, "n_pruned": p} for m, p in pruned.items()}
+    data, md = compare(sweep(tmp_path, hpo=hpo))
+    (warning,) = data["tuning_warnings"]
+    assert "pruning rates differ by more than 25%" in warning
+    assert "LoRA 2/8 (25%), AdaLoRA 6/8 (75%), GLoRA 2/8 (25%)" in warning and f"**warning:** {warning}" in md
+    assert cr.main([str(tmp_path), "--n_bootstrap", "100", "--no_figures", "--pruning_rate_margin", "0.5"]) == 0
+    assert json.loads((tmp_path / "comparison" / "comparison.json").read_text())["tuning_warnings"] == []

@@ -529,3 +529,17 @@ def test_fail_reason_is_the_runs_exception_not_the_launchers(tmp_path):
     assert last_error_line(log).startswith("ValueError: AdaLoRA's schedule does not fit")
     log.write_text("some output\nlast words\n")
     assert last_error_line(log) == "last words"
+
+
+def test_the_summary_shows_each_arms_pruning_rate_and_warns_when_they_differ(tmp_path, capsys):
+    final = tmp_path / "final"
+    for arm, pruned in (("adalora", 6), ("glora", 2)):  # other arms' final runs, as hpo.py writes them
+        (final / "sst2" / f"{arm}_seed1").mkdir(parents=True)
+        block = {"arm": arm, "n_trials": 8, "n_pruned": pruned}
+        (final / "sst2" / f"{arm}_seed1" / "run_args.json").write_text(json.dumps({"hpo": block}))
+    study_dir = tmp_path / "study"
+    hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--final_seeds",
+                           "--final_root", str(final), "--pruner", "none"))
+    out = capsys.readouterr().out
+    assert "pruning rates: lora 0/2, adalora 6/8, glora 2/8 (pruner none" in out
+    assert "WARNING: pruning rates differ by more than 25% (lora 0/2 (0%), adalora 6/8 (75%), glora 2/8 (25%))" in out
