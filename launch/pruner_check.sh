@@ -8,6 +8,11 @@
 #
 #   launch/pruner_check.sh [DATA_DIR]      # default ../shared/data/glue; everything in outputs/pruner_check
 #
+#   PRUNER_FINAL="glora 0.000219 16" launch/pruner_check.sh [DATA_DIR]
+#                                          # only final runs (seeds 1 2 3) of one method with these values, in
+#                                          # $PRUNER_ROOT/final_other/sst2/<method>_lr<LR>_bs<BS>_seed<S>: the
+#                                          # best trial a pruned study would have picked, when it is not the unpruned one
+#
 # Two studies at a time, one thread each. PRUNER_ROOT and PRUNER_EXTRA_ARGS (e.g. "--n_trials 2 --max_steps 2
 # --final_seeds 1" for a dry run) override the settings below from outside.
 set -euo pipefail
@@ -28,6 +33,19 @@ SEARCH=(--n_trials 8 --tuning_split_max 500 --final_seeds 1 2 3 --final_root "$R
         --evaluations_per_trial 8 --sampler_seed 1)
 
 mkdir -p "$ROOT"
+if [ -n "${PRUNER_FINAL:-}" ]; then  # final runs of other values, as hpo.py makes them (same rows held out)
+  read -r method lr bs <<< "$PRUNER_FINAL"
+  for seed in 1 2 3; do
+    out="$ROOT/final_other/sst2/${method}_lr${lr}_bs${bs}_seed$seed"
+    mkdir -p "$(dirname "$out")"
+    [ -f "$out/all_results.json" ] && { echo "$out: finished, kept"; continue; }
+    python3 run_glue_peft.py "${RUN[@]}" --method "$method" --learning_rate "$lr" --per_device_train_batch_size "$bs" \
+      --tuning_split_fraction 0.1 --tuning_split_max 500 --eval_split dev --seed "$seed" --output_dir "$out" \
+      --overwrite_output_dir True "${EXTRA[@]}" > "$out.log" 2>&1
+    echo "$out: $(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['eval_combined_score'])" "$out/all_results.json")"
+  done
+  exit 0
+fi
 exec > >(tee -a "$ROOT/pruner_check.log") 2>&1
 echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
 start=$(date +%s)
