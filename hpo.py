@@ -52,14 +52,16 @@ def parse_hpo_args(argv):
     p.add_argument("--study_dir", help="Trials, database, tables and figures (default outputs/hpo/<study_name>).")
     p.add_argument("--storage", help="Optuna RDB URL (sqlite:///..., postgresql://..., mysql://...); default "
                                      "sqlite:///STUDY_DIR/study.db. Workers on several machines need a server database.")
-    p.add_argument("--pruner", choices=PRUNERS, default="median",
+    p.add_argument("--pruner", choices=PRUNERS, default="none",
                    help="Optuna's pruner, its resource counted in evaluations of the tuning split. median: stop a trial "
                         "below the median of the completed trials at the same point; successive_halving: keep the top "
-                        "1/--pruner_reduction_factor at each rung; hyperband: several such brackets; none: no pruning.")
-    p.add_argument("--pruner_warmup_fraction", type=float, default=0.5,
-                   help="No trial is judged before this fraction of its run, whatever its method (and none on an "
-                        "evaluation taken before its method's last structural change: GLoRA's reallocation, AdaLoRA's "
-                        "tfinal).")
+                        "1/--pruner_reduction_factor at each rung; hyperband: several such brackets; none (default, the "
+                        "best measured: docs/hpo.md): no pruning.")
+    p.add_argument("--pruner_warmup_fraction", type=float, default=0.8,
+                   help="No trial is judged before this fraction of its run, whatever its method, and none on an "
+                        "evaluation taken at or before its method's last structural change (GLoRA's reallocation, "
+                        "AdaLoRA's total steps - tfinal). Default 0.8: where AdaLoRA's default schedule (tfinal 20 %%) "
+                        "ends, so that every method is judged at the same points.")
     p.add_argument("--pruner_startup_trials", type=int, default=3,
                    help="median: completed trials before it acts.")
     p.add_argument("--pruner_reduction_factor", type=int, default=3,
@@ -67,8 +69,10 @@ def parse_hpo_args(argv):
     p.add_argument("--pruning_rate_margin", type=float, default=PRUNING_RATE_MARGIN,
                    help="The summary warns when this study and the other arms' studies with final runs under "
                         "FINAL_ROOT/<task> pruned shares of their trials further apart than this.")
-    p.add_argument("--evaluations_per_trial", type=int, default=4,
-                   help="Evaluations during each trial, evenly spaced (the pruner's checkpoints); the last at the end.")
+    p.add_argument("--evaluations_per_trial", type=int, default=1,
+                   help="Evaluations of the tuning split during each trial, evenly spaced, the last at the end: the "
+                        "pruner's resource. Default 1 (at the end; no pruner). A pruner needs enough of them to act "
+                        "after the warm-up: ceil(E x warm-up fraction) < E, e.g. 8 with the default 0.8.")
     p.add_argument("--tune_on", choices=("tuning_split", "dev"), default="tuning_split",
                    help="Score trials on a split held out from the training data, or on the dev set (the seed's "
                         "choice; then the final dev numbers are optimistic).")
@@ -156,9 +160,15 @@ def check_flags(run_flags, search, hpo):
         raise SystemExit(f"{hpo.config}: search_space.{defining[0]} names the arm, which a study holds fixed (one study "
                          "per arm): set it under `run:` or on the command line.")
     try:
-        pruning_settings(hpo)
+        pruning = pruning_settings(hpo)
     except ValueError as error:
         raise SystemExit(str(error)) from None
+    if pruning.pruner != "none" and not pruning.can_act:
+        raise SystemExit(f"--pruner {pruning.pruner} could never act: with --evaluations_per_trial "
+                         f"{pruning.evaluations_per_trial} and --pruner_warmup_fraction {pruning.warmup_fraction:g} its "
+                         f"first decision would be at evaluation {pruning.first_evaluation} of "
+                         f"{pruning.evaluations_per_trial}, the end of the run; give more evaluations per trial (e.g. 8)"
+                         " or an earlier warm-up.")
     if hpo.n_trials is not None and hpo.n_trials < 0:
         raise SystemExit(f"--n_trials must be >= 0 (0: no search, final runs with the config's values), got {hpo.n_trials}.")
 
@@ -210,7 +220,7 @@ def make_objective(hpo, search, fixed, study_dir):
         trial_dir = study_dir / "trials" / f"trial_{trial.number:04d}"
         command = run_command(hpo, fixed + config_to_flags(params) + data_flags(hpo, during_search=True) + [
             "--output_dir", str(trial_dir), "--overwrite_output_dir", "True", "--report_to", "none",
-            "--eval_strategy", "steps", "--eval_steps", str(1 / hpo.evaluations_per_trial), "--save_strategy", "no"])
+            "--eval_strategy", "steps", "--eval_steps", eval_steps(hpo.evaluations_per_trial), "--save_strategy", "no"])
         try:
             return run_trial(trial, command, trial_dir, search.metric, pruning_settings(hpo), hpo.poll_seconds, env)
         except TrialFailed as failure:
@@ -218,6 +228,13 @@ def make_objective(hpo, search, fixed, study_dir):
             raise
 
     return objective
+
+
+def eval_steps(evaluations: int) -> str:
+    """--eval_steps for E evaluations: the ratio 1/E of the run (< 1); for one evaluation an interval no run reaches,
+    the evaluation at the last step being made by every run (eval_log.EvalLog). (--eval_steps 1.0 would mean every
+    step.)"""
+    return str(1 / evaluations) if evaluations > 1 else str(2**31 - 1)
 
 
 def run_command(hpo, flags) -> list:

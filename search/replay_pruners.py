@@ -30,7 +30,7 @@ import optuna
 import pandas as pd
 
 from eval_log import read_eval_log
-from search.pruning import PruningSettings, make_pruner, may_prune, report_step
+from search.pruning import PRUNING_RATE_MARGIN, PruningSettings, make_pruner, may_prune, report_step
 
 BASELINE = PruningSettings(pruner="none", evaluations_per_trial=1, warmup_fraction=0.0, startup_trials=0,
                            reduction_factor=3)
@@ -115,13 +115,14 @@ def outcome(trials: pd.DataFrame, baseline: pd.DataFrame) -> dict:
     base_best = baseline.loc[baseline.value.idxmax()]
     return {
         "pruned": int((trials.state == "PRUNED").sum()), "trials": len(trials),
+        "base_steps": int(baseline.steps.sum()), "base_seconds": float(baseline.seconds.sum()),
         "steps": int(trials.steps.sum()), "steps_ratio": trials.steps.sum() / baseline.steps.sum(),
         "seconds": float(trials.seconds.sum()), "seconds_ratio": trials.seconds.sum() / baseline.seconds.sum(),
         "best_trial": None if best is None else int(best.number),
         "best_value": math.nan if best is None else float(best.value),
         "regret": math.nan if best is None else float(base_best.value - best.value),
-        "best_params": {} if best is None else {k[len("param_"):]: best[k] for k in trials.columns
-                                                if k.startswith("param_")},
+        "best_params": {} if best is None else {k[len("param_"):]: getattr(best[k], "item", lambda: best[k])()
+                                                for k in trials.columns if k.startswith("param_")},
     }
 
 
@@ -142,6 +143,7 @@ def main(argv=None):
     p.add_argument("--metric", default="combined_score")
     p.add_argument("--also_without_structure_rule", action="store_true",
                    help="Add rows that ignore the structural-change rule (the old protocol), for comparison.")
+    p.add_argument("--per_study", action="store_true", help="Also print one row per setting and study.")
     p.add_argument("--out", type=Path, help="Write every row as JSON lines here.")
     args = p.parse_args(argv)
 
@@ -162,7 +164,29 @@ def main(argv=None):
     table = pd.DataFrame(rows)
     if args.out:
         args.out.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    print(render(table))
+    if args.per_study:
+        print(render(table))
+        print()
+    print(render_summary(table, list(studies)))
+
+
+def render_summary(table: pd.DataFrame, studies: list) -> str:
+    """A markdown table, one row per setting over all studies: trials pruned per study, compute of all studies
+    together against the baseline's, each study's regret, and whether the pruning rates differ by more than the
+    margin hpo.py and compare_runs.py warn at."""
+    names = " / ".join(studies)
+    head = (f"| pruner | E | warm-up | structure rule | pruned ({names}) | steps / unpruned | seconds / unpruned | "
+            f"regret ({names}) | rates apart > {PRUNING_RATE_MARGIN:.0%} |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (pruner, e, warmup, rule), rows in table.groupby(["pruner", "E", "warmup", "structure_rule"], sort=False):
+        rows = rows.set_index("study").loc[studies]
+        shares = rows.pruned / rows.trials
+        lines.append(f"| {pruner} | {e} | {warmup:g} | {'yes' if rule else 'no'} | "
+                     f"{' / '.join(f'{p}/{n}' for p, n in zip(rows.pruned, rows.trials))} | "
+                     f"{rows.steps.sum() / rows.base_steps.sum():.2f} | {rows.seconds.sum() / rows.base_seconds.sum():.2f} | "
+                     f"{' / '.join(f'{r:+.3f}' for r in rows.regret)} | "
+                     f"{'yes' if shares.max() - shares.min() > PRUNING_RATE_MARGIN + 1e-12 else 'no'} |")
+    return "\n".join(lines)
 
 
 def render(table: pd.DataFrame) -> str:

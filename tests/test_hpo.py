@@ -102,7 +102,8 @@ def test_the_pruner_stops_a_poor_trial_and_its_process(tmp_path, monkeypatch):
     study.enqueue_trial({"learning_rate": 9e-3})  # good: completes
     study.enqueue_trial({"learning_rate": 1e-4})  # poor: below the median at its first evaluation
     hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--stage", "search",
-                           "--pruner_startup_trials", "1", "--pruner_warmup_fraction", "0"))
+                           "--pruner", "median", "--evaluations_per_trial", "4", "--pruner_startup_trials", "1",
+                           "--pruner_warmup_fraction", "0"))
     good, poor = load_study(study_dir).get_trials()
     assert good.state == TrialState.COMPLETE and good.user_attrs["steps_trained"] == 8
     assert poor.state == TrialState.PRUNED and poor.user_attrs["steps_trained"] == 2  # first of 4 evaluations
@@ -129,14 +130,16 @@ def pruned_at(tmp_path, method, *flags, space=LR_SPACE) -> list:
 def test_no_trial_is_pruned_before_its_methods_last_structural_change(tmp_path, method, settled):
     # 8 evaluations of 8 steps, no common warm-up: the poor trial is stopped at its first evaluation after the last
     # structural change (GLoRA reallocates at step round(8/3) = 3; AdaLoRA's ranks are final at 8 - round(0.2 x 8) = 6).
-    trials = pruned_at(tmp_path, method, "--evaluations_per_trial", "8", "--pruner_warmup_fraction", "0")
+    trials = pruned_at(tmp_path, method, "--pruner", "median", "--evaluations_per_trial", "8",
+                       "--pruner_warmup_fraction", "0")
     assert trials == [(TrialState.COMPLETE, 8), (TrialState.PRUNED, settled + 1)]
 
 
 def test_no_trial_of_any_method_is_pruned_before_the_common_warmup_fraction(tmp_path):
     # Warm-up 0.5 of 8 evaluations: k >= 4, i.e. step 4 at the earliest; GLoRA (settled at 3) waits for it too.
     for method, step in (("lora", 4), ("glora", 4), ("adalora", 7)):
-        trials = pruned_at(tmp_path, method, "--evaluations_per_trial", "8", "--pruner_warmup_fraction", "0.5")
+        trials = pruned_at(tmp_path, method, "--pruner", "median", "--evaluations_per_trial", "8",
+                           "--pruner_warmup_fraction", "0.5")
         assert trials == [(TrialState.COMPLETE, 8), (TrialState.PRUNED, step)], method
 
 
@@ -152,6 +155,8 @@ def test_each_pruner_option_runs_and_stops_the_poor_trial_unless_none(tmp_path, 
     ("--pruner_warmup_fraction", "1", "--pruner_warmup_fraction must be in [0, 1)"),
     ("--evaluations_per_trial", "0", "--evaluations_per_trial must be >= 1"),
     ("--pruner_reduction_factor", "1", "--pruner_reduction_factor must be >= 2"),
+    ("--pruner", "median", "--pruner median could never act: with --evaluations_per_trial 1 and "
+                           "--pruner_warmup_fraction 0.8 its first decision would be at evaluation 1 of 1"),
 ])
 def test_bad_pruner_settings_are_refused_before_the_study_opens(tmp_path, flag, value, line):
     with pytest.raises(SystemExit, match=re.escape(line)):
@@ -195,6 +200,15 @@ def test_a_replayed_pruner_stops_the_trials_a_live_pruned_study_stops(tmp_path, 
     assert "PRUNED" in replayed.state.values  # the case is one where pruning happens
 
 
+def test_by_default_no_pruner_and_one_evaluation_at_the_end_of_each_trial(tmp_path):
+    study_dir = tmp_path / "study"
+    hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--stage", "search"))
+    for trial in load_study(study_dir).get_trials():
+        assert trial.state == TrialState.COMPLETE
+        log = read_eval_log(Path(trial.user_attrs["trial_dir"]))
+        assert [(r["step"], r["max_steps"]) for r in log] == [(8, 8)]
+
+
 def test_pruner_none_lets_the_poor_trial_finish(tmp_path):
     study_dir = tmp_path / "study"
     study_dir.mkdir()
@@ -226,7 +240,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path, m
     monkeypatch.setenv("FAKE_STEP_SECONDS", "0.15")
     study_dir = tmp_path / "study"
     flags = ("--n_trials", "3", "--stage", "search", "--heartbeat_interval", "1", "--grace_period", "2",
-             "--pruner", "none")
+             "--pruner", "none", "--evaluations_per_trial", "4")  # an eval log from the first quarter: mid-trial
     worker = start_worker(write_space(tmp_path, LR_SPACE), study_dir, *flags)
     deadline = time.time() + 60
     while time.time() < deadline:  # kill it while its second trial runs
