@@ -26,12 +26,13 @@ import run_glue_peft
 from arguments import DataArguments, check_args, config_to_flags, parse_args
 from eval_log import read_eval_log
 from glue_data import load_glue_data
+from search.sampler import make_sampler, sampler_record
 from search.space import load_search_config, sample
 from search.study import counted_trials
 
 FAKE_RUN = str(ROOT / "tests" / "fake_run.py")
 HPO_BLOCK_KEYS = {"study_name", "storage", "n_trials", "n_complete", "n_pruned", "best_params", "tuned_on", "study_uid",
-                  "arm", "run_flags"}
+                  "arm", "run_flags", "search_settings"}
 
 
 def write_space(tmp_path, space, run=None, n_trials=4) -> Path:
@@ -306,6 +307,71 @@ def test_a_study_reopened_with_other_fixed_flags_is_refused(tmp_path):
     # The same flags, spelt otherwise and with other bookkeeping flags (logging), resume the study.
     hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search", "--lora_alpha=8.0",
                            "--logging_steps", "3"))
+    assert len(load_study(study_dir).get_trials()) == 2
+
+
+SEED_SPACE = {**LR_SPACE, "per_device_train_batch_size": {"type": "categorical", "choices": [4, 8, 16, 32]}}
+
+
+def searched_params(tmp_path, name, *flags) -> list:
+    """The parameters of each trial of a one-worker search (no pruning) in tmp_path/name, in trial order."""
+    study_dir = tmp_path / name
+    hpo.main(fake_hpo_args(write_space(tmp_path, SEED_SPACE), study_dir, "--stage", "search", "--pruner", "none", *flags))
+    return [t.params for t in load_study(study_dir).get_trials()]
+
+
+def test_one_sampler_seed_proposes_the_same_trials_and_a_continued_search_draws_them_too(tmp_path, capsys):
+    first = searched_params(tmp_path, "a", "--n_trials", "3", "--sampler_seed", "7")
+    assert len({p["learning_rate"] for p in first}) == 3  # three draws, not one repeated
+    assert searched_params(tmp_path, "b", "--n_trials", "3", "--sampler_seed", "7") == first
+    other = searched_params(tmp_path, "c", "--n_trials", "3", "--sampler_seed", "8")
+    assert all(o["learning_rate"] != f["learning_rate"] for o, f in zip(other, first))
+    # Two trials, then the search continued to three without --sampler_seed: the recorded seed, said in a line, and
+    # the third trial is the one a single search of three drew.
+    assert searched_params(tmp_path, "d", "--n_trials", "2", "--sampler_seed", "7") == first[:2]
+    capsys.readouterr()
+    assert searched_params(tmp_path, "d", "--n_trials", "3") == first
+    assert ("study sst2_lora: sampler seed 7, recorded when it was created (--sampler_seed not given)"
+            in capsys.readouterr().out.splitlines())
+    assert load_study(tmp_path / "d").user_attrs["search_settings"]["sampler_seed"] == 7
+
+
+def test_workers_of_one_study_with_one_seed_draw_different_trials_the_ones_one_worker_would():
+    storage = optuna.storages.InMemoryStorage()
+    one = optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(7))
+    two = optuna.load_study(study_name="s", storage=storage, sampler=make_sampler(7))
+    a, b = one.ask(), two.ask()  # both started before either had a trial
+    drawn = [a.suggest_float("x", 0, 1), b.suggest_float("x", 0, 1)]
+    assert (a.number, b.number) == (0, 1) and drawn[0] != drawn[1]
+    alone = optuna.create_study(sampler=make_sampler(7))
+    assert [alone.ask().suggest_float("x", 0, 1) for _ in range(2)] == drawn  # whichever worker draws trial n
+
+
+def test_a_study_reopened_with_other_search_settings_is_refused_before_any_trial(tmp_path):
+    study_dir, space_file = tmp_path / "study", write_space(tmp_path, LR_SPACE)
+    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "1", "--stage", "search", "--sampler_seed", "3"))
+    recorded = load_study(study_dir).user_attrs["search_settings"]
+    assert recorded["sampler"] == sampler_record() and recorded["sampler"]["class"] == "TPESampler"
+    assert recorded["sampler"]["n_startup_trials"] == 10 and recorded["sampler_seed"] == 3
+    assert (recorded["pruning"]["pruner"], recorded["pruning"]["warmup_fraction"]) == ("median", 0.5)
+    assert recorded["pruning"]["evaluations_per_trial"] == 4
+    refused = {("--pruner", "hyperband"): "pruner 'median' there, 'hyperband' now",
+               ("--pruner_warmup_fraction", "0.25"): "pruner_warmup_fraction 0.5 there, 0.25 now",
+               ("--evaluations_per_trial", "8"): "evaluations_per_trial 4 there, 8 now",
+               ("--sampler_seed", "4"): "sampler_seed 3 there, 4 now"}
+    for flags, differs in refused.items():
+        with pytest.raises(SystemExit, match=rf"^study sst2_lora was created with other search settings "
+                                             rf"\({re.escape(differs)}\): give the same --pruner\*"):
+            hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search", "--sampler_seed",
+                                   "3", *flags))
+    assert len(load_study(study_dir).get_trials()) == 1 and not (study_dir / "trials" / "trial_0001").exists()
+    with pytest.raises(SystemExit, match=r"\(pruner 'median' there, 'none' now; sampler_seed 3 there, 5 now\)"):
+        hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--pruner", "none", "--sampler_seed", "5"))
+    unseeded = tmp_path / "unseeded"  # a study drawn without a seed never gets one later
+    hpo.main(fake_hpo_args(space_file, unseeded, "--n_trials", "1", "--stage", "search"))
+    with pytest.raises(SystemExit, match=r"\(sampler_seed None there, 3 now\)"):
+        hpo.main(fake_hpo_args(space_file, unseeded, "--n_trials", "2", "--stage", "search", "--sampler_seed", "3"))
+    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search"))  # the same settings resume
     assert len(load_study(study_dir).get_trials()) == 2
 
 
