@@ -145,7 +145,7 @@ def main(argv=None):
     record = {**hpo_record(study, safe_url(storage), tuned_on), **study_identity(study)}
     record_path = study_dir / "hpo_record.json"
     record_path.write_text(json.dumps(record, indent=2) + "\n")
-    table, notes = write_outputs(study, study_dir, record["best_params"])
+    table, notes = write_outputs(study, study_dir, record["best_params"], search.metric)
     if n_trials and not record["n_complete"]:  # a search that found nothing must not end in final runs
         print(summary(study, record, table, notes, [], search.metric, study_dir), flush=True)
         raise SystemExit(f"study {name}: no trial completed ({record['n_trials']} finished, {record['n_pruned']} "
