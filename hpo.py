@@ -9,9 +9,9 @@ Flags hpo.py does not know are run_glue_peft.py flags, given to every trial and 
 `run` block, so they override it). Each trial is an ordinary run in STUDY_DIR/trials/trial_NNNN, scored on a tuning
 split held out from the training data, which is all it evaluates (`--tune_on dev`: the seed plan's choice); W&B is
 off for trials. The study lives in a database (default STUDY_DIR/study.db), so a killed search resumes and several
-workers can share it. A study is one arm under one set of fixed run flags, recorded in it: reopening it with others
-is refused, and a finished final run is reused only if it is this study's with the current best values.
-docs/hpo.md has the protocol, the budget mapping and a real check.
+workers can share it. A study is one arm under one set of fixed run flags and search settings (sampler, its seed,
+pruner), recorded in it: reopening it with others is refused, and a finished final run is reused only if it is this
+study's with the current best values. docs/hpo.md has the protocol, the budget mapping and a real check.
 """
 
 import argparse
@@ -27,9 +27,19 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from arguments import check_args, config_to_flags, parse_args
-from search.identity import ARM_FLAGS, arm_of, final_run_mismatch, fixed_run_flags, pin_study, shown, study_identity
+from search.identity import (
+    ARM_FLAGS,
+    arm_of,
+    final_run_mismatch,
+    fixed_run_flags,
+    pin_search,
+    pin_study,
+    shown,
+    study_identity,
+)
 from search.pruning import PRUNERS, PRUNING_RATE_MARGIN, PruningSettings, judged_late, pruning_rate_gap
 from search.report import progress_line, summary, write_outputs
+from search.sampler import check_sampler_seed, make_sampler, sampler_record
 from search.space import load_search_config, sample
 from search.study import counted_trials, hpo_record, open_study, run_worker
 from search.trial import TrialFailed, run_trial
@@ -87,7 +97,11 @@ def parse_hpo_args(argv):
     p.add_argument("--launcher", default=f"{sys.executable}",
                    help="How each run is started, e.g. 'accelerate launch --num_processes 4' (default: this python).")
     p.add_argument("--run_script", default="run_glue_peft.py", help="The training script (tests use a stand-in).")
-    p.add_argument("--sampler_seed", type=int, help="Seed of the TPE sampler (default: random).")
+    p.add_argument("--sampler_seed", type=int,
+                   help="Seed of the TPE sampler (>= 0), recorded in the study: trial n draws from SeedSequence([seed, "
+                        "n]), so one worker replays the same trials and the workers of one study, all with this seed, "
+                        "draw differently. Left out on a resumed study: its recorded seed. Default on a new study: "
+                        "random."),
     p.add_argument("--heartbeat_interval", type=int, default=30, help="Seconds between a running trial's heartbeats.")
     p.add_argument("--grace_period", type=int, default=90,
                    help="A trial without heartbeat this long is taken as interrupted: FAILED, and rerun.")
@@ -111,16 +125,18 @@ def main(argv=None):
     study_dir = Path(hpo.study_dir or f"outputs/hpo/{name}")
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = hpo.storage or f"sqlite:///{study_dir / 'study.db'}"
-    study = open_study(name, storage, search.direction, pruning_settings(hpo), hpo.sampler_seed, hpo.heartbeat_interval,
-                       hpo.grace_period)
+    study = open_study(name, storage, search.direction, pruning_settings(hpo), hpo.heartbeat_interval, hpo.grace_period)
     flags = fixed_run_flags(run_args, search.space)
     note = pin_study(study, flags, arm)
+    seed, search_note = pin_search(study, sampler_record(), hpo.sampler_seed, pruning_settings(hpo).record())
+    study.sampler = make_sampler(seed)
     tuned_on = hpo.tune_on
     what = arm if arm == method else f"{arm} ({method})"
     print(f"study {name} in {safe_url(storage)}: {n_trials} trials of {what} on {task}, tuned on {tuned_on}, "
           f"space {hpo.config}", flush=True)
-    if note:
-        print(note, flush=True)
+    for line in (note, search_note):
+        if line:
+            print(line, flush=True)
     identity = {"study_name": name, **study_identity(study)}
     if hpo.stage != "search":  # a finished final run of another study is refused before this one searches
         check_final_runs(hpo, task, arm, identity)
@@ -132,10 +148,11 @@ def main(argv=None):
     if hpo.stage == "search":
         return
     pin_study(study, flags, arm)  # again: a worker that created the study at the same moment with other flags
+    pin_search(study, sampler_record(), hpo.sampler_seed, pruning_settings(hpo).record())
     record = {**hpo_record(study, safe_url(storage), tuned_on), **study_identity(study)}
     record_path = study_dir / "hpo_record.json"
     record_path.write_text(json.dumps(record, indent=2) + "\n")
-    table, notes = write_outputs(study, study_dir, record["best_params"])
+    table, notes = write_outputs(study, study_dir, record["best_params"], search.metric)
     notes = pruning_notes(hpo, study, record, task, arm) + notes
     if n_trials and not record["n_complete"]:  # a search that found nothing must not end in final runs
         print(summary(study, record, table, notes, [], search.metric, study_dir), flush=True)
@@ -161,6 +178,7 @@ def check_flags(run_flags, search, hpo):
                          "per arm): set it under `run:` or on the command line.")
     try:
         pruning = pruning_settings(hpo)
+        check_sampler_seed(hpo.sampler_seed)
     except ValueError as error:
         raise SystemExit(str(error)) from None
     if pruning.pruner != "none" and not pruning.can_act:

@@ -35,7 +35,8 @@ for method in lora adalora glora; do  # the searches, one method at a time, WORK
   echo "$(date +%T) $method: search, $WORKERS workers (their lines: $ROOT/sst2_${method}_worker<N>.log)"
   pids=()
   for worker in $(seq "$WORKERS"); do
-    python3 hpo.py "${study[@]}" --stage search --sampler_seed "$worker" "${RUN[@]}" "${EXTRA[@]}" \
+    # One seed for all workers (a study refuses another): trial n draws from SeedSequence([1, n]), so they differ.
+    python3 hpo.py "${study[@]}" --stage search --sampler_seed 1 "${RUN[@]}" "${EXTRA[@]}" \
       > "$ROOT/sst2_${method}_worker$worker.log" 2>&1 & pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || { echo "a $method worker failed"; exit 1; }; done

@@ -8,6 +8,8 @@ spellings of one setting are equal. Both are stored in the study as user attribu
 
 - A worker that reopens the study with other fixed flags or another arm is refused: its trials would not be
   comparable with the ones already there.
+- So is a worker with another sampler, sampler seed or pruner settings (stored beside the flags): the search would
+  no longer be the one recorded, nor replayable from it.
 - A finished final run is reused only if its `hpo` block names this study (name and id), the same arm and fixed
   flags, and the current best parameters; otherwise hpo.py refuses, or with --rerun_stale_finals moves it aside
   and runs it again.
@@ -83,6 +85,54 @@ def pin_study(study, flags: dict, arm: str) -> str | None:
     if "study_uid" not in recorded:
         study.set_user_attr("study_uid", uuid.uuid4().hex)
     return note
+
+
+# Pruning settings by the hpo.py flag that sets them, for refusal lines (a setting without a flag keeps its name).
+PRUNING_FLAGS = {"warmup_fraction": "pruner_warmup_fraction", "startup_trials": "pruner_startup_trials",
+                 "reduction_factor": "pruner_reduction_factor"}
+
+
+def search_settings(sampler: dict, sampler_seed: int | None, pruning: dict) -> dict:
+    """How the study proposes and stops trials, as stored in it: the sampler (search/sampler.py sampler_record), its
+    seed (None: drawn from fresh entropy) and the pruner settings (PruningSettings.record())."""
+    return {"sampler": sampler, "sampler_seed": sampler_seed, "pruning": pruning}
+
+
+def pin_search(study, sampler: dict, sampler_seed: int | None, pruning: dict) -> tuple:
+    """Record the search settings in a study that has none; refuse a study recorded with other ones (SystemExit, one
+    line naming each setting that differs). --sampler_seed left out on a reopen means the recorded seed, said in the
+    note; a study recorded without a seed stays without one (a seed given then is refused: the trials already there
+    were not drawn from it). Returns (the sampler seed to use, a note or None)."""
+    recorded = study.user_attrs.get("search_settings")
+    if recorded is None:
+        note = None
+        if study.get_trials(deepcopy=False, states=RAN):
+            note = (f"study {study.study_name} has trials but no recorded sampler and pruner settings (made by an older "
+                    "hpo.py): recording this command's; they are not checked against its trials.")
+        study.set_user_attr("search_settings", search_settings(sampler, sampler_seed, pruning))
+        return sampler_seed, note
+    seed = recorded.get("sampler_seed") if sampler_seed is None else sampler_seed
+    differs = differences(flat_search_settings(recorded), flat_search_settings(search_settings(sampler, seed, pruning)),
+                          absent="not recorded")
+    if differs:
+        raise SystemExit(f"study {study.study_name} was created with other search settings ({shown(differs)}): give "
+                         "the same --pruner*, --evaluations_per_trial and --sampler_seed to resume it (a left-out "
+                         "--sampler_seed means the recorded one), or another --study_name (or --study_dir) for a new "
+                         "study.")
+    note = None
+    if sampler_seed is None and seed is not None:
+        note = f"study {study.study_name}: sampler seed {seed}, recorded when it was created (--sampler_seed not given)"
+    return seed, note
+
+
+def flat_search_settings(settings: dict) -> dict:
+    """{name: value} with the names of refusal lines: `sampler` (its class), `sampler.<setting>`, `sampler_seed`, and
+    the pruner settings by their hpo.py flag."""
+    sampler = dict(settings.get("sampler") or {})
+    flat = {"sampler": sampler.pop("class", None), "sampler_seed": settings.get("sampler_seed")}
+    flat.update({f"sampler.{k}": v for k, v in sampler.items()})
+    flat.update({PRUNING_FLAGS.get(k, k): v for k, v in (settings.get("pruning") or {}).items()})
+    return flat
 
 
 def study_identity(study) -> dict:

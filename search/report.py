@@ -1,8 +1,10 @@
-"""What a search writes and prints: a line per trial, trials.csv, best_params.json, the Optuna figures, and the
-summary at the end."""
+"""What a search writes and prints: a line per trial, trials.csv, best_params.json, the figures (Optuna's
+optimisation history, parameter importances and parallel coordinates; each trial's learning curve with where it was
+pruned), and the summary at the end."""
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -65,39 +67,133 @@ def compute_spent(table: pd.DataFrame) -> dict:
             "steps": int(done["steps_trained"].sum()), "unpruned_steps": int(done["max_steps"].sum())}
 
 
-def write_figures(study, out_dir: Path) -> list:
-    """optimization_history.png and param_importances.png (Optuna's matplotlib plots); a reason when one can't be drawn."""
+OPTUNA_FIGURES = ("optimization_history", "param_importances", "parallel_coordinate")  # from the complete trials
+FIGURES = OPTUNA_FIGURES + ("intermediate_values",)
+COMPLETE_COLOUR, PRUNED_COLOUR = "tab:blue", "tab:red"
+
+
+def write_figures(study, out_dir: Path, metric: str = "objective value") -> list:
+    """Optuna's matplotlib plots (optimization_history.png, param_importances.png, parallel_coordinate.png) and
+    intermediate_values.png (plot_intermediate_values); a note for each one that can't be drawn, never an error: the
+    figures are not worth the search's other outputs. Each is removed before it is drawn, so none is left from an
+    earlier call."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return ["figures not drawn: no complete trial"]
-    notes = []
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="The number of trials is too small")  # said in trials.csv already
-    for name, plot in (("optimization_history", vis.plot_optimization_history),
-                       ("param_importances", vis.plot_param_importances)):
+    warnings.filterwarnings("ignore", message="Attempting to set identical low and high ylims")  # one complete trial
+    draw = {"optimization_history": lambda: optuna_figure(vis.plot_optimization_history(study)),
+            "param_importances": lambda: optuna_figure(vis.plot_param_importances(study)),
+            "parallel_coordinate": lambda: optuna_figure(vis.plot_parallel_coordinate(study)),
+            "intermediate_values": lambda: plot_intermediate_values(study, metric)}
+    notes = []
+    has_complete = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if not has_complete:
+        notes.append(f"{', '.join(f'{name}.png' for name in OPTUNA_FIGURES)} not drawn: no complete trial")
+    for name in FIGURES:
+        path = out_dir / f"{name}.png"
+        path.unlink(missing_ok=True)
+        if name in OPTUNA_FIGURES and not has_complete:
+            continue
+        open_before = set(plt.get_fignums())
         try:
-            axes = plot(study)
-            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-            figure.set_size_inches(7, 4.5)
-            figure.tight_layout()
-            figure.savefig(out_dir / f"{name}.png", dpi=100)
-            plt.close(figure)
-        except (ValueError, RuntimeError, ZeroDivisionError) as error:
-            notes.append(f"{name}.png not drawn: {error}")
+            draw[name]().savefig(path, dpi=100)
+        except Exception as error:  # whatever a plot raises becomes a note, as the docstring says
+            notes.append(f"{name}.png not drawn: {type(error).__name__}: {error}")
+        finally:  # the figure drawn, or left half-drawn by a plot that failed
+            for number in set(plt.get_fignums()) - open_before:
+                plt.close(number)
     return notes
 
 
-def write_outputs(study, out_dir: Path, best: dict) -> tuple:
+def optuna_figure(axes):
+    """The figure of what an optuna.visualization.matplotlib plot returned (its Axes, or an array of them), sized."""
+    figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+    figure.set_size_inches(7, 4.5)
+    figure.tight_layout()
+    return figure
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One trial's intermediate values, at the fractions of its run where they were taken."""
+    number: int
+    fractions: tuple
+    values: tuple
+    state: TrialState
+
+
+def recorded_pruning(study) -> dict:
+    """The pruner settings stored in the study (search/identity.py pin_search); {} when none are."""
+    return (study.user_attrs.get("search_settings") or {}).get("pruning") or {}
+
+
+def intermediate_curves(study) -> list:
+    """A Curve per complete or pruned trial that reported a value; failed, running and interrupted trials are left
+    out. trial.report is called at k = floor(E x step / max_steps) (search/pruning.py report_step), so k / E is the
+    fraction of the run, the same whatever the trial's batch size; E is the study's recorded evaluations per trial
+    (ValueError without it)."""
+    evaluations = recorded_pruning(study).get("evaluations_per_trial")
+    if not evaluations:
+        raise ValueError("the study's evaluations per trial are not recorded (search settings missing)")
+    curves = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        steps = sorted(trial.intermediate_values)
+        if steps:
+            curves.append(Curve(trial.number, tuple(k / evaluations for k in steps),
+                                tuple(trial.intermediate_values[k] for k in steps), trial.state))
+    return curves
+
+
+def plot_intermediate_values(study, metric: str):
+    """Each trial's score against the fraction of its run: complete trials solid, pruned ones dashed with an x where
+    they were stopped, failed ones not drawn (counted in the title); a dotted line at the pruner's warm-up fraction,
+    before which no trial is stopped, when the study records a pruner."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    curves = intermediate_curves(study)
+    if not curves:
+        raise ValueError("no complete or pruned trial reported a value")
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    for curve in curves:
+        pruned = curve.state == TrialState.PRUNED
+        colour = PRUNED_COLOUR if pruned else COMPLETE_COLOUR
+        ax.plot(curve.fractions, curve.values, color=colour, linestyle="--" if pruned else "-", marker=".",
+                markersize=4, linewidth=1, alpha=0.8)
+        if pruned:
+            ax.plot(curve.fractions[-1], curve.values[-1], color=colour, marker="x", markersize=9, linestyle="none")
+    n_complete = sum(c.state == TrialState.COMPLETE for c in curves)
+    handles = [Line2D([], [], color=COMPLETE_COLOUR, label=f"complete ({n_complete})"),
+               Line2D([], [], color=PRUNED_COLOUR, linestyle="--", marker="x",
+                      label=f"pruned ({len(curves) - n_complete}), x where stopped")]
+    pruning = recorded_pruning(study)
+    if pruning.get("pruner", "none") != "none":
+        warmup = pruning["warmup_fraction"]
+        handles.append(ax.axvline(warmup, color="grey", linestyle=":",
+                                  label=f"{pruning['pruner']} pruner warm-up ({warmup:g}): no stop before"))
+    failed = sum(t.state == TrialState.FAIL for t in counted_trials(study))
+    ax.set_title(f"{study.study_name}: {n_complete} complete, {len(curves) - n_complete} pruned"
+                 + (f", {failed} failed (not drawn)" if failed else "") + " trials", fontsize=10)
+    ax.set_xlabel(f"fraction of the run (evaluation k / {recorded_pruning(study)['evaluations_per_trial']})")
+    ax.set_ylabel(f"{metric} (trial score)")
+    ax.set_xlim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    figure.tight_layout()
+    return figure
+
+
+def write_outputs(study, out_dir: Path, best: dict, metric: str = "objective value") -> tuple:
     """trials.csv, best_params.json and the figures in out_dir; (table, figure notes)."""
     table = trials_table(study)
     table.to_csv(out_dir / "trials.csv", index=False)
     (out_dir / "best_params.json").write_text(json.dumps(best, indent=2) + "\n")
-    return table, write_figures(study, out_dir)
+    return table, write_figures(study, out_dir, metric)
 
 
 def summary(study, record: dict, table: pd.DataFrame, notes: list, final_results: list, metric: str,
@@ -122,7 +218,8 @@ def summary(study, record: dict, table: pd.DataFrame, notes: list, final_results
             lines.append(f"compute: {c['seconds']:.0f} s over {c['trials']} trials ({c['steps']} steps); unpruned the same "
                          f"trials would have taken ~{c['unpruned_seconds']:.0f} s ({c['unpruned_steps']} steps)")
     lines += notes
-    lines.append(f"outputs: {out_dir}/trials.csv, best_params.json, optimization_history.png, param_importances.png")
+    drawn = [f"{name}.png" for name in FIGURES if (out_dir / f"{name}.png").exists()]
+    lines.append(f"outputs: {out_dir}/" + ", ".join(["trials.csv", "best_params.json", "hpo_record.json", *drawn]))
     if final_results:
         lines.append("final runs (dev):")
         lines += [f"  seed {seed}: {line}" for seed, line in final_results]

@@ -9,7 +9,6 @@ same parameters again (RetryHeartbeatStaleTrialCallback), so the interrupted tri
 import time
 import warnings
 
-import numpy as np
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -20,9 +19,10 @@ from search.pruning import PruningSettings, make_pruner
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def open_study(name: str, storage_url: str, direction: str, pruning: PruningSettings, sampler_seed: int | None,
-               heartbeat_interval: int, grace_period: int) -> optuna.Study:
-    """Create the study, or load it if it exists (same name, same storage)."""
+def open_study(name: str, storage_url: str, direction: str, pruning: PruningSettings, heartbeat_interval: int,
+               grace_period: int) -> optuna.Study:
+    """Create the study, or load it if it exists (same name, same storage). Its sampler is set by the caller once the
+    study's recorded search settings are checked (search/identity.py pin_search, search/sampler.py make_sampler)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # hpo.py prints its own line per trial, reasons included
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     engine_kwargs = {"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {}  # wait on a busy file
@@ -37,10 +37,6 @@ def open_study(name: str, storage_url: str, direction: str, pruning: PruningSett
             if attempt == 4:
                 raise
             time.sleep(1 + attempt)
-    if sampler_seed is not None:
-        # Mixed with the number of trials already there: a resumed worker must not replay its first start's draws.
-        seed = np.random.SeedSequence([sampler_seed, len(study.get_trials(deepcopy=False))]).generate_state(1)[0]
-        study.sampler = optuna.samplers.TPESampler(seed=int(seed))
     return study
 
 
@@ -84,5 +80,6 @@ def hpo_record(study, storage_display: str, tuned_on: str) -> dict:
         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "best_params": study.best_trial.params if complete else {},
         "tuned_on": tuned_on,
+        "search_settings": study.user_attrs.get("search_settings"),  # sampler, its seed, pruner (search/identity.py)
     }
 

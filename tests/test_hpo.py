@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.image
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -26,12 +28,14 @@ import run_glue_peft
 from arguments import DataArguments, check_args, config_to_flags, parse_args
 from eval_log import read_eval_log
 from glue_data import load_glue_data
+from search.report import FIGURES, intermediate_curves, plot_intermediate_values, write_figures
+from search.sampler import make_sampler, sampler_record
 from search.space import load_search_config, sample
 from search.study import counted_trials
 
 FAKE_RUN = str(ROOT / "tests" / "fake_run.py")
 HPO_BLOCK_KEYS = {"study_name", "storage", "n_trials", "n_complete", "n_pruned", "best_params", "tuned_on", "study_uid",
-                  "arm", "run_flags"}
+                  "arm", "run_flags", "search_settings"}
 
 
 def write_space(tmp_path, space, run=None, n_trials=4) -> Path:
@@ -357,6 +361,122 @@ def test_a_study_reopened_with_other_fixed_flags_is_refused(tmp_path):
     hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search", "--lora_alpha=8.0",
                            "--logging_steps", "3"))
     assert len(load_study(study_dir).get_trials()) == 2
+
+
+SEED_SPACE = {**LR_SPACE, "per_device_train_batch_size": {"type": "categorical", "choices": [4, 8, 16, 32]}}
+
+
+def searched_params(tmp_path, name, *flags) -> list:
+    """The parameters of each trial of a one-worker search (no pruning) in tmp_path/name, in trial order."""
+    study_dir = tmp_path / name
+    hpo.main(fake_hpo_args(write_space(tmp_path, SEED_SPACE), study_dir, "--stage", "search", "--pruner", "none", *flags))
+    return [t.params for t in load_study(study_dir).get_trials()]
+
+
+def test_one_sampler_seed_proposes_the_same_trials_and_a_continued_search_draws_them_too(tmp_path, capsys):
+    first = searched_params(tmp_path, "a", "--n_trials", "3", "--sampler_seed", "7")
+    assert len({p["learning_rate"] for p in first}) == 3  # three draws, not one repeated
+    assert searched_params(tmp_path, "b", "--n_trials", "3", "--sampler_seed", "7") == first
+    other = searched_params(tmp_path, "c", "--n_trials", "3", "--sampler_seed", "8")
+    assert all(o["learning_rate"] != f["learning_rate"] for o, f in zip(other, first))
+    # Two trials, then the search continued to three without --sampler_seed: the recorded seed, said in a line, and
+    # the third trial is the one a single search of three drew.
+    assert searched_params(tmp_path, "d", "--n_trials", "2", "--sampler_seed", "7") == first[:2]
+    capsys.readouterr()
+    assert searched_params(tmp_path, "d", "--n_trials", "3") == first
+    assert ("study sst2_lora: sampler seed 7, recorded when it was created (--sampler_seed not given)"
+            in capsys.readouterr().out.splitlines())
+    assert load_study(tmp_path / "d").user_attrs["search_settings"]["sampler_seed"] == 7
+
+
+def test_workers_of_one_study_with_one_seed_draw_different_trials_the_ones_one_worker_would():
+    storage = optuna.storages.InMemoryStorage()
+    one = optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(7))
+    two = optuna.load_study(study_name="s", storage=storage, sampler=make_sampler(7))
+    a, b = one.ask(), two.ask()  # both started before either had a trial
+    drawn = [a.suggest_float("x", 0, 1), b.suggest_float("x", 0, 1)]
+    assert (a.number, b.number) == (0, 1) and drawn[0] != drawn[1]
+    alone = optuna.create_study(sampler=make_sampler(7))
+    assert [alone.ask().suggest_float("x", 0, 1) for _ in range(2)] == drawn  # whichever worker draws trial n
+
+
+def test_a_study_reopened_with_other_search_settings_is_refused_before_any_trial(tmp_path):
+    study_dir, space_file = tmp_path / "study", write_space(tmp_path, LR_SPACE)
+    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "1", "--stage", "search", "--sampler_seed", "3"))
+    recorded = load_study(study_dir).user_attrs["search_settings"]
+    assert recorded["sampler"] == sampler_record() and recorded["sampler"]["class"] == "TPESampler"
+    assert recorded["sampler"]["n_startup_trials"] == 10 and recorded["sampler_seed"] == 3
+    assert (recorded["pruning"]["pruner"], recorded["pruning"]["warmup_fraction"]) == ("median", 0.5)
+    assert recorded["pruning"]["evaluations_per_trial"] == 4
+    refused = {("--pruner", "hyperband"): "pruner 'median' there, 'hyperband' now",
+               ("--pruner_warmup_fraction", "0.25"): "pruner_warmup_fraction 0.5 there, 0.25 now",
+               ("--evaluations_per_trial", "8"): "evaluations_per_trial 4 there, 8 now",
+               ("--sampler_seed", "4"): "sampler_seed 3 there, 4 now"}
+    for flags, differs in refused.items():
+        with pytest.raises(SystemExit, match=rf"^study sst2_lora was created with other search settings "
+                                             rf"\({re.escape(differs)}\): give the same --pruner\*"):
+            hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search", "--sampler_seed",
+                                   "3", *flags))
+    assert len(load_study(study_dir).get_trials()) == 1 and not (study_dir / "trials" / "trial_0001").exists()
+    with pytest.raises(SystemExit, match=r"\(pruner 'median' there, 'none' now; sampler_seed 3 there, 5 now\)"):
+        hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--pruner", "none", "--sampler_seed", "5"))
+    unseeded = tmp_path / "unseeded"  # a study drawn without a seed never gets one later
+    hpo.main(fake_hpo_args(space_file, unseeded, "--n_trials", "1", "--stage", "search"))
+    with pytest.raises(SystemExit, match=r"\(sampler_seed None there, 3 now\)"):
+        hpo.main(fake_hpo_args(space_file, unseeded, "--n_trials", "2", "--stage", "search", "--sampler_seed", "3"))
+    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search"))  # the same settings resume
+    assert len(load_study(study_dir).get_trials()) == 2
+
+
+def test_figures_are_written_and_show_where_the_pruned_trial_stopped(tmp_path, capsys):
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    study = optuna.create_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
+    study.enqueue_trial({"learning_rate": 9e-3})  # good: completes
+    study.enqueue_trial({"learning_rate": 1e-4})  # poor: stopped at its first evaluation, a quarter of its run
+    hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--pruner_startup_trials",
+                           "1", "--pruner_warmup_fraction", "0.25", "--final_seeds"))
+    printed = capsys.readouterr().out
+    study = load_study(study_dir)
+    curves = intermediate_curves(study)
+    assert [(c.number, c.state, c.fractions) for c in curves] == [
+        (0, TrialState.COMPLETE, (0.25, 0.5, 0.75, 1.0)), (1, TrialState.PRUNED, (0.25,))]
+    assert curves[0].values == pytest.approx((0.225, 0.45, 0.675, 0.9))  # the fake run's score: lr x 100 x progress
+    assert curves[1].values == pytest.approx((0.0025,))
+    for name in FIGURES:
+        image = matplotlib.image.imread(study_dir / f"{name}.png")
+        assert image.dtype == np.float32 and image.shape in ((450, 700, 3), (450, 700, 4)), name
+        assert image.min() < image.max(), name  # something is drawn
+    assert (f"outputs: {study_dir}/trials.csv, best_params.json, hpo_record.json, optimization_history.png, "
+            "param_importances.png, parallel_coordinate.png, intermediate_values.png") in printed.splitlines()
+    record = json.loads((study_dir / "hpo_record.json").read_text())
+    assert record["search_settings"] == study.user_attrs["search_settings"] and record["search_settings"]["pruning"][
+        "warmup_fraction"] == 0.25
+
+    study.add_trial(optuna.trial.create_trial(  # a failed trial: counted in the title, not drawn
+        state=TrialState.FAIL, params={"learning_rate": 5e-3}, intermediate_values={1: 0.1},
+        distributions={"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}))
+    assert [c.number for c in intermediate_curves(study)] == [0, 1]
+    ax = plot_intermediate_values(study, "combined_score").axes[0]
+    assert ax.get_title() == "sst2_lora: 1 complete, 1 pruned, 1 failed (not drawn) trials"
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == [
+        "complete (1)", "pruned (1), x where stopped", "median pruner warm-up (0.25): no stop before"]
+    assert [(list(line.get_xdata()), line.get_linestyle()) for line in ax.get_lines()] == [
+        ([0.25, 0.5, 0.75, 1.0], "-"), ([0.25], "--"), ([0.25], "None"), ([0.25, 0.25], ":")]  # x: the stop
+
+
+def test_a_figure_that_cannot_be_drawn_is_a_note(tmp_path):
+    study = optuna.create_study(study_name="old", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, intermediate_values={1: 0.3, 2: 0.4}))
+    notes = write_figures(study, tmp_path)  # no complete trial, no recorded search settings
+    assert notes == ["optimization_history.png, param_importances.png, parallel_coordinate.png not drawn: no complete "
+                     "trial", "intermediate_values.png not drawn: ValueError: the study's evaluations per trial are not "
+                     "recorded (search settings missing)"]
+    assert not list(tmp_path.glob("*.png"))
+    study.set_user_attr("search_settings", {"pruning": {"pruner": "none", "evaluations_per_trial": 8}})
+    assert write_figures(study, tmp_path)[1:] == []  # the learning curves need no complete trial
+    assert [(c.fractions, c.state) for c in intermediate_curves(study)] == [((0.125, 0.25), TrialState.PRUNED)]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["intermediate_values.png"]
 
 
 def test_two_arms_of_one_method_get_separate_studies_and_final_folders(tmp_path):
