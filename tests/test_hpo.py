@@ -402,7 +402,9 @@ def test_workers_of_one_study_with_one_seed_draw_different_trials_the_ones_one_w
 
 def test_a_study_reopened_with_other_search_settings_is_refused_before_any_trial(tmp_path):
     study_dir, space_file = tmp_path / "study", write_space(tmp_path, LR_SPACE)
-    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "1", "--stage", "search", "--sampler_seed", "3"))
+    pruned = ("--pruner", "median", "--evaluations_per_trial", "4", "--pruner_warmup_fraction", "0.5")
+    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "1", "--stage", "search", "--sampler_seed", "3",
+                           *pruned))
     recorded = load_study(study_dir).user_attrs["search_settings"]
     assert recorded["sampler"] == sampler_record() and recorded["sampler"]["class"] == "TPESampler"
     assert recorded["sampler"]["n_startup_trials"] == 10 and recorded["sampler_seed"] == 3
@@ -416,15 +418,16 @@ def test_a_study_reopened_with_other_search_settings_is_refused_before_any_trial
         with pytest.raises(SystemExit, match=rf"^study sst2_lora was created with other search settings "
                                              rf"\({re.escape(differs)}\): give the same --pruner\*"):
             hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search", "--sampler_seed",
-                                   "3", *flags))
+                                   "3", *pruned, *flags))
     assert len(load_study(study_dir).get_trials()) == 1 and not (study_dir / "trials" / "trial_0001").exists()
     with pytest.raises(SystemExit, match=r"\(pruner 'median' there, 'none' now; sampler_seed 3 there, 5 now\)"):
-        hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--pruner", "none", "--sampler_seed", "5"))
+        hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", *pruned, "--pruner", "none",
+                               "--sampler_seed", "5"))
     unseeded = tmp_path / "unseeded"  # a study drawn without a seed never gets one later
     hpo.main(fake_hpo_args(space_file, unseeded, "--n_trials", "1", "--stage", "search"))
     with pytest.raises(SystemExit, match=r"\(sampler_seed None there, 3 now\)"):
         hpo.main(fake_hpo_args(space_file, unseeded, "--n_trials", "2", "--stage", "search", "--sampler_seed", "3"))
-    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search"))  # the same settings resume
+    hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search", *pruned))  # the same: resumes
     assert len(load_study(study_dir).get_trials()) == 2
 
 
@@ -435,7 +438,8 @@ def test_figures_are_written_and_show_where_the_pruned_trial_stopped(tmp_path, c
     study.enqueue_trial({"learning_rate": 9e-3})  # good: completes
     study.enqueue_trial({"learning_rate": 1e-4})  # poor: stopped at its first evaluation, a quarter of its run
     hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--pruner_startup_trials",
-                           "1", "--pruner_warmup_fraction", "0.25", "--final_seeds"))
+                           "1", "--pruner", "median", "--evaluations_per_trial", "4", "--pruner_warmup_fraction",
+                           "0.25", "--final_seeds"))
     printed = capsys.readouterr().out
     study = load_study(study_dir)
     curves = intermediate_curves(study)
