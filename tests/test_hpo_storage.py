@@ -6,6 +6,7 @@ The workers are hpo.py processes running tests/fake_run.py in place of run_glue_
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,15 @@ from postgres import PASSWORD, postgres_server
 from test_hpo import LR_SPACE, fake_hpo_args, start_worker, write_space
 
 import hpo
-from search.study import TrialHeartbeat, counted_trials, make_storage, retried_numbers, silent_trials, take_over
+from search.study import (
+    TrialHeartbeat,
+    counted_trials,
+    fail_interrupted_trials,
+    make_storage,
+    retried_numbers,
+    silent_trials,
+    take_over,
+)
 
 HEARTBEAT = ("--heartbeat_interval", "1", "--grace_period", "4")
 WAIT = 600  # seconds: a bound for a loaded machine (unloaded, a test takes well under a minute); past it, a failure
@@ -141,6 +150,40 @@ def test_of_two_workers_taking_over_one_silent_trial_only_the_first_enqueues_it(
     assert retry.params == trials[silent.number].params and len(trials) == 3
     rerun = second.ask(lr)  # a worker takes the retry: it inherited the old beat, but its start is new
     assert rerun.number == retry.number and rerun.number not in [t.number for t in silent_trials(second, 2)]
+
+
+def test_a_trial_longer_than_the_grace_period_is_not_taken_over_while_its_worker_beats(tmp_path, monkeypatch):
+    """Another worker (a thread here, with its own handle on the journal) looks for silent trials all along, while
+    the one trial runs for over twice the grace period: the trial's beats keep it, and it completes."""
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "1")  # 8 s
+    study_dir = tmp_path / "study"
+    path = study_dir / "study.journal"
+    stop, checks = threading.Event(), []
+
+    def other_worker():
+        study = None
+        while not stop.wait(0.2):
+            try:
+                study = study or optuna.load_study(study_name="sst2_lora", storage=make_storage(str(path), 1, 3))
+            except KeyError:
+                continue  # not made yet (hpo.py makes the file and the study)
+            fail_interrupted_trials(study)
+            checks.append(len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))))
+
+    thread = threading.Thread(target=other_worker)
+    study_dir.mkdir()
+    path.touch()  # the other worker's handle must not race hpo.py to create the file
+    thread.start()
+    try:
+        hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "1", "--stage", "search",
+                               "--pruner", "none", "--heartbeat_interval", "1", "--grace_period", "3"))
+    finally:
+        stop.set()
+        thread.join()
+    (trial,) = optuna.load_study(study_name="sst2_lora", storage=make_storage(str(path))).get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.duration.total_seconds() > 6
+    assert checks.count(1) >= 20  # checked while it ran
+    assert trial.user_attrs["heartbeat"] - trial.datetime_start.timestamp() > 6  # it still beat near its end
 
 
 def test_an_older_study_db_is_refused_until_storage_names_it(tmp_path):
