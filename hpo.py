@@ -8,10 +8,11 @@
 Flags hpo.py does not know are run_glue_peft.py flags, given to every trial and final run (after the space file's
 `run` block, so they override it). Each trial is an ordinary run in STUDY_DIR/trials/trial_NNNN, scored on a tuning
 split held out from the training data, which is all it evaluates (`--tune_on dev`: the seed plan's choice); W&B is
-off for trials. The study lives in a database (default STUDY_DIR/study.db), so a killed search resumes and several
-workers can share it. A study is one arm under one set of fixed run flags and search settings (sampler, its seed,
-pruner), recorded in it: reopening it with others is refused, and a finished final run is reused only if it is this
-study's with the current best values. docs/hpo.md has the protocol, the budget mapping and a real check.
+off for trials. The study lives in a storage (default the journal file STUDY_DIR/study.journal, which the processes of
+one machine share; a PostgreSQL URL for workers on several machines), so a killed search resumes and several workers
+can share it. A study is one arm under one set of fixed run flags and search settings (sampler, its seed, pruner),
+recorded in it: reopening it with others is refused, and a finished final run is reused only if it is this study's
+with the current best values. docs/hpo.md has the protocol, the budget mapping and a real check.
 """
 
 import argparse
@@ -24,7 +25,6 @@ import time
 from pathlib import Path
 
 import yaml
-from sqlalchemy.engine import make_url
 
 from arguments import check_args, config_to_flags, parse_args
 from search.identity import (
@@ -41,7 +41,7 @@ from search.pruning import PRUNERS, PRUNING_RATE_MARGIN, PruningSettings, judged
 from search.report import progress_line, summary, write_outputs
 from search.sampler import check_sampler_seed, make_sampler, sampler_record
 from search.space import load_search_config, sample
-from search.study import counted_trials, hpo_record, open_study, run_worker
+from search.study import counted_trials, hpo_record, open_study, run_worker, shown_storage, storage_location
 from search.trial import TrialFailed, run_trial
 
 SET_BY_HPO = ("output_dir", "tuning_split_fraction", "tuning_split_max", "eval_split", "hpo_record")
@@ -60,8 +60,10 @@ def parse_hpo_args(argv):
     p.add_argument("--study_name", help="Default <task>_<arm> (the run's --arm, or its default label: method, "
                                         "'_params' under --budget_unit params, the rank pattern's hash).")
     p.add_argument("--study_dir", help="Trials, database, tables and figures (default outputs/hpo/<study_name>).")
-    p.add_argument("--storage", help="Optuna RDB URL (sqlite:///..., postgresql://..., mysql://...); default "
-                                     "sqlite:///STUDY_DIR/study.db. Workers on several machines need a server database.")
+    p.add_argument("--storage", help="Where the study lives: an Optuna journal file, a path ending in .journal "
+                                     "(default STUDY_DIR/study.journal: the processes of one machine), or an RDB URL "
+                                     "(postgresql://user:password@host/db for workers on several machines; mysql://...; "
+                                     "sqlite:///PATH for a study.db made by an older hpo.py).")
     p.add_argument("--pruner", choices=PRUNERS, default="none",
                    help="Optuna's pruner, its resource counted in evaluations of the tuning split. median: stop a trial "
                         "below the median of the completed trials at the same point; successive_halving: keep the top "
@@ -104,7 +106,8 @@ def parse_hpo_args(argv):
                         "random."),
     p.add_argument("--heartbeat_interval", type=int, default=30, help="Seconds between a running trial's heartbeats.")
     p.add_argument("--grace_period", type=int, default=90,
-                   help="A trial without heartbeat this long is taken as interrupted: FAILED, and rerun.")
+                   help="A trial without heartbeat this long (longer than --heartbeat_interval) is taken as "
+                        "interrupted: FAILED, and rerun.")
     p.add_argument("--poll_seconds", type=float, default=1.0, help="How often a running trial's eval log is read.")
     return p.parse_known_args(argv)
 
@@ -124,7 +127,7 @@ def main(argv=None):
     name = hpo.study_name or f"{task}_{arm}"
     study_dir = Path(hpo.study_dir or f"outputs/hpo/{name}")
     study_dir.mkdir(parents=True, exist_ok=True)
-    storage = hpo.storage or f"sqlite:///{study_dir / 'study.db'}"
+    storage = storage_location(hpo.storage, study_dir)
     study = open_study(name, storage, search.direction, pruning_settings(hpo), hpo.heartbeat_interval, hpo.grace_period)
     flags = fixed_run_flags(run_args, search.space)
     note = pin_study(study, flags, arm)
@@ -347,8 +350,8 @@ def final_runs(hpo, fixed, record, record_path, task, arm, metric) -> list:
 
 
 def safe_url(url: str) -> str:
-    """The storage URL without its password, for logs and run_args.json."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The storage without its password (an RDB URL's), for logs and run_args.json."""
+    return shown_storage(url)
 
 
 if __name__ == "__main__":

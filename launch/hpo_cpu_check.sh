@@ -7,7 +7,7 @@
 #   launch/hpo_cpu_check.sh [DATA_DIR]      # default ../shared/data/glue; everything in outputs/hpo_cpu
 #
 # Two worker processes per study (one thread each), then the final runs, two methods at a time. A killed check resumes
-# where it stopped when started again (the studies are in outputs/hpo_cpu/sst2_<method>/study.db; finished final
+# where it stopped when started again (the studies are in outputs/hpo_cpu/sst2_<method>/study.journal; finished final
 # runs are kept). HPO_ROOT, HPO_WORKERS (2) and HPO_EXTRA_ARGS (e.g. "--n_trials 2 --max_steps 2 --final_seeds 1"
 # for a dry run) override the settings below from outside.
 set -euo pipefail

@@ -1,41 +1,131 @@
-"""The Optuna study in a database, and the loop one worker runs on it.
+"""The Optuna study in its storage, and the loop one worker runs on it.
 
 Every trial is written to the storage as it starts and as it ends, so the study outlives any worker: a killed search
-resumes from the database, and several workers (processes, machines) can share one study. A worker that dies leaves
-its trial RUNNING; its heartbeat stops, and after the grace period the next worker marks it FAILED and enqueues the
-same parameters again (RetryHeartbeatStaleTrialCallback), so the interrupted trial is rerun, not lost and not counted.
+resumes from the storage, and several workers can share one study. The storage is Optuna's JournalStorage, a file
+(STUDY_DIR/study.journal by default) that several processes on one machine share; or an RDB URL (PostgreSQL, MySQL)
+for workers on several machines, or SQLite (older studies).
+
+A worker that dies leaves its trial RUNNING. Once its heartbeat has been silent for the grace period, the next worker
+marks it FAILED and enqueues the same parameters again (RetryHeartbeatStaleTrialCallback, whose system attribute
+"failed_trial" marks the retry), so the interrupted trial is rerun, not lost and not counted. The two storages beat
+differently:
+- RDB: Optuna's own heartbeat (a thread records it during the whole trial; fail_stale_trials). Both the beat and the
+  check read the database server's clock, so the clocks of the worker machines need not agree.
+- Journal: Optuna 5 has no heartbeat for JournalStorage, so the project beats itself: the worker's polling loop
+  (search/trial.py) writes the trial's user attribute `heartbeat` (time.time()) every heartbeat_interval seconds,
+  and each worker, before it takes a trial and while it waits, fails the RUNNING trials silent for longer than the
+  grace period and enqueues their retry. Beat and check read the clock of the one machine that holds the file.
+  The FAIL is a state update that Optuna refuses (UpdateFinishedTrialError) on a trial that is already finished, and
+  the journal orders the updates, so of two workers that fail the same trial at once only the first enqueues it.
 """
 
 import time
 import warnings
+from pathlib import Path
 
 import optuna
 import sqlalchemy
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from search.pruning import PruningSettings, make_pruner
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+JOURNAL_SUFFIX = ".journal"
+HEARTBEAT = "heartbeat"  # a journal trial's user attribute: time.time() of its worker's last beat
 
 
-def open_study(name: str, storage_url: str, direction: str, pruning: PruningSettings, heartbeat_interval: int,
+def storage_location(given: str | None, study_dir: Path) -> str:
+    """The study's storage: --storage as given (an RDB URL, or a journal file ending in .journal), by default
+    STUDY_DIR/study.journal. One line, and no study opened, for a value of neither kind, a journal file whose folder is
+    missing, and a default STUDY_DIR that holds the SQLite study.db of an older hpo.py (whose default it was): a new
+    journal beside it would silently start the search again."""
+    if given is None:
+        old = study_dir / "study.db"
+        if old.exists():
+            raise SystemExit(f"{old} holds a study made by an older hpo.py (SQLite, its default storage): pass "
+                             f"--storage sqlite:///{old} to resume it (the default is now {study_dir / 'study.journal'}; "
+                             "move study.db away to start a new study there).")
+        return str(study_dir / f"study{JOURNAL_SUFFIX}")
+    if is_journal(given):
+        if not given.endswith(JOURNAL_SUFFIX):
+            raise SystemExit(f"--storage takes an RDB URL (sqlite:///..., postgresql://..., mysql://...) or a journal "
+                             f"file whose name ends in {JOURNAL_SUFFIX}, got {given!r}.")
+        if not Path(given).parent.is_dir():
+            raise SystemExit(f"--storage {given}: the folder {Path(given).parent} does not exist.")
+        return given
+    try:
+        url = make_url(given)
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # the value may hold a password: not shown
+        raise SystemExit("--storage: not an RDB URL of the form dialect://user:password@host:port/database "
+                         "(sqlite:///..., postgresql://..., mysql://...).") from None
+    try:
+        url.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise SystemExit(f"--storage {shown_storage(given)}: {url.drivername!r} is no database SQLAlchemy knows "
+                         "(sqlite, postgresql, mysql, ...).") from None
+    return given
+
+
+def is_journal(location: str) -> bool:
+    """A location without a URL scheme is a journal file."""
+    return "://" not in location
+
+
+def shown_storage(location: str) -> str:
+    """The storage as logs and run_args.json show it: a journal file's path, an RDB URL without its password."""
+    return location if is_journal(location) else make_url(location).render_as_string(hide_password=True)
+
+
+class HeartbeatJournalStorage(JournalStorage):
+    """A JournalStorage on a file, carrying the settings of the project's heartbeat (as RDBStorage carries Optuna's)."""
+
+    def __init__(self, path: str, heartbeat_interval: float, grace_period: float):
+        # JournalFileOpenLock: the lock is a file created with O_CREAT | O_EXCL, atomic on every local file system and
+        # on NFSv3 or later, with no need for symbolic links (which Optuna's tutorial notes Windows may refuse;
+        # JournalFileSymlinkLock, Optuna's default, is only needed on NFS older than v3, which is no local disk).
+        # Both break a lock left by a worker killed while it held it after their grace period (30 s).
+        super().__init__(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+
+
+def make_storage(location: str, heartbeat_interval: float = 60, grace_period: float = 120) -> optuna.storages.BaseStorage:
+    """The Optuna storage at `location` (see storage_location), with the heartbeat that fits it."""
+    if is_journal(location):
+        return HeartbeatJournalStorage(location, heartbeat_interval, grace_period)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if location.startswith("sqlite") else {}  # wait on a busy file
+    return RDBStorage(location, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                      grace_period=grace_period, heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+
+
+def open_study(name: str, location: str, direction: str, pruning: PruningSettings, heartbeat_interval: int,
                grace_period: int) -> optuna.Study:
-    """Create the study, or load it if it exists (same name, same storage). Its sampler is set by the caller once the
-    study's recorded search settings are checked (search/identity.py pin_search, search/sampler.py make_sampler)."""
+    """Create the study, or load it if it exists (same name, same storage at `location`, see storage_location). Its
+    sampler is set by the caller once the study's recorded search settings are checked (search/identity.py
+    pin_search, search/sampler.py make_sampler)."""
+    if not 0 < heartbeat_interval < grace_period:
+        raise SystemExit(f"--grace_period ({grace_period} s) must be longer than --heartbeat_interval "
+                         f"({heartbeat_interval} s, > 0): a running trial would be taken as interrupted between beats.")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # hpo.py prints its own line per trial, reasons included
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {}  # wait on a busy file
     for attempt in range(5):
         try:  # workers started together race to create the tables and the study; the losers find them made
-            storage = RDBStorage(storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                 grace_period=grace_period, heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+            storage = make_storage(location, heartbeat_interval, grace_period)
             study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
                                         pruner=make_pruner(pruning))  # sampler: TPE
             break
-        except sqlalchemy.exc.SQLAlchemyError:
+        except ImportError as error:  # the database's driver
+            raise SystemExit(f"--storage {shown_storage(location)}: its driver is missing ({error}); pip install -r "
+                             "requirements.txt installs PostgreSQL's (psycopg2-binary).") from None
+        except sqlalchemy.exc.SQLAlchemyError as error:
             if attempt == 4:
-                raise
+                reason = str(error).strip().splitlines()[0]
+                raise SystemExit(f"--storage {shown_storage(location)}: cannot open the study there "
+                                 f"({type(error).__name__}: {reason}).") from None
             time.sleep(1 + attempt)
     return study
 
@@ -52,11 +142,61 @@ def counted_trials(study) -> list:
     return [t for t in trials if t.state in FINISHED and t.number not in retried]
 
 
+class TrialHeartbeat:
+    """The project's heartbeat for one trial of a journal study, called by the trial's polling loop (search/trial.py):
+    sets the trial's user attribute `heartbeat` to time.time() at the first call and then at most every
+    heartbeat_interval seconds. A no-op on an RDB, where Optuna's own thread beats."""
+
+    def __init__(self, trial):
+        storage = trial.storage
+        self.trial = trial
+        self.interval = storage.heartbeat_interval if isinstance(storage, HeartbeatJournalStorage) else None
+        self.last = None
+
+    def __call__(self):
+        if self.interval is None or (self.last is not None and time.monotonic() - self.last < self.interval):
+            return
+        self.trial.set_user_attr(HEARTBEAT, time.time())
+        self.last = time.monotonic()
+
+
+def fail_interrupted_trials(study):
+    """Mark FAILED the RUNNING trials whose heartbeat has been silent for the grace period, and enqueue each one's
+    parameters again (RetryHeartbeatStaleTrialCallback): Optuna's fail_stale_trials on an RDB, the project's own
+    heartbeat on a journal."""
+    storage = study._storage  # as Optuna's fail_stale_trials reads it
+    if not isinstance(storage, HeartbeatJournalStorage):
+        fail_stale_trials(study)
+        return
+    for trial in silent_trials(study, storage.grace_period):
+        take_over(study, trial)
+
+
+def silent_trials(study, grace_period: float) -> list:
+    """The RUNNING trials of a journal study whose last beat is older than grace_period seconds; before its first beat
+    a trial's start counts as one (a retry also inherits its original's old `heartbeat` attribute)."""
+    now = time.time()
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if now - max(t.user_attrs.get(HEARTBEAT, 0.0), t.datetime_start.timestamp()) > grace_period]
+
+
+def take_over(study, trial) -> bool:
+    """FAIL a silent trial and enqueue its retry, as Optuna's fail_stale_trials does. False, and nothing enqueued, when
+    the trial was finished before this update in the journal's order: by its own worker, or by another worker's
+    take_over (Optuna refuses a state update on a finished trial with UpdateFinishedTrialError)."""
+    try:
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return False
+    RetryHeartbeatStaleTrialCallback()(study, study._storage.get_trial(trial._trial_id))
+    return True
+
+
 def run_worker(study, n_trials: int, objective, on_trial_end, catch: tuple, poll_seconds: float):
     """Run trials one at a time until the study holds n_trials counted trials, then wait for the other workers'
-    running trials to end (a stale one ends after the grace period, and its retry is taken here)."""
+    running trials to end (an interrupted one ends after the grace period, and its retry is taken here)."""
     while True:
-        fail_stale_trials(study)
+        fail_interrupted_trials(study)
         trials = study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]
         waiting = [t for t in trials if t.state == TrialState.WAITING]

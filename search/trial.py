@@ -20,6 +20,7 @@ import optuna
 
 from eval_log import read_eval_log
 from search.pruning import PruningSettings, may_prune, report_step
+from search.study import TrialHeartbeat
 
 
 class TrialFailed(Exception):
@@ -35,8 +36,10 @@ def run_trial(trial, command: list, trial_dir: Path, metric: str, pruning: Pruni
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                    preexec_fn=die_with_parent)
     reported = 0
+    beat = TrialHeartbeat(trial)  # a journal study's heartbeat: a trial whose worker died is rerun (search/study.py)
     try:
         while True:
+            beat()
             exited = process.poll() is not None  # read the log after the exit check: nothing is missed
             records = read_eval_log(trial_dir)
             for record in records[reported:]:

@@ -5,9 +5,10 @@
 Its records carry the step of the method's last structural change as plan.RunPlan.structure_final_step gives it
 (GLoRA: --glora_warmup_steps, default a third; AdaLoRA: max_steps - --tfinal, default 20 %; LoRA: 0).
 
-A run that finishes writes all_results.json (its metrics eval_tuning_* under --eval_split tuning, as a real run's),
-and run_args.json with its command line (`argv`, for the tests to parse with the real parser) and the hpo block, as
-prepare_output_dir does.
+At its start it writes fake_run.pid ("PID PARENT_PID"), so that a test can tell which worker started it and check that
+it died with that worker. A run that finishes writes all_results.json (its metrics eval_tuning_* under --eval_split
+tuning, as a real run's), and run_args.json with its command line (`argv`, for the tests to parse with the real
+parser) and the hpo block, as prepare_output_dir does.
 """
 
 import json
@@ -52,6 +53,7 @@ def main(argv):
         raise RuntimeError("fake run failed on purpose")
     out = Path(flags["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
+    (out / "fake_run.pid").write_text(f"{os.getpid()} {os.getppid()}")
     max_steps = int(flags.get("max_steps") or 8)
     interval = math.ceil(float(flags["eval_steps"]) * max_steps) if flags.get("eval_strategy") == "steps" else None
     lr = float(flags.get("learning_rate") or 2e-4)

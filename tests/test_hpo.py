@@ -31,7 +31,7 @@ from glue_data import load_glue_data
 from search.report import FIGURES, intermediate_curves, plot_intermediate_values, write_figures
 from search.sampler import make_sampler, sampler_record
 from search.space import load_search_config, sample
-from search.study import counted_trials
+from search.study import counted_trials, make_storage
 
 FAKE_RUN = str(ROOT / "tests" / "fake_run.py")
 HPO_BLOCK_KEYS = {"study_name", "storage", "n_trials", "n_complete", "n_pruned", "best_params", "tuned_on", "study_uid",
@@ -50,12 +50,17 @@ def fake_hpo_args(space_file, study_dir, *extra):
             "--run_script", FAKE_RUN, "--poll_seconds", "0.1", "--max_steps", "8", *extra]
 
 
-def load_study(study_dir):
-    return optuna.load_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}")
+def journal(study_dir):
+    """The storage hpo.py uses by default: the journal file STUDY_DIR/study.journal."""
+    return make_storage(str(study_dir / "study.journal"))
+
+
+def load_study(study_dir, name="sst2_lora"):
+    return optuna.load_study(study_name=name, storage=journal(study_dir))
 
 
 def trials_so_far(study_dir) -> list:
-    if not (study_dir / "study.db").exists():
+    if not (study_dir / "study.journal").exists():
         return []
     try:
         return load_study(study_dir).get_trials()
@@ -102,7 +107,7 @@ def test_the_pruner_stops_a_poor_trial_and_its_process(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_STEP_SECONDS", "0.3")
     study_dir = tmp_path / "study"
     study_dir.mkdir()
-    study = optuna.create_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
+    study = optuna.create_study(study_name="sst2_lora", storage=journal(study_dir), direction="maximize")
     study.enqueue_trial({"learning_rate": 9e-3})  # good: completes
     study.enqueue_trial({"learning_rate": 1e-4})  # poor: below the median at its first evaluation
     hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--stage", "search",
@@ -216,7 +221,7 @@ def test_by_default_no_pruner_and_one_evaluation_at_the_end_of_each_trial(tmp_pa
 def test_pruner_none_lets_the_poor_trial_finish(tmp_path):
     study_dir = tmp_path / "study"
     study_dir.mkdir()
-    study = optuna.create_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
+    study = optuna.create_study(study_name="sst2_lora", storage=journal(study_dir), direction="maximize")
     study.enqueue_trial({"learning_rate": 9e-3})
     study.enqueue_trial({"learning_rate": 1e-4})
     hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--stage", "search",
@@ -271,7 +276,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path, m
 
 
 def test_two_workers_share_one_study(tmp_path, monkeypatch, capsys):
-    """A worker process started on its own, and this test's process as the second worker, on one SQLite study."""
+    """A worker process started on its own, and this test's process as the second worker, on one journal study."""
     monkeypatch.setenv("FAKE_STEP_SECONDS", "0.1")
     study_dir = tmp_path / "study"
     space_file = write_space(tmp_path, LR_SPACE)
@@ -522,7 +527,7 @@ def test_a_final_run_of_another_study_is_refused_and_rerun_beside_it_on_request(
         "--n_trials", "1", "--final_seeds", "1", "--final_root", str(final_root)]
     folder = final_root / "sst2" / "lora_seed1"
     with pytest.raises(SystemExit, match=rf"^{re.escape(str(folder))} holds a finished final run that is not this "
-                                         rf"study's: made by study sst2_lora in {re.escape(f'sqlite:///{tmp_path}/first')}"
+                                         rf"study's: made by study sst2_lora in {re.escape(f'{tmp_path}/first/study.journal')}"
                                          ".*max_steps 8 there, 4 now.*Pass --rerun_stale_finals"):
         hpo.main(second)
     assert not (tmp_path / "second" / "trials").exists()  # refused before its search
@@ -542,7 +547,7 @@ def test_a_final_run_made_before_the_best_parameters_changed_is_refused(tmp_path
     space_file = write_space(tmp_path, LR_SPACE)
     args = fake_hpo_args(space_file, study_dir, "--final_seeds", "1", "--pruner", "none")
     study_dir.mkdir()
-    study = optuna.create_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
+    study = optuna.create_study(study_name="sst2_lora", storage=journal(study_dir), direction="maximize")
     study.enqueue_trial({"learning_rate": 1e-3})
     hpo.main(args + ["--n_trials", "1"])
     results = final_root / "sst2" / "lora_seed1" / "all_results.json"
@@ -605,7 +610,7 @@ def test_whole_pipeline_with_a_tiny_model(tiny_bert, glue_dir, tmp_path, capsys)
     assert list(table["state"]) == ["COMPLETE", "COMPLETE"] and list(table["steps_trained"]) == [2, 2]
     assert {"value", "duration_s", "param_learning_rate", "param_per_device_train_batch_size"} <= set(table.columns)
     best = json.loads((study_dir / "best_params.json").read_text())
-    assert best == optuna.load_study(study_name="sst2_glora", storage=f"sqlite:///{study_dir / 'study.db'}").best_params
+    assert best == load_study(study_dir, "sst2_glora").best_params
     assert (study_dir / "optimization_history.png").stat().st_size > 0
 
     trial_log = [json.loads(line) for line in (study_dir / "trials" / "trial_0000" / "eval_log.jsonl").read_text().splitlines()]
