@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The hyper-parameter search's real check on CPU, offline (docs/hpo.md): MiniLM-L6 on real SST-2 (2,000 training
 # examples, 1 epoch, length-grouped batches), learning rate and batch size searched for each of LoRA, AdaLoRA and
-# GLoRA (configs/search/cpu_lr_batch.yaml: 8 trials each, median pruning, scored on a 500-example tuning split held
-# out from the training data), then final runs with the best values for seeds 1 2 3, and compare_runs.py on them.
+# GLoRA (configs/search/cpu_lr_batch.yaml: 8 trials each, hpo.py's default: no pruning, one evaluation per trial,
+# scored at its end on a 500-example tuning split held out from the training data), then final runs with the best
+# values for seeds 1 2 3, and compare_runs.py on them.
 #
 #   launch/hpo_cpu_check.sh [DATA_DIR]      # default ../shared/data/glue; everything in outputs/hpo_cpu
 #
