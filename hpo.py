@@ -212,9 +212,9 @@ def pruning_notes(hpo, study, record: dict, task: str, arm: str) -> list:
             rates.setdefault(str(block["arm"]), (int(block["n_pruned"]), int(block["n_trials"])))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # not a final run of hpo.py (compare_runs.py reports such folders)
-    lines = ["pruning rates: " + ", ".join(f"{a} {p}/{n}" for a, (p, n) in rates.items())
-             + f" (pruner {settings.pruner}, judged from {settings.first_evaluation}/{settings.evaluations_per_trial} "
-               "of each run)"]
+    how = (f"pruner {settings.pruner}, judged from {settings.first_evaluation}/{settings.evaluations_per_trial} of "
+           "each run" if settings.pruner != "none" else "no pruner in this study")
+    lines = ["pruning rates: " + ", ".join(f"{a} {p}/{n}" for a, (p, n) in rates.items()) + f" ({how})"]
     gap = pruning_rate_gap(rates, hpo.pruning_rate_margin)
     if gap:
         lines.append(f"WARNING: {gap}")

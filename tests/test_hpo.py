@@ -684,5 +684,5 @@ def test_the_summary_shows_each_arms_pruning_rate_and_warns_when_they_differ(tmp
     hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--final_seeds",
                            "--final_root", str(final), "--pruner", "none"))
     out = capsys.readouterr().out
-    assert "pruning rates: lora 0/2, adalora 6/8, glora 2/8 (pruner none" in out
+    assert "pruning rates: lora 0/2, adalora 6/8, glora 2/8 (no pruner in this study)" in out
     assert "WARNING: pruning rates differ by more than 25% (lora 0/2 (0%), adalora 6/8 (75%), glora 2/8 (25%))" in out
