@@ -126,12 +126,12 @@ def pruned_at(tmp_path, method, *flags, space=LR_SPACE) -> list:
     study_dir = tmp_path / f"study_{method}"
     study_dir.mkdir()
     name = f"sst2_{method}"
-    study = optuna.create_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
+    study = optuna.create_study(study_name=name, storage=journal(study_dir), direction="maximize")
     study.enqueue_trial({"learning_rate": 9e-3})
     study.enqueue_trial({"learning_rate": 1e-4})
     hpo.main(fake_hpo_args(write_space(tmp_path, space, run={"method": method}), study_dir, "--n_trials", "2",
                            "--stage", "search", "--pruner_startup_trials", "1", *flags))
-    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}").get_trials()
+    trials = load_study(study_dir, name).get_trials()
     return [(t.state, t.user_attrs["steps_trained"]) for t in trials]
 
 
@@ -179,8 +179,7 @@ REPLAY_RATES = [2e-3, 9e-3, 1e-4, 5e-3, 3e-4, 8e-3]  # enqueued in this order in
 def enqueued_study(study_dir, space_file, *flags) -> Path:
     """A fake-run study of the REPLAY_RATES trials, searched then tabulated (trials.csv) without final runs."""
     study_dir.mkdir(parents=True)
-    created = optuna.create_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}",
-                                  direction="maximize")
+    created = optuna.create_study(study_name="sst2_lora", storage=journal(study_dir), direction="maximize")
     for lr in REPLAY_RATES:
         created.enqueue_trial({"learning_rate": lr})
     hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", str(len(REPLAY_RATES)), "--final_seeds",
@@ -436,7 +435,7 @@ def test_a_study_reopened_with_other_search_settings_is_refused_before_any_trial
 def test_figures_are_written_and_show_where_the_pruned_trial_stopped(tmp_path, capsys):
     study_dir = tmp_path / "study"
     study_dir.mkdir()
-    study = optuna.create_study(study_name="sst2_lora", storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
+    study = optuna.create_study(study_name="sst2_lora", storage=journal(study_dir), direction="maximize")
     study.enqueue_trial({"learning_rate": 9e-3})  # good: completes
     study.enqueue_trial({"learning_rate": 1e-4})  # poor: stopped at its first evaluation, a quarter of its run
     hpo.main(fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, "--n_trials", "2", "--pruner_startup_trials",

@@ -77,7 +77,8 @@ def test_a_killed_workers_trial_is_rerun_once_by_the_other_workers(storage_flags
     counted, the interrupted one rerun once."""
     monkeypatch.setenv("FAKE_STEP_SECONDS", "1")  # a trial takes 8 s: the two workers start theirs side by side
     study_dir, space = tmp_path / "study", write_space(tmp_path, LR_SPACE)
-    flags = ("--n_trials", "2", "--stage", "search", "--pruner", "none", *HEARTBEAT, *storage_flags)
+    flags = ("--n_trials", "2", "--stage", "search", "--pruner", "none", "--evaluations_per_trial", "4", *HEARTBEAT,
+             *storage_flags)
     location = storage_flags[1] if storage_flags else str(study_dir / "study.journal")
     workers = {w.pid: w for w in (start_worker(space, study_dir, *flags) for _ in range(2))}
     try:
