@@ -31,6 +31,9 @@ class GradNormRankMixin:
             raise TypeError(f"gradnorm_rank must be a GradNormRankConfig or a GradNormRank, got "
                             f"{type(gradnorm_rank).__name__}.")
         self.gradnorm_rank = gradnorm_rank
+        if gradnorm_rank is not None and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError("gradnorm_rank resizes LoRA layers mid-training, which works on one device and under DDP "
+                             "only; this Trainer runs DeepSpeed or FSDP.")
         if gradnorm_rank is not None:
             gradnorm_rank.attach(TrainerHost(self))
             self.add_callback(gradnorm_rank)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, minilm_path
+from conftest import ROOT, Tiny, minilm_path
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 
 import arguments
 import gradnorm_rank
-from gradnorm_rank import GradNormRankConfig, lora_layers
+from gradnorm_rank import GradNormRankConfig, GradNormRankMixin, lora_layers
 
 SNIPPET = re.compile(r"<!-- snippet: (\w+) -->\n```python\n(.*?)```", re.S)
 WARMUP, STEPS, RANK = 4, 8, 4  # the snippets reallocate after optimizer step 4; every adapter starts at rank 4
@@ -167,6 +167,18 @@ def test_config_refuses_a_bad_value_in_one_line(changes, message):
     with pytest.raises(ValueError) as error:
         GradNormRankConfig(**{"warmup_steps": 10, **changes})
     assert str(error.value) == message
+
+
+def test_mixin_refuses_deepspeed_or_fsdp_and_a_setting_of_the_wrong_type():
+    class ShardedTrainer:  # what the mixin reads of a Trainer that runs FSDP
+        def __init__(self, model):
+            self.model, self.is_deepspeed_enabled, self.is_fsdp_enabled = model, False, True
+
+    model = get_peft_model(Tiny(), LoraConfig(r=2, target_modules=["up", "down"]))
+    with pytest.raises(ValueError, match="works on one device and under DDP only; this Trainer runs DeepSpeed or FSDP"):
+        type("T", (GradNormRankMixin, ShardedTrainer), {})(model=model, gradnorm_rank=GradNormRankConfig(warmup_steps=2))
+    with pytest.raises(TypeError, match="gradnorm_rank must be a GradNormRankConfig or a GradNormRank, got dict"):
+        type("T", (GradNormRankMixin, ShardedTrainer), {})(model=model, gradnorm_rank={"warmup_steps": 2})
 
 
 def test_choices_are_declared_once_and_the_harness_flags_use_them():
