@@ -14,6 +14,8 @@ import torch
 from peft import AdaLoraConfig, LoraConfig, TaskType
 from transformers import TrainerCallback
 
+from gradnorm_rank import lora_layers, pattern_key
+
 METHODS = ("lora", "adalora", "glora")  # the three arms of the comparison, in the order tables show them
 
 # The six matrices of a transformer layer that the AdaLoRA paper adapts, as regexes on the module
@@ -74,7 +76,7 @@ def head_modules(model) -> list:
 
 
 def build_peft_config(plan):
-    """The peft config of the plan's method. GLoRA starts as uniform LoRA; `glora_callback.GLoRA` re-apportions."""
+    """The peft config of the plan's method. GLoRA starts as uniform LoRA; `gradnorm_rank.GradNormRank` re-apportions."""
     common = dict(
         task_type=TaskType.SEQ_CLS,
         target_modules=list(plan.targets),
@@ -92,28 +94,10 @@ def build_peft_config(plan):
     return AdaLoraConfig(**dataclasses.asdict(plan.adalora), **common)
 
 
-def pattern_key(module_path: str) -> str:
-    """The key of one module in peft's rank_pattern / alpha_pattern: peft matches keys as regexes against module
-    paths, so the path is escaped."""
-    return re.escape(module_path)
-
-
 def unit_costs(model, targets) -> list:
     """d_in + d_out of each target matrix: the adapter parameters one rank of it costs (A's row plus B's column)."""
     modules = dict(model.named_modules())
     return [modules[name].in_features + modules[name].out_features for name in targets]
-
-
-def lora_layers(peft_model):
-    """{module path without the peft prefix: LoRA layer} for every adapted matrix."""
-    from peft.tuners.lora import LoraLayer
-
-    prefix = "base_model.model."
-    return {
-        name[len(prefix) :] if name.startswith(prefix) else name: module
-        for name, module in peft_model.named_modules()
-        if isinstance(module, LoraLayer)
-    }
 
 
 def current_ranks(peft_model, adapter_name="default", count_masked=False) -> dict:

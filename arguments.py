@@ -14,10 +14,14 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from adapters import MATRIX_PATTERNS, METHODS
-from glora_callback import ADAM_RULES, SCORE_NORMS, SIGNALS
 from glue_tasks import GLUE_TASKS
-from plan import BUDGET_UNITS
+from gradnorm_rank import choices as glora_choices
 
+# GLoRA's choices as its config declares them (gradnorm_rank.GradNormRankConfig); the budget unit is every method's.
+BUDGET_UNITS = glora_choices("budget_unit")
+SIGNALS = glora_choices("signal")
+SCORE_NORMS = glora_choices("score_norm")
+ADAM_RULES = glora_choices("adam_rule")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -358,6 +362,8 @@ def check_args(args: RunArguments):
         if value is not None and value < 1:
             raise ValueError(f"--{flag} must be >= 1 (the first N examples), got {value}; leave it out to use them all.")
     check_method_flags(args)
+    if not 0.0 <= peft.glora_beta < 1.0:
+        raise ValueError(f"--glora_beta must be in [0, 1), got {peft.glora_beta}.")
     if peft.glora_min_rank < 1:
         raise ValueError(f"--glora_min_rank must be >= 1 (a LoRA layer cannot have rank 0), got {peft.glora_min_rank}.")
     if peft.glora_max_rank is not None and peft.glora_max_rank < peft.glora_min_rank:

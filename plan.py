@@ -10,11 +10,10 @@ import logging
 import math
 from dataclasses import dataclass
 
+from gradnorm_rank import GradNormRankConfig
 from rank_pattern import RankPattern, resolve_rank_pattern
 
 logger = logging.getLogger(__name__)
-
-BUDGET_UNITS = ("rank", "params")  # what --budget_unit counts: sum of ranks, or adapter parameters sum r (d_in + d_out)
 
 
 @dataclass(frozen=True)
@@ -31,20 +30,6 @@ class AdaLoraPlan:
     beta2: float
     orth_reg_weight: float
     total_step: int
-
-
-@dataclass(frozen=True)
-class GLoRAPlan:
-    budget_unit: str  # "rank": rank_budget is spent; "params": param_budget is
-    rank_budget: int
-    param_budget: int | None
-    warmup_steps: int  # the optimizer step after which ranks are re-apportioned
-    beta: float
-    signal: str
-    min_rank: int
-    max_rank: int | None
-    score_norm: str  # raw | per_entry | per_rank_unit
-    adam_rule: str  # slice_bias_correction | inherit_step
 
 
 @dataclass(frozen=True)
@@ -66,7 +51,7 @@ class RunPlan:
     lr_warmup_steps: float  # --warmup_steps as the run uses it: steps (>= 1) or the Trainer's ratio (< 1)
     world_size: int
     adalora: AdaLoraPlan | None = None
-    glora: GLoRAPlan | None = None
+    glora: GradNormRankConfig | None = None  # GLoRA's settings, its budgets resolved
     rank_pattern: RankPattern | None = None  # LoRA's fixed per-matrix ranks (--rank_pattern)
 
     @property
@@ -211,7 +196,7 @@ def resolve_adalora(peft, *, rank_budget: int, param_budget: int | None, unit_co
     )
 
 
-def check_glora_rank_cap(glora: GLoRAPlan, unit_costs):
+def check_glora_rank_cap(glora: GradNormRankConfig, unit_costs):
     """--glora_max_rank must leave room for the budget: with every matrix at the cap, at least all of it is spent."""
     cap, n = glora.max_rank, len(unit_costs)
     if cap is None:
@@ -225,7 +210,8 @@ def check_glora_rank_cap(glora: GLoRAPlan, unit_costs):
                          f"{math.ceil(glora.param_budget / sum(unit_costs))} or a smaller budget.")
 
 
-def resolve_glora(peft, *, rank_budget: int, param_budget: int | None, total_steps: int, trial_run: bool) -> GLoRAPlan:
+def resolve_glora(peft, *, rank_budget: int, param_budget: int | None, total_steps: int,
+                  trial_run: bool) -> GradNormRankConfig:
     warmup = steps_from(peft.glora_warmup_steps, total_steps)
     if warmup < 1:
         raise ValueError(f"--glora_warmup_steps must be positive, got {peft.glora_warmup_steps}.")
@@ -239,7 +225,7 @@ def resolve_glora(peft, *, rank_budget: int, param_budget: int | None, total_ste
         clamped = max(1, total_steps // 2)
         logger.warning(f"GLoRA warm-up {warmup} >= max_steps {total_steps}: trial run, reallocating at step {clamped}.")
         warmup = clamped
-    return GLoRAPlan(
+    return GradNormRankConfig(
         budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget, warmup_steps=warmup,
         beta=peft.glora_beta, signal=peft.glora_signal, min_rank=peft.glora_min_rank, max_rank=peft.glora_max_rank,
         score_norm=peft.glora_score_norm, adam_rule=peft.glora_adam_rule,

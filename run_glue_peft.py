@@ -59,9 +59,9 @@ from checkpoints import (
     write_json_atomic,
 )
 from eval_log import EvalLog
-from glora_callback import GLoRA, TrainerHost
 from glue_data import load_glue_data, tokenize_splits
 from glue_tasks import GLUE_TASKS, glue_metrics
+from gradnorm_rank import GradNormRank, GradNormRankMixin
 from plan import resolve_plan
 from run_folder import discard_replaced, folder_lock, move_aside
 
@@ -149,7 +149,7 @@ def method_hooks(peft_model, plan) -> list:
     if plan.adalora is not None:
         return [AdaLoraCallback(peft_model, plan.adalora)]
     if plan.glora is not None:
-        return [GLoRA(peft_model, plan.glora)]
+        return [GradNormRank(peft_model, plan.glora)]
     return []
 
 
@@ -265,7 +265,8 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
         callbacks=[ScheduleCheck(plan.total_steps), EvalLog(plan.output_dir, data_args.eval_split,
                                                                  plan.structure_final_step,
                                                                  resuming=bool(training_args.resume_from_checkpoint))]
-        + [hook for hook in method if not isinstance(hook, GLoRA)],
+        + [hook for hook in method if not isinstance(hook, GradNormRank)],
+        gradnorm_rank=next((hook for hook in method if isinstance(hook, GradNormRank)), None),
         method=method,
         identity=identity,
     )
@@ -325,10 +326,10 @@ def write_records(results, model, plan, initial_ranks, method, training_args) ->
 # ---- the Trainer ----
 
 
-class GlueTrainer(Trainer):
-    """Trainer that evaluates in dataset order, normalises the loss itself, makes GLoRA's calls, seals its
-    checkpoints (`checkpoints.CheckpointSeal`), and on a resume stops where the run ends and reports whole-run
-    figures."""
+class GlueTrainer(GradNormRankMixin, Trainer):
+    """Trainer that evaluates in dataset order, normalises the loss itself, makes GLoRA's calls (the package's
+    mixin, as any user's Trainer), seals its checkpoints (`checkpoints.CheckpointSeal`), and on a resume stops where
+    the run ends and reports whole-run figures."""
 
     def __init__(self, *args, method=(), identity: dict, **kwargs):
         super().__init__(*args, **kwargs)
@@ -338,10 +339,6 @@ class GlueTrainer(Trainer):
         # tokens are averaged across devices.
         self.model_accepts_loss_kwargs = False
         self.method = list(method)
-        self.glora = next((hook for hook in self.method if isinstance(hook, GLoRA)), None)
-        if self.glora is not None:
-            self.glora.attach(TrainerHost(self))
-            self.add_callback(self.glora)
         self.prior = None  # the resumed checkpoint's progress (checkpoints.read_progress); None: a fresh run
         self.seal = CheckpointSeal(identity, self.progress)
         self.add_callback(self.seal)  # last: after every other callback's on_save
@@ -353,11 +350,6 @@ class GlueTrainer(Trainer):
             return None
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None  # None: accelerate shards in order
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.glora is None:
-            return super().training_step(model, inputs, num_items_in_batch)
-        return self.glora.training_step(super().training_step, model, inputs, num_items_in_batch, self.accelerator)
-
     def train(self, resume_from_checkpoint=None, **kwargs):
         """`resume_from_checkpoint`: a folder `check_resume` accepted."""
         if self.callback_handler.callbacks[-1] is not self.seal:
@@ -365,8 +357,9 @@ class GlueTrainer(Trainer):
                                "checkpoints after they are sealed.")
         self.prior = read_progress(resume_from_checkpoint) if resume_from_checkpoint else None
         if resume_from_checkpoint:
-            for hook in self.method:  # GLoRA: before the Trainer loads the checkpoint's weights, which have its ranks
-                hook.load(resume_from_checkpoint)
+            for hook in self.method:  # GLoRA's is loaded by the mixin (before the checkpoint's weights, of its ranks)
+                if hook is not self.gradnorm_rank:
+                    hook.load(resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):

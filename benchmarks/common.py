@@ -1,13 +1,13 @@
 """Pieces shared by the benchmark scripts: models, one peft model per method built with the project's own
-code (arguments' defaults, plan, adapters, glora_callback), and one optimizer step exactly as the Trainer takes it.
+code (arguments' defaults, plan, adapters, gradnorm_rank), and one optimizer step exactly as the Trainer takes it.
 
 Imports only torch, transformers, peft, pyyaml and the project's modules that need nothing more, so that
-benchmarks/gpu.sh runs on a bare GPU machine (no datasets, scikit-learn, ...).
+benchmarks/gpu.sh runs on a bare GPU machine (no datasets, scikit-learn, ...). The scripts run as modules from the
+repository root (`python -m benchmarks.step_time`), where the project's modules are importable.
 """
 
 import copy
 import os
-import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -20,8 +20,6 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # peft 0.21 calls a d
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from peft import get_peft_model  # noqa: E402
 from transformers import get_linear_schedule_with_warmup  # noqa: E402
@@ -36,7 +34,7 @@ from adapters import (  # noqa: E402
     unit_costs,
 )
 from arguments import PeftArguments  # noqa: E402
-from glora_callback import GLoRA, LoopHost  # noqa: E402
+from gradnorm_rank import GradNormRank, LoopHost  # noqa: E402
 from plan import RunPlan, resolve_adalora, resolve_glora, resolve_rank_budget  # noqa: E402
 
 # DeBERTa-v3-base's architecture (microsoft/deberta-v3-base config.json), built with random weights.
@@ -108,7 +106,7 @@ def method_plan(method, lora_r, targets, costs, head, total_step, deltaT=10, sig
     """The run plan of `method` with the project's defaults (arguments.PeftArguments) at rank `lora_r`. AdaLoRA's
     schedule is set so that timed steps fall in its budget-decreasing phase (its most expensive one: sensitivity
     update every step, masking every deltaT steps). GLoRA's warm-up is never reached by step count: the benchmark
-    calls `GLoRA.reallocate` itself when it wants the reallocation."""
+    calls `GradNormRank.reallocate` itself when it wants the reallocation."""
     peft = PeftArguments(method=method, lora_r=lora_r, tinit=0, tfinal=total_step // 5, deltaT=deltaT,
                          glora_warmup_steps=total_step - 1, glora_signal=signal)
     budget = resolve_rank_budget(peft, len(targets))
@@ -136,7 +134,7 @@ def make_optimizer(model, lr=2e-4, weight_decay=0.01):
 
 def build_method(base, kind, lora_r=8, signal="lora_b", total_step=1000, deltaT=10, seed=0, targets=None):
     """A namespace with `model` (the peft model on a deep copy of `base`), `host` (its optimizer and scheduler, which
-    GLoRA replaces when it reallocates), `glora` (glora_callback.GLoRA or None), `adalora` (bool) and `step`
+    GLoRA replaces when it reallocates), `glora` (gradnorm_rank.GradNormRank or None), `adalora` (bool) and `step`
     (optimizer steps taken). kind: lora | adalora | glora."""
     model = copy.deepcopy(base)
     targets = targets or resolve_targets(model, list(MATRIX_PATTERNS))
@@ -151,7 +149,7 @@ def build_method(base, kind, lora_r=8, signal="lora_b", total_step=1000, deltaT=
     m = SimpleNamespace(kind=kind, model=model, host=host, glora=None, adalora=kind == "adalora", step=0,
                         total_step=total_step, rank_budget=plan.rank_budget, num_targets=len(targets))
     if kind == "glora":
-        m.glora = GLoRA(model, plan.glora)
+        m.glora = GradNormRank(model, plan.glora)
         m.glora.attach(host)
     return m
 

@@ -8,8 +8,8 @@ distribution and the mean padded batch length of each mode over one epoch; (3) t
 default_data_collator), `dynamic` (DataCollatorWithPadding, run_glue_peft's default) and `grouped` (dynamic
 padding + the Trainer's --train_sampling_strategy group_by_length). The time counts collation + step.
 
-    python benchmarks/data_pipeline.py                       # MiniLM, RTE and SST-2, CPU
-    python benchmarks/data_pipeline.py --tasks sst2 --steps 8
+    python -m benchmarks.data_pipeline                       # MiniLM, RTE and SST-2, CPU
+    python -m benchmarks.data_pipeline --tasks sst2 --steps 8
 """
 
 import argparse
@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, build_method, load_base_model, minilm_path, train_step
+
+from benchmarks.common import ROOT, build_method, load_base_model, minilm_path, train_step
 
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data" / "glue"
 

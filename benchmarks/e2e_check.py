@@ -5,7 +5,7 @@
   - the final ranks in ranks.json sum to the rank budget, and GLoRA really reallocated;
   - the saved adapter reloads onto the base model (peft.PeftModel.from_pretrained) with the same rank per matrix.
 
-    python3 benchmarks/e2e_check.py OUTPUT_DIR MODEL LABEL        # exit 1 and "CHECK FAILED: ..." if one fails
+    python3 -m benchmarks.e2e_check OUTPUT_DIR MODEL LABEL        # exit 1 and "CHECK FAILED: ..." if one fails
 """
 
 import json
@@ -13,9 +13,8 @@ import math
 import sys
 from pathlib import Path
 
-import common  # noqa: F401  (the project's modules on sys.path, offline hub)
-
 from adapters import current_ranks
+from benchmarks import common  # noqa: F401  (offline hub: the model is a local folder)
 from glue_tasks import GLUE_TASKS
 
 METRICS = ("accuracy", "f1", "matthews", "pearson")

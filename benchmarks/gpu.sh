@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/gpu.sh                 # on the GPU machine, from anywhere
 #   bash benchmarks/gpu.sh --tiny          # CPU smoke test of the same path: tiny DeBERTa, bf16 autocast on CPU
-#   bash benchmarks/gpu.sh --json_out gpu.json   # further flags go to benchmarks/step_time.py (paths: your cwd)
+#   bash benchmarks/gpu.sh --json_out gpu.json   # further flags go to benchmarks.step_time (paths: your cwd)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 if [[ "${1:-}" == "--tiny" ]]; then
@@ -18,5 +18,6 @@ else
   ARGS=(--model deberta-v3-base --device cuda --bf16 --batch_size 32 --seq_len 128 256 --warmup_iters 5 --iters 60)
 fi
 start=$(date +%s)
-"${PYTHON:-python3}" "$HERE/step_time.py" "${ARGS[@]}" "$@"
+# The script is a module of the repository (python -m benchmarks.step_time); its root goes first on the path.
+PYTHONPATH="$(dirname "$HERE")${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m benchmarks.step_time "${ARGS[@]}" "$@"
 echo "gpu.sh: $(( $(date +%s) - start )) s"

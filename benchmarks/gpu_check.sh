@@ -70,7 +70,7 @@ for name in "${PARTS[@]}"; do
       part install bash -c '"$PYTHON" benchmarks/gpu_kit.py install "$1/wheels" "$2/site" && echo "-- in use:" &&
         "$PYTHON" benchmarks/gpu_kit.py env && "$PYTHON" -c "import datasets, run_glue_peft"' _ "$KIT" "$OUT" ;;
     model)
-      part model "$PYTHON" benchmarks/make_random_model.py "$KIT/tokenizer" "$MODEL" "${TINY[@]}" ;;
+      part model "$PYTHON" -m benchmarks.make_random_model "$KIT/tokenizer" "$MODEL" "${TINY[@]}" ;;
     step_time)
       part step_time "${STEP[@]}" ;;
     e2e)

@@ -45,7 +45,7 @@ run_precision() {  # every method under one precision; returns 1 if any failed
     if [ $rc != 0 ]; then  # 124: its E2E_TIMEOUT ran out
       echo "$TASK $method $precision: FAILED, rc $rc (see $out.log)"; tail -5 "$out.log"; status=1; continue
     fi
-    "${LIMIT[@]}" "$PYTHON" benchmarks/e2e_check.py "$out" "$MODEL" "$precision" || status=1
+    "${LIMIT[@]}" "$PYTHON" -m benchmarks.e2e_check "$out" "$MODEL" "$precision" || status=1
   done
   return $status
 }

@@ -4,13 +4,13 @@
 relative attention) except the vocabulary, which is the tokenizer's, so real text can be fed. Built on the machine
 that uses it: pretrained weights never travel.
 
-    python3 benchmarks/make_random_model.py TOKENIZER_DIR OUT_DIR [--tiny]
+    python3 -m benchmarks.make_random_model TOKENIZER_DIR OUT_DIR [--tiny]
 """
 
 import argparse
 import sys
 
-from common import DEBERTA_V3_BASE, TINY_DEBERTA
+from benchmarks.common import DEBERTA_V3_BASE, TINY_DEBERTA
 
 
 def main(argv=None):

@@ -11,12 +11,12 @@ optimizer and method state) and, on CUDA, the measured peak of a step.
 
 Methods: lora; adalora (orthogonality loss in its forward, update_and_allocate every step); glora_<signal> in the
 warm-up phase (observe_gradients every step; `delta` also has its forward/backward hooks); glora_after: a GLoRA
-model reallocated by its real code (GLoRA.reallocate) after the warm-up rounds. The seconds of each
+model reallocated by its real code (GradNormRank.reallocate) after the warm-up rounds. The seconds of each
 reallocation (allocation + resize + optimizer rebuild) are reported in units of a LoRA step.
 
-    python benchmarks/step_time.py --model minilm --seq_len 64 --iters 25        # CPU, packaged MiniLM
-    python benchmarks/step_time.py --model deberta-v3-base --device cuda --bf16 --seq_len 128 256
-    python benchmarks/step_time.py --tiny                                        # seconds, for tests
+    python -m benchmarks.step_time --model minilm --seq_len 64 --iters 25        # CPU, packaged MiniLM
+    python -m benchmarks.step_time --model deberta-v3-base --device cuda --bf16 --seq_len 128 256
+    python -m benchmarks.step_time --tiny                                        # seconds, for tests
 """
 
 import argparse
@@ -27,7 +27,8 @@ import statistics
 import time
 
 import torch
-from common import (
+
+from benchmarks.common import (
     MODELS,
     HookTimer,
     adapter_size,
@@ -39,8 +40,7 @@ from common import (
     sync,
     train_step,
 )
-
-from glora_callback import SIGNALS
+from gradnorm_rank import choices
 
 GOALS = {"glora_lora_b": 1.02, "glora_after": 1.01}  # GLoRA/LoRA goals of the issue (default signal lora_b)
 
@@ -55,7 +55,7 @@ def make_parser():
     p.add_argument("--batch_size", type=int, default=32, help="Sequences per step.")
     p.add_argument("--seq_len", type=int, nargs="+", default=[64], help="Sequence length(s); each gets its own table.")
     p.add_argument("--lora_r", type=int, default=8, help="LoRA rank per matrix; the budget is r x matrices for all.")
-    p.add_argument("--signals", nargs="+", default=list(SIGNALS), choices=SIGNALS,
+    p.add_argument("--signals", nargs="+", default=list(choices("signal")), choices=choices("signal"),
                    help="GLoRA signals timed in the warm-up phase.")
     p.add_argument("--methods", nargs="+", default=None,
                    help="Subset of methods to time (lora is always included): adalora glora_<signal> glora_after.")
@@ -250,7 +250,7 @@ def main(argv=None):
     for name, m in methods.items():
         if m.glora is not None and not m.glora.done:
             seconds = reallocate(m, args.device)
-            results["reallocation"].append({"model": name, "signal": m.glora.plan.signal, "seconds": seconds})
+            results["reallocation"].append({"model": name, "signal": m.glora.config.signal, "seconds": seconds})
     print("\n== GLoRA reallocation (allocate + resize + AdamW rebuild with state carried over), once per model ==")
     for item in results["reallocation"]:
         units = {L: item["seconds"] / (rows["lora"]["median_ms"] / 1e3) for L, rows in results["by_seq_len"].items()}

@@ -1,6 +1,7 @@
 """The benchmark scripts in their tiny modes: they run, time every method and print finite positive ratios; the GPU
 check (benchmarks/gpu_check.sh) as a CPU dry run, end to end."""
 
+import importlib
 import math
 import os
 import re
@@ -19,7 +20,7 @@ def finite_positive(x):
 
 
 def test_step_time_tiny_times_every_method(capsys):
-    import step_time
+    from benchmarks import step_time
 
     results = step_time.main(["--tiny", "--iters", "2"])
     rows = results["by_seq_len"][32]
@@ -47,7 +48,7 @@ def test_step_time_tiny_times_every_method(capsys):
 
 
 def test_data_pipeline_tiny_measures_both_paddings(tiny_bert, tmp_path, capsys):
-    import data_pipeline
+    from benchmarks import data_pipeline
 
     data_dir = tmp_path / "glue"
     for task in ("rte", "sst2"):
@@ -70,7 +71,7 @@ def test_data_pipeline_tiny_measures_both_paddings(tiny_bert, tmp_path, capsys):
 
 @pytest.mark.parametrize("script", ["step_time", "data_pipeline"])
 def test_every_flag_has_help(script):
-    parser = __import__(script).make_parser()
+    parser = importlib.import_module(f"benchmarks.{script}").make_parser()
     for action in parser._actions:
         assert action.help and action.help.strip(), action.option_strings
 
@@ -91,8 +92,9 @@ def make_wheel(folder, name, version, requires=()):
 
 
 def test_kit_install_installs_only_what_is_missing_or_must_match(tmp_path):
-    import gpu_kit
     from packaging.specifiers import SpecifierSet
+
+    from benchmarks import gpu_kit
 
     make_wheel(tmp_path, "datasets", "5.2.0",
                ["fsspec<=2026.9.0", "dill<0.4.2", "pyarrow>=24", "new-dep", "huggingface-hub>=1.31"])

@@ -9,7 +9,7 @@ from conftest import Tiny, glora_plan, trial_args
 from peft import LoraConfig, get_peft_model
 
 import run_glue_peft
-from glora_callback import GLoRA, LoopHost
+from gradnorm_rank import GradNormRank, LoopHost
 
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
 
@@ -26,7 +26,7 @@ def grown_run(adam_rule, warmup=1000, after=5):
     model = get_peft_model(Tiny(), LoraConfig(r=2, lora_alpha=4, target_modules=["up", "down"]))
     optimizer = adam(model)
     constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    glora = GLoRA(model, glora_plan(4, 10**6, adam_rule=adam_rule))
+    glora = GradNormRank(model, glora_plan(4, 10**6, adam_rule=adam_rule))
     glora.attach(LoopHost(optimizer, constant, make_optimizer=lambda: adam(model),
                           make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)))
     data = torch.Generator().manual_seed(1)
@@ -149,7 +149,7 @@ def test_adalora_scaling_parity(tiny_bert, glue_dir, tmp_path, parity, scaling):
 @pytest.mark.parametrize("norm", ["raw", "per_entry", "per_rank_unit"])
 def test_score_normalisation(norm):
     model = get_peft_model(Tiny(), LoraConfig(r=2, lora_alpha=4, target_modules=["up", "down"]))
-    glora = GLoRA(model, glora_plan(4, 10, score_norm=norm))
+    glora = GradNormRank(model, glora_plan(4, 10, score_norm=norm))
     glora.ema = torch.tensor([3.0, 1.0], dtype=torch.float64)  # up (6 -> 10), down (10 -> 5)
     divisor = {"raw": [1.0, 1.0], "per_rank_unit": [6 + 10, 10 + 5],
                "per_entry": [(10 * 2) ** 0.5, (5 * 2) ** 0.5]}[norm]  # lora_b: ||grad B|| over d_out x r entries
@@ -257,9 +257,9 @@ def test_trial_run_scales_adaloras_schedule_into_the_run(tiny_bert, glue_dir, tm
 
 def test_glora_state_of_another_budget_is_refused():
     model = get_peft_model(Tiny(), LoraConfig(r=2, lora_alpha=4, target_modules=["up", "down"]))
-    state = GLoRA(model, glora_plan(4, 10)).state_dict()
+    state = GradNormRank(model, glora_plan(4, 10)).state_dict()
     assert (state["budget_unit"], state["param_budget"]) == ("rank", None)
-    by_params = GLoRA(model, glora_plan(4, 10, budget_unit="params", param_budget=2 * (16 + 15)))
+    by_params = GradNormRank(model, glora_plan(4, 10, budget_unit="params", param_budget=2 * (16 + 15)))
     with pytest.raises(ValueError, match="another budget"):
         by_params.load_state_dict(state)
 

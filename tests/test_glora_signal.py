@@ -1,4 +1,4 @@
-"""Tests for GLoRA's gradient signal (glora_callback.GLoRA.observe_gradients and its signals).
+"""Tests for GLoRA's gradient signal (gradnorm_rank.GradNormRank.observe_gradients and its signals).
 
 Trainer-level checks run run_glue_peft.main three times for one optimizer step on a tiny dropout-free BERT
 (dropout would draw different masks for one batch of 16 and two of 8) and record what the callback computes;
@@ -15,10 +15,10 @@ from conftest import Tiny, glora_plan, trial_args, write_glue_fixture
 from peft import LoraConfig, get_peft_model
 from transformers import TrainerState
 
-import glora_callback
+import gradnorm_rank.core
 import run_glue_peft
 from adapters import lora_layers, resolve_targets
-from glora_callback import SIGNALS, GLoRA, LoopHost
+from gradnorm_rank import GradNormRank, LoopHost, choices
 
 # ---------------------------------------------------------------- recording real Trainer runs
 
@@ -43,18 +43,18 @@ def record_run(model_dir, data_dir, out, *extra):
     signal gives (the callback's own code for each), the EMA after it, and B's gradients just before the
     optimizer step (after clipping)."""
     records = {"norms": [], "ema": [], "observed_steps": [], "post_clip_b": [], "callback": None}
-    original_norms = GLoRA._gradient_norms
-    original_observe = GLoRA.observe_gradients
+    original_norms = GradNormRank._gradient_norms
+    original_observe = GradNormRank.observe_gradients
 
     def gradient_norms(self):
-        configured = self.plan
+        configured = self.config
         norms = {}
         try:
             for signal in ("lora_b", "lora_ab"):  # non-destructive; `delta` zeroes its buffers, so it goes last
-                self.plan = dataclasses.replace(configured, signal=signal)
+                self.config = dataclasses.replace(configured, signal=signal)
                 norms[signal] = original_norms(self).detach().to(torch.float64)
         finally:
-            self.plan = configured
+            self.config = configured
         result = original_norms(self)
         norms[configured.signal] = result.detach().to(torch.float64)
         records["norms"].append(norms)
@@ -71,9 +71,9 @@ def record_run(model_dir, data_dir, out, *extra):
         records["post_clip_b"].append(torch.stack([g.float().norm() for g in grads]).to(torch.float64))
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(GLoRA, "_gradient_norms", gradient_norms)
-        mp.setattr(GLoRA, "observe_gradients", observe_gradients)
-        mp.setattr(GLoRA, "on_pre_optimizer_step", on_pre_optimizer_step, raising=False)
+        mp.setattr(GradNormRank, "_gradient_norms", gradient_norms)
+        mp.setattr(GradNormRank, "observe_gradients", observe_gradients)
+        mp.setattr(GradNormRank, "on_pre_optimizer_step", on_pre_optimizer_step, raising=False)
         results = run_glue_peft.main(trial_args(
             model_dir, data_dir, "sst2", "glora", out, "--max_steps", "1", "--glora_warmup_steps", "1",
             "--glora_signal", "delta", "--max_eval_samples", "8", *extra,
@@ -103,7 +103,7 @@ def runs(nodrop_bert, tmp_path_factory):
 
 def test_runs_observe_real_gradients(runs):
     ref = runs["bs16"]
-    for signal in SIGNALS:
+    for signal in choices("signal"):
         norms = ref["norms"][0][signal]
         assert norms.shape == (12,) and torch.isfinite(norms).all() and (norms > 0).all(), (signal, norms)
     # At step 1 B == 0, so A has no gradient and lora_ab equals lora_b.
@@ -131,7 +131,7 @@ def test_accumulated_step_observes_the_summed_gradient(runs):
 def test_gradient_accumulation_matches_one_double_batch(runs):
     """(a) 2 micro-batches of 8 and one batch of 16 are the same optimizer step: same norms, EMA and scores."""
     ref, acc = runs["bs16"], runs["bs8x2"]
-    for signal in SIGNALS:
+    for signal in choices("signal"):
         torch.testing.assert_close(acc["norms"][0][signal], ref["norms"][0][signal], rtol=1e-4, atol=0,
                                    msg=lambda m, s=signal: f"signal {s}: {m}")
     torch.testing.assert_close(acc["ema"][0], ref["ema"][0], rtol=1e-4, atol=0)
@@ -154,7 +154,7 @@ def test_gradient_accumulation_gives_the_same_shares_and_ranks(runs):
 def test_clipping_does_not_change_the_observed_norms(runs):
     """(b) GLoRA reads the norms before clipping: max_grad_norm 1e-6 and 0 (off) record the same first step."""
     ref, clipped = runs["bs16"], runs["clipped"]
-    for signal in SIGNALS:
+    for signal in choices("signal"):
         torch.testing.assert_close(clipped["norms"][0][signal], ref["norms"][0][signal], rtol=1e-6, atol=0)
     torch.testing.assert_close(clipped["ema"][0], ref["ema"][0], rtol=1e-6, atol=0)
     # ... while clipping really acted on the gradients the optimizer got: total norm 1e-6, far below the observed.
@@ -180,7 +180,7 @@ def tiny_glora(signal="lora_b", warmup=3, beta=0.9):
     with torch.no_grad():  # non-zero B, so A gets a gradient too
         for layer in lora_layers(model).values():
             layer.lora_B["default"].weight.normal_(0, 0.3)
-    return model, GLoRA(model, glora_plan(8, warmup, beta=beta, signal=signal))
+    return model, GradNormRank(model, glora_plan(8, warmup, beta=beta, signal=signal))
 
 
 def backward(model, seed, nan=False):
@@ -267,7 +267,7 @@ def bert_peft(tiny_bert):
 def test_delta_signal_is_the_frobenius_norm_of_dL_dW(bert_peft):
     """(d) `delta` = ||dL/dW||_F of the adapted base matrix, summed over micro-batches, reset after each step."""
     model, batches = bert_peft
-    callback = GLoRA(model, glora_plan(8 * 4, 5, signal="delta"))
+    callback = GradNormRank(model, glora_plan(8 * 4, 5, signal="delta"))
     for layer in callback.layers.values():
         layer.get_base_layer().weight.requires_grad_(True)
     model.zero_grad()
@@ -295,8 +295,8 @@ def test_lora_ab_and_lora_b_signals(bert_peft):
     a = torch.stack([l.lora_A["default"].weight.grad.norm() for l in layers])
     b = torch.stack([l.lora_B["default"].weight.grad.norm() for l in layers])
     assert (a > 0).all() and (b > 0).all()
-    ab = GLoRA(model, glora_plan(64, 5, signal="lora_ab"))
-    only_b = GLoRA(model, glora_plan(64, 5, signal="lora_b"))
+    ab = GradNormRank(model, glora_plan(64, 5, signal="lora_ab"))
+    only_b = GradNormRank(model, glora_plan(64, 5, signal="lora_b"))
     torch.testing.assert_close(ab._gradient_norms(), torch.sqrt(a**2 + b**2), rtol=1e-6, atol=0)
     torch.testing.assert_close(only_b._gradient_norms(), b, rtol=1e-6, atol=0)
     # One layer by hand, in Python floats.
@@ -329,6 +329,6 @@ def test_delta_hooks_removed_after_reallocation():
     assert torch.equal(callback.ema, ema)
 
 
-def test_glora_callback_module_is_the_one_run_glue_peft_uses():
+def test_gradnorm_rank_class_is_the_one_run_glue_peft_uses():
     # The recording patches above act on this class; guard against the script importing another copy.
-    assert run_glue_peft.GLoRA is glora_callback.GLoRA
+    assert run_glue_peft.GradNormRank is gradnorm_rank.core.GradNormRank

@@ -12,7 +12,7 @@ from conftest import ROOT, trial_args, write_glue_fixture
 from safetensors.torch import load_file
 
 import run_glue_peft
-from glora_callback import GLoRA
+from gradnorm_rank import GradNormRank
 
 
 def losses(out):
@@ -29,11 +29,11 @@ STEPS, WARMUP, BASE_LR = 40, 10, 5e-3
 
 @pytest.fixture(scope="module", params=["deberta", "bert"])
 def reallocated_run(request, tiny_deberta, tiny_bert, tmp_path_factory):
-    """A GLoRA run that reallocates at step 10 of 40, with the optimizer state seen around `GLoRA.rebuild`."""
+    """A GLoRA run that reallocates at step 10 of 40, with the optimizer state seen around `GradNormRank.rebuild`."""
     model_dir = tiny_deberta if request.param == "deberta" else tiny_bert
     root = tmp_path_factory.mktemp(f"glora_{request.param}")
     seen = {}
-    rebuild = GLoRA.rebuild
+    rebuild = GradNormRank.rebuild
 
     def spy(self, resized):
         optimizer = self.host.optimizer
@@ -45,7 +45,7 @@ def reallocated_run(request, tiny_deberta, tiny_bert, tmp_path_factory):
 
     out = root / "out"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(GLoRA, "rebuild", spy)
+        mp.setattr(GradNormRank, "rebuild", spy)
         seen["results"] = run_glue_peft.main(trial_args(
             model_dir, write_glue_fixture(root / "glue", "sst2", n_train=160), "sst2", "glora", out,
             "--max_steps", str(STEPS), "--glora_warmup_steps", str(WARMUP)))

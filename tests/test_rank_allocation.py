@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import pytest
 
-from rank_allocation import apportion_parameters, apportion_ranks
+from gradnorm_rank import apportion_parameters, apportion_ranks
 
 # ---------------------------------------------------------------- reference and property checks
 

@@ -1,4 +1,4 @@
-"""Model surgery for GLoRA: resize peft LoRA layers in place, keeping what they learned.
+"""Model surgery: resize peft LoRA layers in place, keeping what they learned.
 
 A LoRA layer computes y = W x + s * B A x with A (r x d_in), B (d_out x r), s = alpha / r. A resize keeps
 the scaling s fixed (alpha := s * r_new), so the kept components contribute exactly what they did:
@@ -8,11 +8,28 @@ the scaling s fixed (alpha := s * r_new), so the kept components contribute exac
   the rank-one term B[:, i] A[i, :]) are kept, in their original order; the rest are dropped.
 """
 
+import re
 from dataclasses import dataclass
 
 import torch
 
-from adapters import lora_layers, pattern_key
+
+def lora_layers(peft_model):
+    """{module path without the peft prefix: LoRA layer} for every adapted matrix."""
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "base_model.model."
+    return {
+        name[len(prefix) :] if name.startswith(prefix) else name: module
+        for name, module in peft_model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+
+
+def pattern_key(module_path: str) -> str:
+    """The key of one module in peft's rank_pattern / alpha_pattern: peft matches keys as regexes against module
+    paths, so the path is escaped."""
+    return re.escape(module_path)
 
 
 @dataclass
@@ -112,7 +129,7 @@ def carry_adam_state(old, new_param, kept, dim):
     return state
 
 
-# ---- Adam's bias correction for the slices a resize adds (--glora_adam_rule slice_bias_correction) ----
+# ---- Adam's bias correction for the slices a resize adds (adam_rule slice_bias_correction) ----
 #
 # torch's AdamW keeps one step count t per tensor and divides the moments by 1 - beta^t. Slices added by a resize
 # start with zero moments but the tensor's t, so their bias correction is ~1 instead of 1 - beta^k (k = steps since

@@ -1,22 +1,23 @@
-"""GLoRA: gradient-norm aware rank allocation for LoRA — the whole method in one object.
+"""Gradient-norm aware rank allocation for LoRA (the GLUE harness's "GLoRA") — the whole method in one object.
 
-A run starts as uniform LoRA. During a warm-up of `warmup_steps` optimizer steps GLoRA keeps, for every adapted
-matrix k, an EMA of the norm of its gradient, g_k <- beta * g_k + (1 - beta) * n_k. At the end of the warm-up
-`reallocate(step)` re-apportions the rank budget in proportion to g_k and continues training with the new ranks.
+A run starts as a LoRA adapter (usually uniform). During a warm-up of `warmup_steps` optimizer steps `GradNormRank`
+keeps, for every adapted matrix k, an EMA of the norm of its gradient, g_k <- beta * g_k + (1 - beta) * n_k. At the
+end of the warm-up `reallocate(step)` re-apportions the rank budget in proportion to g_k and continues training
+with the new ranks.
 
-Where each phase goes in the training loop (`GlueTrainer` makes the Trainer's calls; benchmarks call the same
-public methods from their own loop):
+Where each phase goes in the training loop (`trainer.GradNormRankMixin` makes the Trainer's calls; a plain loop makes
+them itself, in the order `LoopHost`'s docstring gives):
 
     every micro-batch        training_step(...)   forward/backward through the current DDP wrapper; after the
                                                   step's last micro-batch:
                              └ observe_gradients  phase 1: n_k of this optimizer step into the EMA
-    after step == warm-up    reallocate(step)     (on_step_end, when the gradients are already zeroed)
+    after step == warm-up    reallocate(step)     (on_step_end / maybe_reallocate, when the gradients are zeroed)
                              ├ allocate           phase 2: EMA -> integer ranks (rank_allocation, pure maths)
                              ├ resize             phase 3: LoRA layers resized in place (lora_resize)
                              └ rebuild            phase 4: new optimizer with AdamW state carried over, LR schedule
                                                   continued, DDP wrapper rebuilt over the new parameters
     every optimizer step     after_optimizer_step  after the resize: Adam's bias correction of the added slices,
-                                                  counted from the resize (--glora_adam_rule)
+                                                  counted from the resize (config.adam_rule)
     checkpoint / resume      save(dir) / load(dir)   the EMA, and after the reallocation the ranks to resize to
 
 n_k is the norm of the true gradient of the step: read after the last micro-batch's backward (gradients summed
@@ -24,7 +25,7 @@ over accumulation and all-reduced by DDP), before clipping, divided by the fp16 
 non-finite norm leaves the EMA unchanged. The EMA starts at zero and is not bias-corrected: the bias is the same
 factor for every module, so the shares s_k = g_k / sum(g) are unaffected.
 
-Signals (`--glora_signal`), with their cost (measured figures: docs/benchmarks.md):
+Signals (`config.signal`), with their cost (measured figures: docs/benchmarks.md):
 - `lora_b`: ||grad B||_F. One fused norm over the B gradients per step; no extra memory.
 - `lora_ab`: sqrt(||grad A||^2 + ||grad B||^2). Twice the norms of `lora_b`, still negligible.
 - `delta`: ||dL/dW||_F, the gradient of the full d_out x d_in matrix that LoRA's update adds to: sum over tokens
@@ -46,15 +47,18 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from adapters import lora_layers
-from lora_resize import GrownSlices, carry_optimizer_state, correct_grown_slices, grown_slices, resize_to_ranks
-from rank_allocation import apportion_parameters, apportion_ranks
+from .lora_resize import (
+    GrownSlices,
+    carry_optimizer_state,
+    correct_grown_slices,
+    grown_slices,
+    lora_layers,
+    resize_to_ranks,
+)
+from .rank_allocation import apportion_parameters, apportion_ranks
 
 logger = logging.get_logger(__name__)
 
-SIGNALS = ("lora_b", "lora_ab", "delta")
-SCORE_NORMS = ("raw", "per_entry", "per_rank_unit")  # what the EMA of a matrix's gradient norm is divided by
-ADAM_RULES = ("slice_bias_correction", "inherit_step")  # the AdamW state of slices a resize adds
 STATE_FILE = "glora_state.json"
 
 
@@ -68,11 +72,11 @@ def _norms(params):
     return torch.stack(torch._foreach_norm(grads)).float()
 
 
-# ---- where a training loop keeps what GLoRA replaces after the resize ----
+# ---- where a training loop keeps what the reallocation replaces: its optimizer, scheduler, DDP wrapper ----
 
 
 class TrainerHost:
-    """A transformers Trainer as GLoRA's host: its optimizer (wrapped by accelerate), scheduler and DDP wrapper."""
+    """A transformers Trainer as the host: its optimizer (wrapped by accelerate), scheduler and DDP wrapper."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -112,7 +116,26 @@ class TrainerHost:
 
 
 class LoopHost:
-    """A plain PyTorch loop as GLoRA's host (benchmarks, tests): factories for its optimizer and scheduler."""
+    """A plain PyTorch loop as the host: its optimizer and scheduler, and factories for new ones over the resized model.
+
+    `make_optimizer()` builds the loop's optimizer (torch's Adam or AdamW: their state is what is carried over) over the
+    model's parameters as they are when it is called; `make_scheduler(optimizer)` builds the same kind of scheduler
+    (the old one's state is loaded into it). The reallocation replaces both, so the loop reads `host.optimizer` and
+    `host.lr_scheduler` afresh every step. The calls, per optimizer step, in the Trainer's order:
+
+        grn = GradNormRank(peft_model, GradNormRankConfig(warmup_steps=W))
+        grn.attach(host := LoopHost(optimizer, scheduler, make_optimizer, make_scheduler))
+        for step, batch in enumerate(batches, start=1):     # step: optimizer steps taken, counted from 1
+            peft_model(**batch).loss.backward()             # every micro-batch of the step
+            grn.observe_gradients()                         # after the last backward, before clipping (fp16: the
+                                                            #   loss scale as argument)
+            torch.nn.utils.clip_grad_norm_(peft_model.parameters(), 1.0)   # optional
+            host.optimizer.step()
+            grn.after_optimizer_step()                      # right after the optimizer step, before zero_grad
+            host.lr_scheduler.step()
+            host.optimizer.zero_grad()
+            grn.maybe_reallocate(step)                      # gradients zeroed: at step W the ranks move
+    """
 
     def __init__(self, optimizer, lr_scheduler, make_optimizer, make_scheduler):
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
@@ -150,35 +173,35 @@ def rewrap_ddp(old, module):
     return new
 
 
-class GLoRA(TrainerCallback):
-    """Signal, EMA, allocation, resize, optimizer rebuild and checkpoint state of one GLoRA run.
+class GradNormRank(TrainerCallback):
+    """Signal, EMA, allocation, resize, optimizer rebuild and checkpoint state of one run.
 
-    Public entries: `attach(host)` once the optimizer exists; `training_step` (or `observe_gradients` from a
-    plain loop) every step; `reallocate(step)` at the end of the warm-up (the Trainer reaches it through
-    `on_step_end`); `save`/`load` around checkpoints. `plan` is a `plan.GLoRAPlan`.
+    `peft_model`: a peft model with LoRA layers; `config`: a `GradNormRankConfig` (its budgets, if None, become what
+    the adapter holds now). Public entries: `attach(host)` once the optimizer exists; `training_step` (or
+    `observe_gradients` from a plain loop) every step; `maybe_reallocate(step)` after every step (the Trainer reaches
+    it through `on_step_end`), which calls `reallocate(step)` at the end of the warm-up; `save`/`load` around
+    checkpoints. Fails at construction if the budget cannot give every matrix `min_rank` or exceeds the caps.
     """
 
-    def __init__(self, peft_model, plan, adapter_name="default"):
-        if plan.signal not in SIGNALS:
-            raise ValueError(f"--glora_signal must be one of {SIGNALS}, got {plan.signal!r}.")
-        if not 0.0 <= plan.beta < 1.0:
-            raise ValueError(f"--glora_beta must be in [0, 1), got {plan.beta}.")
-        self.plan = plan
+    def __init__(self, peft_model, config, adapter_name="default"):
         self.peft_model = peft_model
         self.adapter_name = adapter_name
         self.layers = lora_layers(peft_model)
         self.names = list(self.layers)
-        if plan.score_norm not in SCORE_NORMS:
-            raise ValueError(f"--glora_score_norm must be one of {SCORE_NORMS}, got {plan.score_norm!r}.")
-        if plan.adam_rule not in ADAM_RULES:
-            raise ValueError(f"--glora_adam_rule must be one of {ADAM_RULES}, got {plan.adam_rule!r}.")
+        if not self.layers:
+            raise ValueError(f"GradNormRank needs a peft model with LoRA layers; {type(peft_model).__name__} has none.")
         self.unit_costs = [layer.in_features + layer.out_features for layer in self.layers.values()]
         self.warmup_ranks = [int(layer.r[adapter_name]) for layer in self.layers.values()]  # the signal's shapes
+        # A budget left to None is what the adapter holds now: its total rank, or its parameters sum_k r_k (d_in + d_out).
+        self.config = config = dataclasses.replace(
+            config, rank_budget=config.rank_budget or sum(self.warmup_ranks),
+            param_budget=config.param_budget or (sum(r * c for r, c in zip(self.warmup_ranks, self.unit_costs))
+                                                 if config.budget_unit == "params" else None))
         self.max_ranks = [
-            min(layer.in_features, layer.out_features, plan.max_rank or plan.rank_budget) for layer in self.layers.values()
+            min(layer.in_features, layer.out_features, config.max_rank or config.rank_budget) for layer in self.layers.values()
         ]
-        if plan.budget_unit == "params":
-            self.max_ranks = [min(cap, plan.param_budget // c) for cap, c in zip(self.max_ranks, self.unit_costs)]
+        if config.budget_unit == "params":
+            self.max_ranks = [min(cap, config.param_budget // c) for cap, c in zip(self.max_ranks, self.unit_costs)]
         # Fails here, before training, if the budget cannot hold the floor or exceeds the caps.
         self._apportion([1.0] * len(self.names))
 
@@ -195,7 +218,7 @@ class GLoRA(TrainerCallback):
         self.ddp_wrapper = None  # rebuilt after the resize; the Trainer's loop still holds the old one
         self._delta_buffers = None
         self._hooks = []
-        if plan.signal == "delta":
+        if config.signal == "delta":
             self._install_delta_hooks()
 
     def attach(self, host):
@@ -227,14 +250,14 @@ class GLoRA(TrainerCallback):
         norms = self._gradient_norms().to(torch.float64) / loss_scale
         finite = torch.isfinite(norms).all()
         # torch.where instead of an `if` keeps the GPU asynchronous: no host sync per step.
-        updated = self.plan.beta * self.ema + (1.0 - self.plan.beta) * torch.nan_to_num(norms, nan=0.0, posinf=0.0, neginf=0.0)
+        updated = self.config.beta * self.ema + (1.0 - self.config.beta) * torch.nan_to_num(norms, nan=0.0, posinf=0.0, neginf=0.0)
         self.ema = torch.where(finite, updated, self.ema)
         self.observed_steps += finite.to(torch.int64)
         self.hook_seconds += time.perf_counter() - start
 
     def _gradient_norms(self):
         a = self.adapter_name
-        if self.plan.signal == "delta":
+        if self.config.signal == "delta":
             buffers = self._delta_buffers
             if _distributed():
                 for buffer in buffers:  # DDP averages gradients; do the same for these
@@ -245,7 +268,7 @@ class GLoRA(TrainerCallback):
                 buffer.zero_()
             return norms
         b_norms = _norms([layer.lora_B[a].weight for layer in self.layers.values()])
-        if self.plan.signal == "lora_b":
+        if self.config.signal == "lora_b":
             return b_norms
         a_norms = _norms([layer.lora_A[a].weight for layer in self.layers.values()])
         return torch.sqrt(a_norms**2 + b_norms**2)
@@ -287,8 +310,13 @@ class GLoRA(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         # Gradients were zeroed just before this event: a clean moment to change the parameters.
-        if not self.done and state.global_step >= self.plan.warmup_steps:
-            self.reallocate(state.global_step)
+        self.maybe_reallocate(state.global_step)
+
+    def maybe_reallocate(self, step: int):
+        """After optimizer step number `step` (counted from 1) and `zero_grad`: reallocate, once, when the warm-up is
+        over."""
+        if not self.done and step >= self.config.warmup_steps:
+            self.reallocate(step)
 
     def reallocate(self, step: int):
         """Allocate -> resize -> rebuild, once. Call between optimizer steps, with gradients zeroed."""
@@ -335,11 +363,12 @@ class GLoRA(TrainerCallback):
         return dict(zip(self.names, ranks))
 
     def _apportion(self, scores) -> list:
-        """Scores -> integer ranks under the plan's budget: a sum of ranks, or of parameters r_k (d_in + d_out)."""
-        plan = self.plan
-        if plan.budget_unit == "params":
-            return apportion_parameters(scores, self.unit_costs, plan.param_budget, min_rank=plan.min_rank, max_ranks=self.max_ranks)
-        return apportion_ranks(scores, plan.rank_budget, min_rank=plan.min_rank, max_ranks=self.max_ranks)
+        """Scores -> integer ranks under the config's budget: a sum of ranks, or of parameters r_k (d_in + d_out)."""
+        config = self.config
+        if config.budget_unit == "params":
+            return apportion_parameters(scores, self.unit_costs, config.param_budget, min_rank=config.min_rank,
+                                        max_ranks=self.max_ranks)
+        return apportion_ranks(scores, config.rank_budget, min_rank=config.min_rank, max_ranks=self.max_ranks)
 
     def resize(self, ranks: dict) -> list:
         """Resize the LoRA layers in place to `ranks`; the warm-up's signal hooks go. Returns the resized layers."""
@@ -354,7 +383,7 @@ class GLoRA(TrainerCallback):
         old_optimizer, old_scheduler = host.optimizer, host.lr_scheduler
         optimizer = host.new_optimizer()
         carry_optimizer_state(old_optimizer.state, optimizer, resized)
-        if self.plan.adam_rule == "slice_bias_correction":
+        if self.config.adam_rule == "slice_bias_correction":
             self.grown = grown_slices(resized, old_optimizer.state)
         optimizer = host.prepare_optimizer(optimizer)
         scheduler = host.new_scheduler(optimizer)
@@ -369,18 +398,18 @@ class GLoRA(TrainerCallback):
     # ---- record ----
 
     def scores(self) -> dict:
-        """s_k = n_k / sum(n) per module name, n_k the EMA g_k divided as --glora_score_norm says."""
+        """s_k = n_k / sum(n) per module name, n_k the EMA g_k divided as config.score_norm says."""
         normalised = [float(g) / self._norm_divisor(k) for k, g in enumerate(self.ema.cpu())]
         total = sum(normalised)
         return {name: (n / total if total > 0 else 0.0) for name, n in zip(self.names, normalised)}
 
     def _norm_divisor(self, k: int) -> float:
-        if self.plan.score_norm == "per_rank_unit":
+        if self.config.score_norm == "per_rank_unit":
             return float(self.unit_costs[k])
-        if self.plan.score_norm == "per_entry":  # RMS of the entries the signal's norm is taken over
+        if self.config.score_norm == "per_entry":  # RMS of the entries the signal's norm is taken over
             layer, rank = self.layers[self.names[k]], self.warmup_ranks[k]
             entries = {"lora_b": layer.out_features * rank, "lora_ab": (layer.out_features + layer.in_features) * rank,
-                       "delta": layer.out_features * layer.in_features}[self.plan.signal]
+                       "delta": layer.out_features * layer.in_features}[self.config.signal]
             return float(entries) ** 0.5
         return 1.0
 
@@ -389,8 +418,8 @@ class GLoRA(TrainerCallback):
         for name, score in self.scores().items():
             record["modules"][name]["score"] = score
         record["glora"] = {
-            "signal": self.plan.signal, "score_norm": self.plan.score_norm, "beta": self.plan.beta,
-            "warmup_steps": self.plan.warmup_steps,
+            "signal": self.config.signal, "score_norm": self.config.score_norm, "beta": self.config.beta,
+            "warmup_steps": self.config.warmup_steps,
             "reallocation_step": self.reallocation_step, "hook_seconds": self.hook_seconds,
             "resize_seconds": self.resize_seconds,
             # Equal only if ranks move between matrices of equal d_in + d_out: a rank unit of an FFN matrix
@@ -424,12 +453,12 @@ class GLoRA(TrainerCallback):
 
     def state_dict(self) -> dict:
         return {
-            "signal": self.plan.signal,
-            "beta": self.plan.beta,
-            "warmup_steps": self.plan.warmup_steps,
-            "rank_budget": self.plan.rank_budget,
-            "budget_unit": self.plan.budget_unit,
-            "param_budget": self.plan.param_budget,
+            "signal": self.config.signal,
+            "beta": self.config.beta,
+            "warmup_steps": self.config.warmup_steps,
+            "rank_budget": self.config.rank_budget,
+            "budget_unit": self.config.budget_unit,
+            "param_budget": self.config.param_budget,
             "names": self.names,
             "ema": self.ema.cpu().tolist(),
             "observed_steps": int(self.observed_steps),
@@ -445,7 +474,7 @@ class GLoRA(TrainerCallback):
         """Restore the warm-up state; after a reallocation, resize the (fresh) model to the saved ranks so the
         checkpoint's weights and optimizer state fit it."""
         saved_budget = (state["rank_budget"], state.get("budget_unit", "rank"), state.get("param_budget"))
-        if state["names"] != self.names or saved_budget != (self.plan.rank_budget, self.plan.budget_unit, self.plan.param_budget):
+        if state["names"] != self.names or saved_budget != (self.config.rank_budget, self.config.budget_unit, self.config.param_budget):
             raise ValueError("The checkpoint's GLoRA state is for other modules or another budget.")
         self.ema = torch.tensor(state["ema"], dtype=torch.float64, device=self.ema.device)
         self.observed_steps = torch.tensor(state["observed_steps"], dtype=torch.int64, device=self.ema.device)
