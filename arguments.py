@@ -17,6 +17,7 @@ from adapters import MATRIX_PATTERNS, METHODS
 from glora_callback import ADAM_RULES, SCORE_NORMS, SIGNALS
 from glue_tasks import GLUE_TASKS
 from plan import BUDGET_UNITS
+from records import FLAG_BLOCKS
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -215,7 +216,7 @@ class RunArguments:
 
 
 GROUPS = (ModelArguments, DataArguments, PeftArguments, GlueTrainingArguments)
-FLAG_GROUPS = ("model", "data", "peft", "training")  # RunArguments' fields: run_args.json's blocks of flags
+FLAG_GROUPS = FLAG_BLOCKS  # RunArguments' fields: run_args.json's blocks of flags (records.RunArgs)
 
 # The flags a resume may change (--resume_from_checkpoint): where the run writes, how it reports, logs and checkpoints,
 # how fast it feeds data and how it evaluates in batches. None of them changes what is trained or which rows are

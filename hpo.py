@@ -27,6 +27,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from arguments import check_args, config_to_flags, parse_args
+from records import RESULTS_FILE, RUN_ARGS_FILE, Results, RunArgs
 from search.identity import (
     ARM_FLAGS,
     arm_of,
@@ -203,11 +204,11 @@ def pruning_notes(hpo, study, record: dict, task: str, arm: str) -> list:
     of trials the pruner judged late because their structure settled after the common warm-up."""
     settings = pruning_settings(hpo)
     rates = {arm: (record["n_pruned"], record["n_trials"])}
-    for run_args in sorted(Path(hpo.final_root, task).glob("*/run_args.json")):
+    for run_args in sorted(Path(hpo.final_root, task).glob(f"*/{RUN_ARGS_FILE}")):
         try:
-            block = json.loads(run_args.read_text()).get("hpo") or {}
+            block = RunArgs.read(run_args.parent).hpo or {}
             rates.setdefault(str(block["arm"]), (int(block["n_pruned"]), int(block["n_trials"])))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError):
             continue  # not a final run of hpo.py (compare_runs.py reports such folders)
     lines = ["pruning rates: " + ", ".join(f"{a} {p}/{n}" for a, (p, n) in rates.items())
              + f" (pruner {settings.pruner}, judged from {settings.first_evaluation}/{settings.evaluations_per_trial} "
@@ -281,12 +282,12 @@ def stale_final_runs(hpo, task, arm, expected: dict) -> dict:
     stale = {}
     for seed in hpo.final_seeds:
         out = final_dir(hpo, task, arm, seed)
-        if not (out / "all_results.json").exists():
+        if not (out / RESULTS_FILE).exists():
             continue  # nothing to reuse: an unfinished run is started again
         try:
-            block = json.loads((out / "run_args.json").read_text()).get("hpo")
-        except (OSError, ValueError, AttributeError) as error:
-            stale[out] = [f"its run_args.json is unreadable ({type(error).__name__})"]
+            block = RunArgs.read(out).hpo
+        except (OSError, ValueError) as error:
+            stale[out] = [f"its {RUN_ARGS_FILE} is unreadable ({type(error).__name__})"]
             continue
         differs = final_run_mismatch(block, expected)
         if differs:
@@ -321,7 +322,7 @@ def final_runs(hpo, fixed, record, record_path, task, arm, metric) -> list:
     results = []
     for seed in hpo.final_seeds:
         out = final_dir(hpo, task, arm, seed)
-        finished = out / "all_results.json"
+        finished = out / RESULTS_FILE
         if out in stale:
             aside = move_aside(hpo, out, task)
             print(f"final run, seed {seed}: {out} was not this study's ({shown(stale[out])}); moved to {aside}, "
@@ -339,7 +340,7 @@ def final_runs(hpo, fixed, record, record_path, task, arm, metric) -> list:
             if code != 0 or not finished.exists():
                 results.append((seed, f"FAILED (exit {code}; see {out}.log)"))
                 continue
-        values = json.loads(finished.read_text())
+        values = Results.read(out).metrics
         shown_values = {k: v for k, v in values.items() if k.startswith("eval_") and
                         k.split("eval_")[1].split("_mm")[0] in (metric, "accuracy", "combined_score")}
         results.append((seed, ", ".join(f"{k} {v:.4f}" for k, v in shown_values.items()) + f"  ({out})"))

@@ -1,6 +1,7 @@
 """The benchmark scripts in their tiny modes: they run, time every method and print finite positive ratios; the GPU
 check (benchmarks/gpu_check.sh) as a CPU dry run, end to end."""
 
+import json
 import math
 import os
 import re
@@ -183,3 +184,33 @@ def test_tested_scripts_call_the_interpreter_given_not_bare_python():
         for number, line in enumerate(script.read_text().splitlines(), 1):
             code = line.split("#", 1)[0] if not line.lstrip().startswith("#!") else ""
             assert not bare.search(code), f"{script.name}:{number}: {line.strip()}"
+
+
+@pytest.mark.parametrize("method, unit", [("glora", "params"), ("adalora", "params"), ("glora", "rank")])
+def test_e2e_check_holds_each_run_to_its_own_budget(tiny_bert, glue_dir, tmp_path, method, unit):
+    """Under a parameter budget the final ranks need not sum to R_total: GLoRA spends the parameters (less than one
+    rank unit below them), AdaLoRA's ranks sum to its target; a record that breaks its budget is named."""
+    import e2e_check
+    from conftest import trial_args
+
+    import run_glue_peft
+    from records import Results
+
+    out = tmp_path / "out"
+    # AdaLoRA: 2,700 parameters is closest to target rank 3 over tiny BERT's 12 matrices, not lora_r 4
+    extra = ["--tinit", "1", "--tfinal", "1", "--deltaT", "1", "--param_budget", "2700"] if method == "adalora" else []
+    run_glue_peft.main(trial_args(tiny_bert, glue_dir("sst2"), "sst2", method, out, "--max_steps", "6",
+                                  "--budget_unit", unit, "--save_strategy", "no", *extra))
+    results = Results.read(out)
+    if unit == "params":
+        assert results.final_rank_total != results.rank_budget  # the rank-sum rule would fail this run
+    summary, failures = e2e_check.check(out, str(tiny_bert))
+    assert failures == [] and (summary["realloc"] == 2) == (method == "glora")  # a third of 6 steps
+    broken = {**results.to_json(), "rank_budget": results.rank_budget + 1,
+              "param_budget": (results.param_budget or 0) - 1}
+    (out / "all_results.json").write_text(json.dumps(broken))
+    _, failures = e2e_check.check(out, str(tiny_bert))
+    if method == "adalora":  # its target rank is in run_args.json, untouched
+        assert failures == []
+    else:
+        assert len(failures) == 1 and ("budget" in failures[0])

@@ -122,8 +122,8 @@ def test_trainable_parameters_equal_across_methods_at_same_budget(tiny_bert, glu
     # with the ranks actually assigned.
     record = json.loads((tmp_path / "glora" / "ranks.json").read_text())
     expected = sum(m["final_rank"] * (m["d_in"] + m["d_out"]) for m in record["modules"].values())
-    assert glora["trainable_params_adapter"] == expected == record["glora"]["adapter_params_after_resize"]
-    assert lora["trainable_params_adapter"] == record["glora"]["adapter_params_before_resize"]
+    assert glora["trainable_params_adapter"] == expected == glora["adapter_params_after_allocation"]
+    assert lora["trainable_params_adapter"] == glora["adapter_params_start"]
     assert lora["trainable_params_head"] == glora["trainable_params_head"]
 
 
