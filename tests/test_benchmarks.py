@@ -91,7 +91,7 @@ def make_wheel(folder, name, version, requires=()):
     return path
 
 
-def test_kit_install_installs_only_what_is_missing_or_must_match(tmp_path):
+def test_kit_install_installs_only_what_is_missing_or_must_match(tmp_path, monkeypatch):
     import gpu_kit
     from packaging.specifiers import SpecifierSet
 
@@ -104,13 +104,14 @@ def test_kit_install_installs_only_what_is_missing_or_must_match(tmp_path):
     here = {"datasets": "4.0.0", "fsspec": "2027.1.0", "dill": "0.3.9", "same": "2.0", "pyarrow": "21.0.0",
             "huggingface-hub": "1.20.0"}
     required_here = {"huggingface-hub": [("transformers", SpecifierSet("<2.0,>=1.5.0"))]}
-    install, keep = gpu_kit.plan(wheels, {"datasets"}, version_of=here.get,
-                                 required_here=lambda name: required_here.get(name, []))
+    monkeypatch.setattr(gpu_kit, "installed_version", here.get)  # this machine as the test describes it
+    monkeypatch.setattr(gpu_kit, "installed_requirements", lambda name: required_here.get(name, []))
+    install, keep = gpu_kit.plan(wheels, {"datasets"})
     assert sorted(w.name for w, _ in install) == ["datasets", "fsspec", "new-dep"]  # pin, excluded, missing
     # dill 0.3.9 satisfies dill<0.4.2: the system's stays; hub 2.4.0 would break transformers: not installed.
     assert sorted(name for name, _, _ in keep) == ["dill", "huggingface-hub", "same"]
     assert any("NOT installing 2.4.0: transformers needs" in reason for _, _, reason in keep)
-    problems = gpu_kit.unmet(wheels, {"datasets"}, install, version_of=here.get)
+    problems = gpu_kit.unmet(wheels, {"datasets"}, install)
     assert len(problems) == 2 and "pyarrow>=24" in problems[0] and "21.0.0" in problems[0], problems
     assert "huggingface-hub>=1.31" in problems[1] and "1.20.0" in problems[1]
 

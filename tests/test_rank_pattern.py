@@ -101,7 +101,7 @@ def test_bad_rank_pattern_is_refused_with_its_line(tmp_path, change, message):
 
 def test_rank_pattern_over_a_given_budget_is_refused(tmp_path):
     path = write(tmp_path, hand_pattern())  # sum of ranks 24, parameters 1856
-    assert resolve_rank_pattern(path, TARGETS, COSTS, rank_budget=24, param_budget=1856).as_dict() == hand_pattern()
+    assert dict(resolve_rank_pattern(path, TARGETS, COSTS, rank_budget=24, param_budget=1856).ranks) == hand_pattern()
     with pytest.raises(ValueError, match="ranks sum to 24, more than --rank_budget 23"):
         resolve_rank_pattern(path, TARGETS, COSTS, rank_budget=23)
     with pytest.raises(ValueError, match=r"= 1856 exceed --param_budget 1855"):
