@@ -1,7 +1,9 @@
-"""Which matrices get adapters, the shared rank budget, and the peft configs of LoRA and AdaLoRA.
+"""Which matrices get adapters, the peft configs of LoRA and AdaLoRA, and what a run's adapter holds.
 
-Every method adapts the same matrices with the same total rank R_total = sum of ranks over adapted
-matrices, so differences in accuracy come from how the rank is spent, not how much there is.
+Every method adapts the same matrices under one budget (plan.RunPlan): by default the total rank R_total = sum of
+ranks over adapted matrices, or under --budget_unit params the adapter parameters sum_k r_k (d_in + d_out); a
+--rank_pattern run holds fixed ranks within it. So differences in accuracy come from how the budget is spent, not
+how much there is.
 """
 
 import contextlib

@@ -154,8 +154,9 @@ class PeftArguments:
         default="slice_bias_correction",
         metadata={"help": f"AdamW state of slices a resize adds: {', '.join(ADAM_RULES)}. slice_bias_correction = "
                           "zero moments with Adam's bias correction counted from the resize, per slice (a fresh "
-                          "Adam's step size); inherit_step = zero moments under the tensor's old step count (the "
-                          "first version's behaviour, an ablation: bias correction then never applies to them).",
+                          "Adam's step size); inherit_step = zero moments under the tensor's old step count (an "
+                          "ablation: bias correction then never applies to them, and their first update is about "
+                          "3.2x a fresh Adam's after a 12,000-step warm-up).",
                   "methods": ("glora",)},
     )
     adalora_alpha_parity: bool = field(
