@@ -147,7 +147,7 @@ class PeftArguments:
     glora_score_norm: str = field(
         default="raw",
         metadata={"help": f"GLoRA score normalisation (ablation): {', '.join(SCORE_NORMS)}. raw = the gradient norm "
-                          "(the seed's); per_entry = divided by the square root of the entries it measures (RMS); "
+                          "(the proposal's); per_entry = divided by the square root of the entries it measures (RMS); "
                           "per_rank_unit = divided by a rank unit's cost d_in + d_out.", "methods": ("glora",)},
     )
     glora_adam_rule: str = field(
@@ -168,7 +168,7 @@ class PeftArguments:
 
 @dataclass
 class GlueTrainingArguments(TrainingArguments):
-    """TrainingArguments with the seed experiment's defaults."""
+    """TrainingArguments with the proposal's defaults."""
 
     output_dir: str | None = field(
         default=None, metadata={"help": "Where results go (default outputs/<task>/<method>_r<budget>_seed<seed>)."}

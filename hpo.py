@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Hyper-parameter search as the seed plans it: Optuna over a method's space, then final runs with the best values.
+"""Hyper-parameter search as the proposal lays it out: Optuna over a method's space, then final runs with the best
+values.
 
     python hpo.py configs/search/glora.yaml --task mnli                      # 25 trials, then seeds 1 2 3
     python hpo.py configs/search/cpu_lr_batch.yaml --method lora --task sst2 --n_trials 2 --max_steps 2
@@ -7,7 +8,7 @@
 
 Flags hpo.py does not know are run_glue_peft.py flags, given to every trial and final run (after the space file's
 `run` block, so they override it). Each trial is an ordinary run in STUDY_DIR/trials/trial_NNNN, scored on a tuning
-split held out from the training data, which is all it evaluates (`--tune_on dev`: the seed plan's choice); W&B is
+split held out from the training data, which is all it evaluates (`--tune_on dev`: the proposal's choice); W&B is
 off for trials. The study lives in a database (default STUDY_DIR/study.db), so a killed search resumes and several
 workers can share it. A study is one arm under one set of fixed run flags and search settings (sampler, its seed,
 pruner), recorded in it: reopening it with others is refused, and a finished final run is reused only if it is this
@@ -53,7 +54,7 @@ def parse_hpo_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("config", help="Search space file (configs/search/*.yaml).")
-    p.add_argument("--run_config", help="A run config (configs/*.yaml) whose flags come first, e.g. a seed_plan preset.")
+    p.add_argument("--run_config", help="A run config (configs/*.yaml) whose flags come first, e.g. a proposal preset.")
     p.add_argument("--n_trials", type=int, help="Trials in the study, all workers together (default: the file's). "
                                                 "0: no search; the final runs use the config's values.")
     p.add_argument("--stage", choices=("all", "search", "final"), default="all",
@@ -85,7 +86,7 @@ def parse_hpo_args(argv):
                         "pruner's resource. Default 1 (at the end; no pruner). A pruner needs enough of them to act "
                         "after the warm-up: ceil(E x warm-up fraction) < E, e.g. 8 with the default 0.8.")
     p.add_argument("--tune_on", choices=("tuning_split", "dev"), default="tuning_split",
-                   help="Score trials on a split held out from the training data, or on the dev set (the seed's "
+                   help="Score trials on a split held out from the training data, or on the dev set (the proposal's "
                         "choice; then the final dev numbers are optimistic).")
     p.add_argument("--tuning_split_fraction", type=float, default=0.1, help="Training data held out for tuning.")
     p.add_argument("--tuning_split_max", type=int, default=2000, help="At most this many examples held out.")

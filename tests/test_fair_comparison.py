@@ -192,13 +192,13 @@ def preset_plan(preset, name, num_matrices):
     return resolve_plan(args, targets, costs, ["pooler", "classifier"], num_train_examples=392_702)
 
 
-def test_seed_plan_presets_resolve_to_the_run_files_values():
-    adalora = preset_plan("seed_plan", "adalora_mnli", 24).adalora  # peft's default targets: query, value
+def test_proposal_presets_resolve_to_the_run_files_values():
+    adalora = preset_plan("proposal", "adalora_mnli", 24).adalora  # peft's default targets: query, value
     assert (adalora.init_r, adalora.target_r, adalora.tinit, adalora.beta1, adalora.beta2) == (8, 5, 12000, 0.9, 0.99)
-    assert adalora.orth_reg_weight == 5e-4 and adalora.lora_alpha == 16  # peft's plain alpha, as the seed ran it
-    glora = preset_plan("seed_plan", "glora_mnli", 24).glora
+    assert adalora.orth_reg_weight == 5e-4 and adalora.lora_alpha == 16  # peft's plain alpha, as the proposal ran it
+    glora = preset_plan("proposal", "glora_mnli", 24).glora
     assert (glora.rank_budget, glora.warmup_steps, glora.beta) == (128, 12000, 0.9)
-    assert preset_plan("seed_plan", "lora_mnli", 24).rank_budget == 8 * 24
+    assert preset_plan("proposal", "lora_mnli", 24).rank_budget == 8 * 24
 
 
 def test_equal_parameter_presets_spend_uniform_loras_parameters():
@@ -248,7 +248,7 @@ def test_low_budget_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
 
 
 def test_trial_run_scales_adaloras_schedule_into_the_run(tiny_bert, glue_dir, tmp_path):
-    """The seed's AdaLoRA space starts pruning at step 500-1500; a --max_steps trial still runs (and prunes)."""
+    """The proposal's AdaLoRA space starts pruning at step 500-1500; a --max_steps trial still runs (and prunes)."""
     out = tmp_path / "out"
     results, record = run(tiny_bert, glue_dir("sst2"), "adalora", out, "--tinit", "1000", "--deltaT", "1")
     resolved = json.loads((out / "run_args.json").read_text())["resolved"]["adalora"]

@@ -228,7 +228,7 @@ def test_config_file_with_cli_override(tiny_bert, glue_dir, tmp_path):
     args = parse_args([str(config), "--method", "glora", "--max_steps", "2"])
     assert (args.data.task, args.peft.method, args.peft.lora_r, args.training.max_steps) == ("sst2", "glora", 2, 2)
     assert args.peft.target_modules == ["query", "value"] and args.model.model_name_or_path == str(tiny_bert)
-    # The seed experiment's defaults.
+    # The proposal's defaults.
     training = args.training
     assert (training.learning_rate, training.per_device_train_batch_size, training.warmup_steps,
             training.weight_decay, training.seed, training.average_tokens_across_devices) == (2e-4, 32, 1000, 0.01, 42, False)
@@ -291,7 +291,7 @@ def test_adapter_file_holds_final_ranks(tiny_deberta, glue_dir, tmp_path):
         assert a.shape == (module["final_rank"], module["d_in"]) and b.shape == (module["d_out"], module["final_rank"])
 
 
-PRESETS = ("", "seed_plan", "equal_params")  # configs/, configs/seed_plan/, configs/equal_params/
+PRESETS = ("", "proposal", "equal_params")  # configs/, configs/proposal/, configs/equal_params/
 
 
 def preset_files():

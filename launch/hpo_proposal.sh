@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The seed plan's protocol for one task: 25 Optuna trials per method over the seed's spaces (configs/search/
+# The proposal's protocol for one task: 25 Optuna trials per method over the proposal's spaces (configs/search/
 # {lora,adalora,glora}.yaml), each scored on a tuning split held out from the training data, then final runs with
 # the best values for seeds 1 2 3 (W&B: add --report_to wandb; trials never log to W&B), then compare_runs.py.
 #
-#   launch/hpo_seed_plan.sh TASK [run flags...]       # e.g. launch/hpo_seed_plan.sh mnli
-#   launch/hpo_seed_plan.sh rte --n_trials 2 --max_steps 2 --max_eval_samples 64      # trial mode, whole pipeline
+#   launch/hpo_proposal.sh TASK [run flags...]       # e.g. launch/hpo_proposal.sh mnli
+#   launch/hpo_proposal.sh rte --n_trials 2 --max_steps 2 --max_eval_samples 64      # trial mode, whole pipeline
 #
 # Runs start with `accelerate launch` (HPO_LAUNCHER overrides, e.g. "accelerate launch --num_processes 4").
 # More workers on one study, on this or another machine (with --storage postgresql://... on all of them):
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TASK=${1:?usage: launch/hpo_seed_plan.sh TASK [run flags...]}
+TASK=${1:?usage: launch/hpo_proposal.sh TASK [run flags...]}
 shift
 ROOT=${HPO_ROOT:-outputs/hpo}
 LAUNCHER=${HPO_LAUNCHER:-python3 -m accelerate.commands.launch}
