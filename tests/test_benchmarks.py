@@ -178,7 +178,8 @@ def test_gpu_check_keeps_going_after_a_failed_part(tmp_path):
 def test_tested_scripts_call_the_interpreter_given_not_bare_python():
     """Scripts the tests run, and the sweep, call "$PYTHON" (the tests pass sys.executable), never a `python` or
     `accelerate` found on PATH, which may be another interpreter without torch."""
-    scripts = [*sorted((ROOT / "benchmarks").glob("*.sh")), ROOT / "launch" / "cpu_study.sh", ROOT / "launch" / "sweep.sh"]
+    scripts = [*sorted((ROOT / "benchmarks").glob("*.sh")),
+               *(ROOT / "launch" / f"{name}.sh" for name in ("cpu_study", "sweep", "run"))]
     assert len(scripts) >= 6
     bare = re.compile(r"(^|[\s;&|(`])(python[0-9.]*|accelerate)\s")
     for script in scripts:

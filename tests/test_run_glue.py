@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -299,7 +300,7 @@ def preset_files():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_config_parses_and_every_launcher_points_to_one(preset):
+def test_every_config_parses_and_the_launcher_runs_each(preset):
     configs = sorted((ROOT / "configs" / preset).glob("*_*.yaml"))
     assert {c.stem for c in configs} == {f"{m}_{t}" for m in METHODS for t in ("mnli", "sst2", "rte")}
     for config in configs:
@@ -308,8 +309,22 @@ def test_every_config_parses_and_every_launcher_points_to_one(preset):
         assert f"{args.peft.method}_{args.data.task}" == config.stem
         assert (args.peft.lora_r, args.training.learning_rate, args.training.per_device_train_batch_size) == (8, 2e-4, 32)
         assert args.model.model_name_or_path == "microsoft/deberta-v3-base" and args.data.max_seq_length == 256
-        launcher = ROOT / "launch" / f"{config.stem}.sh"
-        assert f'"configs/${{PRESET:+$PRESET/}}{config.name}"' in launcher.read_text() and os.access(launcher, os.X_OK)
+        # launch/run.sh METHOD TASK starts `accelerate launch` on it (PYTHON=echo prints the command instead)
+        done = subprocess.run([str(ROOT / "launch" / "run.sh"), *config.stem.split("_"), "--seed", "1"],
+                              env={**os.environ, "PRESET": preset, "PYTHON": "echo"}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["-m", "accelerate.commands.launch", "run_glue_peft.py",
+                                       str(config.relative_to(ROOT)), "--seed", "1"]
+
+
+def test_the_launcher_names_a_preset_it_does_not_have():
+    for argv, env in ((["glora"], {}), (["glora", "cola"], {}), (["glora", "mnli"], {"PRESET": "seed_plan"})):
+        done = subprocess.run([str(ROOT / "launch" / "run.sh"), *argv], env={**os.environ, "PYTHON": "echo", **env},
+                              capture_output=True, text=True)
+        assert done.returncode == 2 and done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
+        assert "usage: launch/run.sh METHOD TASK" in done.stderr
+        if len(argv) == 2:
+            assert f"no preset configs/{env.get('PRESET', '')}{'/' * bool(env)}{argv[0]}_{argv[1]}.yaml" in done.stderr
 
 
 def test_configs_hold_only_what_differs_from_the_defaults():
