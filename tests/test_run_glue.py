@@ -343,8 +343,6 @@ def test_configs_hold_only_what_differs_from_the_defaults():
 
 def test_cpu_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
     """launch/cpu_study.sh end to end on fixtures: every method x task runs, then compare_runs writes its table."""
-    import subprocess
-
     data = glue_dir("sst2", n_train=32, n_eval=16)
     glue_dir("rte", n_train=32, n_eval=16)
     root = tmp_path / "study"
