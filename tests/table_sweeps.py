@@ -103,7 +103,7 @@ def write_tables(out) -> dict:
         result = write(runs)
         if write is make_sweep:
             assert result == runs
-        with working_dir(out), contextlib.redirect_stdout(open(os.devnull, "w")):
+        with working_dir(out), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             code = cr.main([name, "--n_bootstrap", str(n_bootstrap), "--no_figures", "--out_dir", f"tables/{name}"])
         assert code == 0, name
         written[name] = out / "tables" / name
