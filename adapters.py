@@ -1,7 +1,9 @@
-"""Which matrices get adapters, the shared rank budget, and the peft configs of LoRA and AdaLoRA.
+"""Which matrices get adapters, the peft configs of LoRA and AdaLoRA, and what a run's adapter holds.
 
-Every method adapts the same matrices with the same total rank R_total = sum of ranks over adapted
-matrices, so differences in accuracy come from how the rank is spent, not how much there is.
+Every method adapts the same matrices under one budget (plan.RunPlan): by default the total rank R_total = sum of
+ranks over adapted matrices, or under --budget_unit params the adapter parameters sum_k r_k (d_in + d_out); a
+--rank_pattern run holds fixed ranks within it. So differences in accuracy come from how the budget is spent, not
+how much there is.
 """
 
 import contextlib
@@ -15,6 +17,7 @@ from peft import AdaLoraConfig, LoraConfig, TaskType
 from transformers import TrainerCallback
 
 from gradnorm_rank import lora_layers, pattern_key
+from records import ModuleRanks, RankRecord
 
 METHODS = ("lora", "adalora", "glora")  # the three arms of the comparison, in the order tables show them
 
@@ -143,38 +146,21 @@ def effective_ranks(peft_model, adapter_name="default") -> dict:
     return ranks
 
 
-def rank_record(peft_model, plan, initial_ranks) -> dict:
-    """The `ranks.json` record: per module its place, shape and initial/final/effective rank, and the adapter
-    parameters sum_k r_k (d_in + d_out) at the start, after allocation (GLoRA's resize, AdaLoRA's pruning) and
-    effective at the end (see docs/outputs.md)."""
+def rank_record(peft_model, plan, initial_ranks) -> RankRecord:
+    """The `ranks.json` record (records.RankRecord): per module its place, shape and initial/final/effective rank,
+    and the LoRA scaling every matrix starts with (see docs/outputs.md)."""
     modules = {}
     final = current_ranks(peft_model, count_masked=True)
     effective = effective_ranks(peft_model)
     for name, layer in lora_layers(peft_model).items():
         layer_index, matrix = module_matrix(name)
         base = layer.get_base_layer()
-        modules[name] = {
-            "layer": layer_index,
-            "matrix": matrix,
-            "d_in": base.in_features,
-            "d_out": base.out_features,
-            "initial_rank": initial_ranks[name],
-            "final_rank": final[name],
-            "effective_rank": effective[name],
-        }
-
-    def params(key):
-        return sum(m[key] * (m["d_in"] + m["d_out"]) for m in modules.values())
-
+        modules[name] = ModuleRanks(layer=layer_index, matrix=matrix, d_in=base.in_features, d_out=base.out_features,
+                                    initial_rank=initial_ranks[name], final_rank=final[name],
+                                    effective_rank=effective[name])
     # The scaling every method starts with: peft's LoRA alpha / r (GLoRA's resize keeps it), AdaLoRA alpha / init_r.
     scaling = plan.adalora.lora_alpha / plan.adalora.init_r if plan.adalora else plan.lora_alpha / plan.lora_r
-    return {
-        "method": plan.method, "arm": plan.arm,
-        "rank_pattern": plan.rank_pattern.record() if plan.rank_pattern else None, "budget_unit": plan.budget_unit, "rank_budget": plan.rank_budget,
-        "param_budget": plan.param_budget, "num_adapted_matrices": len(modules), "initial_scaling": scaling,
-        "adapter_params_start": params("initial_rank"), "adapter_params_after_allocation": params("final_rank"),
-        "adapter_params_effective": params("effective_rank"), "modules": modules,
-    }
+    return RankRecord(modules=modules, initial_scaling=scaling)
 
 
 class AdaLoraCallback(TrainerCallback):
@@ -245,6 +231,6 @@ class AdaLoraCallback(TrainerCallback):
         finally:
             self.config.rank_pattern = rank_pattern
 
-    def add_to_record(self, record: dict):
-        """ranks.json's `adalora` block: the schedule peft ran and the seconds spent in its hook."""
-        record["adalora"] = {**dataclasses.asdict(self.schedule), "hook_seconds": self.hook_seconds}
+    def add_to_record(self, record):
+        """ranks.json's `adalora` block (records.RankRecord): the schedule peft ran and the seconds in its hook."""
+        record.adalora = {**dataclasses.asdict(self.schedule), "hook_seconds": self.hook_seconds}

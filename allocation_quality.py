@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from analysis.allocation import GroundTruth, quality_table, to_markdown
+from records import RANKS_FILE
 
 
 def main(argv=None):
@@ -25,9 +26,9 @@ def main(argv=None):
     truth = GroundTruth.read(args.ground_truth, args.oracle_pattern)
     run_dirs = []
     for path in map(Path, args.runs):
-        found = [path] if (path / "ranks.json").is_file() else sorted(q.parent for q in path.rglob("ranks.json"))
+        found = [path] if (path / RANKS_FILE).is_file() else sorted(q.parent for q in path.rglob(RANKS_FILE))
         if not found:
-            raise SystemExit(f"{path}: no ranks.json at or below it (not a finished run).")
+            raise SystemExit(f"{path}: no {RANKS_FILE} at or below it (not a finished run).")
         run_dirs += found
     table = quality_table(run_dirs, truth)
     markdown = to_markdown(table)

@@ -16,6 +16,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from adapters import MATRIX_PATTERNS, METHODS
 from glue_tasks import GLUE_TASKS
 from gradnorm_rank import choices as glora_choices
+from records import FLAG_BLOCKS
 
 # GLoRA's choices as its config declares them (gradnorm_rank.GradNormRankConfig); the budget unit is every method's.
 BUDGET_UNITS = glora_choices("budget_unit")
@@ -150,15 +151,16 @@ class PeftArguments:
     glora_score_norm: str = field(
         default="raw",
         metadata={"help": f"GLoRA score normalisation (ablation): {', '.join(SCORE_NORMS)}. raw = the gradient norm "
-                          "(the seed's); per_entry = divided by the square root of the entries it measures (RMS); "
+                          "(the proposal's); per_entry = divided by the square root of the entries it measures (RMS); "
                           "per_rank_unit = divided by a rank unit's cost d_in + d_out.", "methods": ("glora",)},
     )
     glora_adam_rule: str = field(
         default="slice_bias_correction",
         metadata={"help": f"AdamW state of slices a resize adds: {', '.join(ADAM_RULES)}. slice_bias_correction = "
                           "zero moments with Adam's bias correction counted from the resize, per slice (a fresh "
-                          "Adam's step size); inherit_step = zero moments under the tensor's old step count (the "
-                          "first version's behaviour, an ablation: bias correction then never applies to them).",
+                          "Adam's step size); inherit_step = zero moments under the tensor's old step count (an "
+                          "ablation: bias correction then never applies to them, and their first update is about "
+                          "3.2x a fresh Adam's after a 12,000-step warm-up).",
                   "methods": ("glora",)},
     )
     adalora_alpha_parity: bool = field(
@@ -170,7 +172,7 @@ class PeftArguments:
 
 @dataclass
 class GlueTrainingArguments(TrainingArguments):
-    """TrainingArguments with the seed experiment's defaults."""
+    """TrainingArguments with the proposal's defaults."""
 
     output_dir: str | None = field(
         default=None, metadata={"help": "Where results go (default outputs/<task>/<method>_r<budget>_seed<seed>)."}
@@ -219,7 +221,7 @@ class RunArguments:
 
 
 GROUPS = (ModelArguments, DataArguments, PeftArguments, GlueTrainingArguments)
-FLAG_GROUPS = ("model", "data", "peft", "training")  # RunArguments' fields: run_args.json's blocks of flags
+FLAG_GROUPS = FLAG_BLOCKS  # RunArguments' fields: run_args.json's blocks of flags (records.RunArgs)
 
 # The flags a resume may change (--resume_from_checkpoint): where the run writes, how it reports, logs and checkpoints,
 # how fast it feeds data and how it evaluates in batches. None of them changes what is trained or which rows are

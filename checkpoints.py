@@ -10,7 +10,6 @@ is never resumed from; a file whose size differs from the seal's was truncated o
 """
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -19,19 +18,13 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from arguments import FLAG_GROUPS, RESUME_MAY_CHANGE
+from records import write_json_atomic
 
 IDENTITY_FILE = "run_identity.json"  # in every checkpoint: `identity_of` the run that wrote it
 SEAL_FILE = "checkpoint_complete.json"  # written last: the checkpoint's files and sizes, and the run's progress
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 REQUIRED_FILES = ("adapter_model.safetensors", "trainer_state.json", IDENTITY_FILE)  # a checkpoint of any method
 NO_PROGRESS = {"global_step": 0, "train_runtime": 0.0, "train_loss_sum": 0.0}
-
-
-def write_json_atomic(path, obj):
-    """Via a temporary file and a rename: a kill mid-write never leaves a truncated file that looks whole."""
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 # ---- identity: what a resume may not change ----

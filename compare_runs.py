@@ -13,7 +13,7 @@ The task score is the mean of the task's main metrics (docs/outputs.md), e.g. MN
 (acc + acc_mm) / 2, STS-B (pearson + spearman) / 2, MRPC/QQP (f1 + acc) / 2, CoLA MCC.
 Run layout: docs/outputs.md; the work is done by the `analysis` package. Usage:
 
-    python compare_runs.py runs/sweep [more run dirs or roots] [--out_dir DIR] [--alpha 0.05]
+    python compare_runs.py outputs/sweep [more run dirs or roots] [--out_dir DIR] [--alpha 0.05]
 """
 import argparse
 import dataclasses

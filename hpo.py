@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Hyper-parameter search as the seed plans it: Optuna over a method's space, then final runs with the best values.
+"""Hyper-parameter search as the proposal lays it out: Optuna over a method's space, then final runs with the best
+values.
 
     python hpo.py configs/search/glora.yaml --task mnli                      # 25 trials, then seeds 1 2 3
     python hpo.py configs/search/cpu_lr_batch.yaml --method lora --task sst2 --n_trials 2 --max_steps 2
@@ -7,7 +8,7 @@
 
 Flags hpo.py does not know are run_glue_peft.py flags, given to every trial and final run (after the space file's
 `run` block, so they override it). Each trial is an ordinary run in STUDY_DIR/trials/trial_NNNN, scored on a tuning
-split held out from the training data, which is all it evaluates (`--tune_on dev`: the seed plan's choice); W&B is
+split held out from the training data, which is all it evaluates (`--tune_on dev`: the proposal's choice); W&B is
 off for trials. The study lives in a storage (default the journal file STUDY_DIR/study.journal, which the processes of
 one machine share; a PostgreSQL URL for workers on several machines), so a killed search resumes and several workers
 can share it. A study is one arm under one set of fixed run flags and search settings (sampler, its seed, pruner),
@@ -27,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from arguments import check_args, config_to_flags, parse_args
+from records import RESULTS_FILE, RUN_ARGS_FILE, Results, RunArgs
 from search.identity import (
     ARM_FLAGS,
     arm_of,
@@ -52,7 +54,7 @@ def parse_hpo_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("config", help="Search space file (configs/search/*.yaml).")
-    p.add_argument("--run_config", help="A run config (configs/*.yaml) whose flags come first, e.g. a seed_plan preset.")
+    p.add_argument("--run_config", help="A run config (configs/*.yaml) whose flags come first, e.g. a proposal preset.")
     p.add_argument("--n_trials", type=int, help="Trials in the study, all workers together (default: the file's). "
                                                 "0: no search; the final runs use the config's values.")
     p.add_argument("--stage", choices=("all", "search", "final"), default="all",
@@ -86,7 +88,7 @@ def parse_hpo_args(argv):
                         "pruner's resource. Default 1 (at the end; no pruner). A pruner needs enough of them to act "
                         "after the warm-up: ceil(E x warm-up fraction) < E, e.g. 8 with the default 0.8.")
     p.add_argument("--tune_on", choices=("tuning_split", "dev"), default="tuning_split",
-                   help="Score trials on a split held out from the training data, or on the dev set (the seed's "
+                   help="Score trials on a split held out from the training data, or on the dev set (the proposal's "
                         "choice; then the final dev numbers are optimistic).")
     p.add_argument("--tuning_split_fraction", type=float, default=0.1, help="Training data held out for tuning.")
     p.add_argument("--tuning_split_max", type=int, default=2000, help="At most this many examples held out.")
@@ -206,11 +208,11 @@ def pruning_notes(hpo, study, record: dict, task: str, arm: str) -> list:
     of trials the pruner judged late because their structure settled after the common warm-up."""
     settings = pruning_settings(hpo)
     rates = {arm: (record["n_pruned"], record["n_trials"])}
-    for run_args in sorted(Path(hpo.final_root, task).glob("*/run_args.json")):
+    for run_args in sorted(Path(hpo.final_root, task).glob(f"*/{RUN_ARGS_FILE}")):
         try:
-            block = json.loads(run_args.read_text()).get("hpo") or {}
+            block = RunArgs.read(run_args.parent).hpo or {}
             rates.setdefault(str(block["arm"]), (int(block["n_pruned"]), int(block["n_trials"])))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError):
             continue  # not a final run of hpo.py (compare_runs.py reports such folders)
     how = (f"pruner {settings.pruner}, judged from {settings.first_evaluation}/{settings.evaluations_per_trial} of "
            "each run" if settings.pruner != "none" else "no pruner in this study")
@@ -284,12 +286,12 @@ def stale_final_runs(hpo, task, arm, expected: dict) -> dict:
     stale = {}
     for seed in hpo.final_seeds:
         out = final_dir(hpo, task, arm, seed)
-        if not (out / "all_results.json").exists():
+        if not (out / RESULTS_FILE).exists():
             continue  # nothing to reuse: an unfinished run is started again
         try:
-            block = json.loads((out / "run_args.json").read_text()).get("hpo")
-        except (OSError, ValueError, AttributeError) as error:
-            stale[out] = [f"its run_args.json is unreadable ({type(error).__name__})"]
+            block = RunArgs.read(out).hpo
+        except (OSError, ValueError) as error:
+            stale[out] = [f"its {RUN_ARGS_FILE} is unreadable ({type(error).__name__})"]
             continue
         differs = final_run_mismatch(block, expected)
         if differs:
@@ -324,7 +326,7 @@ def final_runs(hpo, fixed, record, record_path, task, arm, metric) -> list:
     results = []
     for seed in hpo.final_seeds:
         out = final_dir(hpo, task, arm, seed)
-        finished = out / "all_results.json"
+        finished = out / RESULTS_FILE
         if out in stale:
             aside = move_aside(hpo, out, task)
             print(f"final run, seed {seed}: {out} was not this study's ({shown(stale[out])}); moved to {aside}, "
@@ -342,7 +344,7 @@ def final_runs(hpo, fixed, record, record_path, task, arm, metric) -> list:
             if code != 0 or not finished.exists():
                 results.append((seed, f"FAILED (exit {code}; see {out}.log)"))
                 continue
-        values = json.loads(finished.read_text())
+        values = Results.read(out).metrics
         shown_values = {k: v for k, v in values.items() if k.startswith("eval_") and
                         k.split("eval_")[1].split("_mm")[0] in (metric, "accuracy", "combined_score")}
         results.append((seed, ", ".join(f"{k} {v:.4f}" for k, v in shown_values.items()) + f"  ({out})"))

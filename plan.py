@@ -132,9 +132,10 @@ def arm_label(method: str, budget_unit: str, pattern: RankPattern | None) -> str
 
 
 def resolve_lr_warmup(training_args, total_steps: int) -> float:
-    """--warmup_steps as this run uses it. A step count that does not fit a trial run (--max_steps) is scaled to
-    10 % of it, as GLoRA's warm-up is clamped, so that a trial trains at its learning rate; in a full run it is an
-    error. Fractions (< 1) are the Trainer's own ratio of the run."""
+    """--warmup_steps as this run uses it. A step count that does not end before the last step of a trial run
+    (--max_steps) is scaled to 10 % of the run, so that a trial also trains at its learning rate (GLoRA's warm-up is
+    moved to the middle of such a run instead, AdaLoRA's schedule to the AdaLoRA paper's 10 % / 20 %); in a full run
+    it is an error. Fractions (< 1) are the Trainer's own ratio of the run, and pass unchanged."""
     warmup = training_args.warmup_steps
     if warmup < 1 or warmup < total_steps:
         return warmup

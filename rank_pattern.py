@@ -22,11 +22,8 @@ class RankPattern:
     source: str  # "ranks.json" (a run's record, final_rank replayed) or "mapping"
     ranks: tuple  # ((module path, rank), ...) in target order
 
-    def as_dict(self) -> dict:
-        return dict(self.ranks)
-
     def record(self) -> dict:
-        """What run_args.json, ranks.json and all_results.json say about the pattern."""
+        """What run_args.json (its resolved plan) and all_results.json say about the pattern."""
         return {"path": self.path, "sha256": self.sha256, "source": self.source}
 
 

@@ -20,6 +20,8 @@ import socket
 import time
 from pathlib import Path
 
+from records import RESULTS_FILE
+
 logger = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
@@ -117,7 +119,7 @@ def move_aside(output_dir) -> Path:
     output_dir = Path(output_dir)
     slot = sibling(output_dir, REPLACED_SUFFIX)
     if slot.exists():
-        if (output_dir / "all_results.json").exists():  # a finished replacement of the slot's run
+        if (output_dir / RESULTS_FILE).exists():  # a finished replacement of the slot's run
             shutil.rmtree(slot)
         else:
             logger.warning(f"--overwrite_output_dir: {output_dir} holds an unfinished attempt to replace the run in "

@@ -56,13 +56,13 @@ from checkpoints import (
     newest_complete_checkpoint,
     read_progress,
     unseal,
-    write_json_atomic,
 )
 from eval_log import EvalLog
 from glue_data import load_glue_data, tokenize_splits
 from glue_tasks import GLUE_TASKS, glue_metrics
 from gradnorm_rank import GradNormRank, GradNormRankMixin
 from plan import resolve_plan
+from records import RESULTS_FILE, RUN_ARGS_FILE, Results, RunArgs
 from run_folder import discard_replaced, folder_lock, move_aside
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ def main(argv=None):
     with folder_lock(plan.output_dir, hold=PartialState().is_main_process):
         replaced = prepare_output_dir(run_args, plan, training_args, args.data.overwrite_output_dir)
         encoded = tokenize_splits(raw, tokenizer, args.data, training_args)
-        trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data, identity_of(run_args))
+        trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data,
+                                identity_of(run_args.to_json()))
 
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()  # the adapter, with its final ranks in rank_pattern
@@ -153,12 +154,10 @@ def method_hooks(peft_model, plan) -> list:
     return []
 
 
-def run_args_of(args, plan) -> dict:
+def run_args_of(args, plan) -> RunArgs:
     """run_args.json: what was asked and what it resolved to (and, for runs chosen by hpo.py, its `hpo` block)."""
-    run_args = {**args.asked(), "resolved": plan.resolved(), "world_size": plan.world_size}
-    if args.data.hpo_record:  # how hpo.py chose this run's hyper-parameters (compare_runs reads it)
-        run_args["hpo"] = json.loads(Path(args.data.hpo_record).read_text())
-    return run_args
+    hpo = json.loads(Path(args.data.hpo_record).read_text()) if args.data.hpo_record else None
+    return RunArgs(**args.asked(), resolved=plan.resolved(), world_size=plan.world_size, hpo=hpo)
 
 
 def check_resume(run_args, plan, training_args) -> Path | None:
@@ -184,7 +183,7 @@ def check_resume(run_args, plan, training_args) -> Path | None:
             newest = newest_complete_checkpoint(folder.parent)
             other = f"; the newest complete checkpoint there is {newest}" if newest else ""
             raise ValueError(f"--resume_from_checkpoint {folder}: {problem}{other}.")
-    differs = identity_differences(json.loads((folder / IDENTITY_FILE).read_text()), identity_of(run_args))
+    differs = identity_differences(json.loads((folder / IDENTITY_FILE).read_text()), identity_of(run_args.to_json()))
     if differs:
         raise ValueError(f"--resume_from_checkpoint {folder} is from another run ({'; '.join(differs)}): a resume may "
                          "change only where and how the run reports and checkpoints (arguments.RESUME_MAY_CHANGE); "
@@ -209,7 +208,7 @@ def prepare_output_dir(run_args, plan, training_args, overwrite: bool):
     into its own folder keeps run_args.json, which must be this run's."""
     output_dir = Path(plan.output_dir)
     resume = training_args.resume_from_checkpoint
-    finished = (output_dir / "all_results.json").exists()
+    finished = (output_dir / RESULTS_FILE).exists()
     unfinished = not finished and is_unfinished_run(output_dir)
     if overwrite and resume and (finished or unfinished) and Path(resume).resolve().is_relative_to(output_dir.resolve()):
         raise ValueError(f"--overwrite_output_dir would move {output_dir} aside, and with it the checkpoint "
@@ -222,10 +221,9 @@ def prepare_output_dir(run_args, plan, training_args, overwrite: bool):
         how = f"--resume_from_checkpoint {newest} to continue it, or " if newest else ""
         raise FileExistsError(f"{output_dir} holds an unfinished run (no all_results.json{incomplete_note(output_dir)}): "
                               f"pass {how}--overwrite_output_dir True to start again, or another --output_dir.")
-    keep_run_args = bool(resume) and unfinished and not overwrite and (output_dir / "run_args.json").is_file()
+    keep_run_args = bool(resume) and unfinished and not overwrite and (output_dir / RUN_ARGS_FILE).is_file()
     if keep_run_args:
-        differs = identity_differences(identity_of(json.loads((output_dir / "run_args.json").read_text())),
-                                       identity_of(run_args))
+        differs = identity_differences(identity_of(RunArgs.read(output_dir).to_json()), identity_of(run_args.to_json()))
         if differs:
             raise ValueError(f"{output_dir}/run_args.json is another run's ({'; '.join(differs)}): resume into that "
                              "run's own folder only with its settings, or pass another --output_dir.")
@@ -236,7 +234,7 @@ def prepare_output_dir(run_args, plan, training_args, overwrite: bool):
             replaced = move_aside(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         if not keep_run_args:
-            write_json_atomic(output_dir / "run_args.json", run_args)
+            run_args.write(output_dir)
     PartialState().wait_for_everyone()
     return replaced
 
@@ -300,27 +298,28 @@ def final_eval_splits(task, eval_split) -> list:
     return [(split.name, "eval", split.metric_suffix) for split in task.eval_splits]
 
 
-def write_records(results, model, plan, initial_ranks, method, training_args) -> dict:
-    """ranks.json, the W&B rank table, and all_results.json last: its presence marks a finished run."""
-    record = rank_record(model, plan, initial_ranks)
+def write_records(metrics, model, plan, initial_ranks, method, training_args) -> dict:
+    """ranks.json, the W&B rank table, and all_results.json last: its presence marks a finished run. `metrics`: the
+    Trainer's figures; returns all_results.json's content."""
+    ranks = rank_record(model, plan, initial_ranks)
     for hook in method:
-        hook.add_to_record(record)
-    results.update(
-        task=plan.task, method=plan.method, arm=plan.arm, rank_pattern=record["rank_pattern"], seed=training_args.seed,
-        rank_budget=plan.rank_budget,
-        num_adapted_matrices=plan.num_matrices, method_hook_seconds=sum(hook.method_seconds for hook in method),
-        **trainable_parameters(model, plan.head),
-        final_rank_total=sum(m["final_rank"] for m in record["modules"].values()),
-        **{key: record[key] for key in ("budget_unit", "param_budget", "adapter_params_start",
-                                        "adapter_params_after_allocation", "adapter_params_effective")},
+        hook.add_to_record(ranks)
+    results = Results(
+        task=plan.task, method=plan.method, arm=plan.arm, seed=training_args.seed, rank_budget=plan.rank_budget,
+        rank_pattern=plan.rank_pattern.record() if plan.rank_pattern else None, budget_unit=plan.budget_unit,
+        param_budget=plan.param_budget, train_runtime=metrics["train_runtime"],
+        method_hook_seconds=sum(hook.method_seconds for hook in method), **trainable_parameters(model, plan.head),
+        final_rank_total=ranks.final_rank_total, adapter_params_start=ranks.adapter_params("initial_rank"),
+        adapter_params_after_allocation=ranks.adapter_params("final_rank"),
+        adapter_params_effective=ranks.adapter_params("effective_rank"),
+        metrics={key: value for key, value in metrics.items() if key != "train_runtime"},
     )
     if training_args.should_save:
-        output_dir = Path(plan.output_dir)
-        write_json_atomic(output_dir / "ranks.json", record)
-        log_to_wandb(training_args, record)
-        write_json_atomic(output_dir / "all_results.json", results)
-    logger.info(f"results: {json.dumps(results, indent=1, default=str)}")
-    return results
+        ranks.write(plan.output_dir)
+        log_to_wandb(training_args, ranks)
+        results.write(plan.output_dir)
+    logger.info(f"results: {json.dumps(results.to_json(), indent=1, default=str)}")
+    return results.to_json()
 
 
 # ---- the Trainer ----
@@ -437,10 +436,10 @@ class ScheduleCheck(TrainerCallback):
 
 def is_unfinished_run(output_dir: Path) -> bool:
     """run_args.json or checkpoints without all_results.json: a run that stopped or is still going."""
-    return (output_dir / "run_args.json").exists() or any(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+    return (output_dir / RUN_ARGS_FILE).exists() or any(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
 
 
-def log_to_wandb(training_args, record):
+def log_to_wandb(training_args, ranks):
     """Final ranks (and GLoRA's scores) as a W&B table, when the run reports to W&B."""
     if "wandb" not in (training_args.report_to or []):
         return
@@ -449,9 +448,9 @@ def log_to_wandb(training_args, record):
     if wandb.run is None:
         return
     columns = ["module", "layer", "matrix", "d_in", "d_out", "initial_rank", "final_rank", "score"]
-    rows = [[name] + [m.get(c) for c in columns[1:]] for name, m in record["modules"].items()]
+    rows = [[name] + [getattr(m, c) for c in columns[1:]] for name, m in ranks.modules.items()]
     wandb.log({"rank_allocation": wandb.Table(columns=columns, data=rows)})
-    wandb.run.summary["final_ranks"] = {name: m["final_rank"] for name, m in record["modules"].items()}
+    wandb.run.summary["final_ranks"] = {name: m.final_rank for name, m in ranks.modules.items()}
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from records import RESULTS_FILE, RankRecord, Results
+
 
 def recall_at_k(values: dict, planted: set) -> float:
     """Expected share of `planted` among the k = len(planted) largest `values`, ties at the boundary at random."""
@@ -47,34 +49,42 @@ class GroundTruth:
         return cls(frozenset(truth["planted"]), json.loads(oracle_file.read_text()))
 
 
+def read_run(run_dir) -> tuple:
+    """(RankRecord, Results) of a finished run; one error line naming the folder and the record otherwise."""
+    if not Path(run_dir, RESULTS_FILE).is_file():
+        raise ValueError(f"{run_dir}: no {RESULTS_FILE} (not a finished run).")
+    try:
+        return RankRecord.read(run_dir), Results.read(run_dir)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{run_dir}: {e}") from None
+
+
 def run_quality(run_dir, truth: GroundTruth) -> dict:
     """One row: the run's arm, method, seed and its allocation's numbers against the ground truth."""
     run_dir = Path(run_dir)
-    record = json.loads((run_dir / "ranks.json").read_text())
-    modules = record["modules"]
+    record, results = read_run(run_dir)
+    modules = record.modules
     missing = truth.planted - set(modules)
     if missing:
         raise ValueError(f"{run_dir}/ranks.json: planted matrix {sorted(missing)[0]} is not among its adapted matrices; "
                          "is this run from the ground truth's model?")
-    costs = {name: m["d_in"] + m["d_out"] for name, m in modules.items()}
-    final = {name: m["final_rank"] for name, m in modules.items()}
+    costs = {name: m.unit_cost for name, m in modules.items()}
+    final = {name: m.final_rank for name, m in modules.items()}
     rank_share, param_share = shares(final, costs, truth.planted)
     oracle_rank_share, oracle_param_share = shares({n: truth.oracle[n] for n in modules}, costs, truth.planted)
     uniform_rank_share, uniform_param_share = shares({n: 1 for n in modules}, costs, truth.planted)
-    results = {}
-    if (run_dir / "all_results.json").is_file():
-        results = json.loads((run_dir / "all_results.json").read_text())
-    scores = {name: m["score"] for name, m in modules.items() if m.get("score") is not None}
+    scores = {name: m.score for name, m in modules.items() if m.score is not None}
+    glora = record.glora or {}
     return {
-        "run": run_dir.name, "arm": record.get("arm") or record["method"], "method": record["method"],
-        "seed": results.get("seed"), "planted": len(truth.planted), "matrices": len(modules),
+        "run": run_dir.name, "arm": results.arm or results.method, "method": results.method,
+        "seed": results.seed, "planted": len(truth.planted), "matrices": len(modules),
         "rank_share": rank_share, "oracle_rank_share": oracle_rank_share, "uniform_rank_share": uniform_rank_share,
         "param_share": param_share, "oracle_param_share": oracle_param_share, "uniform_param_share": uniform_param_share,
         "recall_at_k_rank": recall_at_k(final, truth.planted),
         "recall_at_k_score": recall_at_k(scores, truth.planted) if len(scores) == len(modules) else None,
         "planted_score_places": sorted(1 + sorted(scores, key=lambda n: -scores[n]).index(n) for n in truth.planted)
         if len(scores) == len(modules) else None,
-        "signal": (record.get("glora") or {}).get("signal"), "score_norm": (record.get("glora") or {}).get("score_norm"),
+        "signal": glora.get("signal"), "score_norm": glora.get("score_norm"),
     }
 
 

@@ -4,31 +4,25 @@ seeds are pooled per arm, and the runs of one arm must also share its `ArmIdenti
 rank pattern, total optimizer steps). `References` picks, per group, the uniform LoRA arm the "vs LoRA" columns use
 and the AdaLoRA arm of the share of gain.
 
-No import from the rest of the package: runs.py builds its records from these."""
+No import from the rest of the package: runs.py builds its records from these. `results` and `run_args` are the
+run's records.Results and records.RunArgs."""
 import os
 from dataclasses import dataclass, fields
-
-
-def section(record, name) -> dict:
-    """record[name] when it is a JSON object, else {} (a record written before the section existed)."""
-    value = record.get(name) if isinstance(record, dict) else None
-    return value if isinstance(value, dict) else {}
 
 
 def arm_of(results, run_args) -> str:
     """The run's arm label: all_results.json's or run_args.json's resolved `arm`; runs written before arms were
     recorded get the label a run would get today from its method and budget unit (no rank pattern then)."""
-    resolved = section(run_args, "resolved")
-    arm = results.get("arm") or resolved.get("arm")
+    arm = results.arm or run_args.resolved.get("arm")
     if arm:
         return str(arm)
-    unit = results.get("budget_unit") or resolved.get("budget_unit") or "rank"
-    return str(results["method"]).lower() + ("_params" if unit == "params" else "")
+    unit = results.budget_unit or run_args.resolved.get("budget_unit") or "rank"
+    return results.method.lower() + ("_params" if unit == "params" else "")
 
 
 def rank_pattern_hash(results, run_args):
     """sha256 of the run's --rank_pattern file, or None for a run without one."""
-    pattern = results.get("rank_pattern") or section(run_args, "resolved").get("rank_pattern")
+    pattern = results.rank_pattern or run_args.resolved.get("rank_pattern")
     return pattern.get("sha256", "?") if isinstance(pattern, dict) else None
 
 
@@ -46,7 +40,7 @@ class Setting:
 
     @classmethod
     def of(cls, run_args) -> "Setting":
-        model, data, training = (section(run_args, name) for name in ("model", "data", "training"))
+        model, data, training = run_args.model, run_args.data, run_args.training
         max_steps = training.get("max_steps")
         trial = None if max_steps is None else max_steps > 0
         if trial:
@@ -123,11 +117,11 @@ class ArmIdentity:
 
     @classmethod
     def of(cls, results, run_args) -> "ArmIdentity":
-        resolved = section(run_args, "resolved")
-        unit = results.get("budget_unit") or resolved.get("budget_unit")
-        param_budget = results.get("param_budget", resolved.get("param_budget"))
+        resolved = run_args.resolved
+        unit = results.budget_unit or resolved.get("budget_unit")
+        param_budget = results.param_budget if results.param_budget is not None else resolved.get("param_budget")
         steps = resolved.get("total_steps")
-        return cls(method=str(results["method"]).lower(), budget_unit=text(unit),
+        return cls(method=results.method.lower(), budget_unit=text(unit),
                    param_budget=None if param_budget is None else int(param_budget),
                    rank_pattern=rank_pattern_hash(results, run_args), total_steps=None if steps is None else int(steps))
 

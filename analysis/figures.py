@@ -166,11 +166,11 @@ def fig_learning_curve(run, out_dir):
         pts = [(e["step"], e[k]) for e in log if k in e and "step" in e]
         a2.plot(*zip(*pts), marker="o", ms=3, label=k.removeprefix("eval_"))
     # the method's own schedule: when the ranks change
-    ranks = run.ranks or {}
+    glora = (run.ranks.glora if run.ranks else None) or {}
     marks = []
-    if isinstance(ranks.get("glora"), dict) and ranks["glora"].get("reallocation_step") is not None:
-        marks.append((ranks["glora"]["reallocation_step"], "GLoRA reallocation", "tab:green", "--"))
-    ada = ranks.get("adalora") if isinstance(ranks.get("adalora"), dict) else {}
+    if glora.get("reallocation_step") is not None:
+        marks.append((glora["reallocation_step"], "GLoRA reallocation", "tab:green", "--"))
+    ada = (run.ranks.adalora if run.ranks else None) or {}
     if ada.get("tinit") is not None:
         marks.append((ada["tinit"], "AdaLoRA tinit (pruning starts)", "tab:orange", "--"))
     if ada.get("total_step") is not None and ada.get("tfinal") is not None:
@@ -198,13 +198,12 @@ def rank_grid(runs):
     """Mean final rank over runs as a {(layer, matrix): rank} dict; number of runs used."""
     cells, used = {}, 0
     for r in runs:
-        modules = (r.ranks or {}).get("modules") or {}
+        modules = r.ranks.modules if r.ranks else {}
         if not modules:
             continue
         used += 1
         for m in modules.values():
-            if "layer" in m and "matrix" in m and "final_rank" in m:
-                cells.setdefault((int(m["layer"]), m["matrix"]), []).append(float(m["final_rank"]))
+            cells.setdefault((m.layer, m.matrix), []).append(float(m.final_rank))
     return {k: float(np.mean(v)) for k, v in cells.items()}, used
 
 
@@ -256,9 +255,8 @@ def fig_score_vs_rank(groups, out_dir):
     for (task, budget, group, arm), g in groups.items():
         if g.method != "glora":
             continue
-        modules = [m for r in g.runs for m in ((r.ranks or {}).get("modules") or {}).values()]
-        pts = [(m["score"], m["final_rank"], m.get("matrix", "?"), m.get("initial_rank"))
-               for m in modules if m.get("score") is not None and m.get("final_rank") is not None]
+        modules = [m for r in g.runs if r.ranks for m in r.ranks.modules.values()]
+        pts = [(m.score, m.final_rank, m.matrix, m.initial_rank) for m in modules if m.score is not None]
         several_budgets = len({k.budget for k, o in groups.items() if k.task == task and o.method == "glora"}) > 1
         stem = f"{slug(task, group)}{f'_r{budget}' if several_budgets else ''}_{arm}_score_vs_rank"
         if not pts:

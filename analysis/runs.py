@@ -15,6 +15,7 @@ from adapters import METHODS
 from analysis.comparable import ArmIdentity, Setting, arm_of
 from analysis.metrics import METRIC_FNS
 from glue_tasks import GLUE_TASKS
+from records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, RecordError, Results, RunArgs
 from run_folder import REPLACED_SUFFIX
 
 # task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean.
@@ -23,7 +24,6 @@ MAIN_METRICS = {task: spec.main_metric_keys() for task, spec in GLUE_TASKS.items
 TASK_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]  # the usual GLUE order
 METHOD_ORDER = list(METHODS)
 METHOD_NAMES = {"lora": "LoRA", "adalora": "AdaLoRA", "glora": "GLoRA"}
-REQUIRED_KEYS = ["task", "method", "seed", "rank_budget", "train_runtime", "trainable_params"]
 
 
 def note(msg):
@@ -80,15 +80,15 @@ class Run:
     method: str
     seed: int
     budget: int  # R_total
-    results: dict  # all_results.json as written
-    args: dict  # run_args.json as written
+    results: Results  # all_results.json
+    args: RunArgs  # run_args.json
     metrics: dict  # main metric key (and MCC) -> value
-    score: float  # mean of the task's main metrics
+    score: float  # the task score: mean of the task's main metrics (Results.score)
     time: float  # train_runtime (s)
     hook_seconds: float
     params: float  # trainable parameters, adapter + head
     params_adapter: float
-    ranks: dict | None  # ranks.json, when readable
+    ranks: RankRecord | None  # ranks.json, when readable
     total_rank: float
     warnings: list = field(default_factory=list)
     adapter_params_effective: float = float("nan")  # LoRA parameters of non-zero components at the end, no head
@@ -124,7 +124,7 @@ class Hpo:
 
 
 def read_json(path):
-    """(object, None) or (None, reason)."""
+    """(object, None) or (None, reason): a file that is no run record (trainer_state.json)."""
     try:
         with open(path) as f:
             return json.load(f), None
@@ -134,13 +134,25 @@ def read_json(path):
         return None, f"unreadable {path.name} ({type(e).__name__}: {e})"
 
 
+def read_record(record, d):
+    """(record, None) or (None, reason) of a record class (records.RunArgs, RankRecord, Results) in folder d."""
+    try:
+        return record.read(d), None
+    except FileNotFoundError:
+        return None, f"no {record.FILE}"
+    except RecordError as e:
+        return None, str(e)
+    except (OSError, ValueError) as e:
+        return None, f"unreadable {record.FILE} ({type(e).__name__}: {e})"
+
+
 def find_run_dirs(paths):
     """Run dirs (dirs holding run_args.json) at or below each path, first-seen order, no repeats. A run that
     --overwrite_output_dir moved aside (OUTPUT_DIR.replaced, run_folder.py) is left out: it is kept only until the run
     that replaces it finishes, and would otherwise count as one more seed beside it."""
     seen, dirs = set(), []
     for p in map(Path, paths):
-        for d in sorted(q.parent for q in p.rglob("run_args.json")):
+        for d in sorted(q.parent for q in p.rglob(RUN_ARGS_FILE)):
             if any(part.endswith(REPLACED_SUFFIX) for part in d.parts):
                 note(f"{d}: set aside, a run moved aside by --overwrite_output_dir (its replacement is beside it)")
                 continue
@@ -155,51 +167,40 @@ class Unusable(Exception):
 
 
 def read_results(d):
-    """(run_args, all_results, task) of a finished run whose results hold the task's main metrics."""
-    run_args, err = read_json(d / "run_args.json")
+    """(RunArgs, Results, task) of a finished run whose results hold the task's main metrics."""
+    run_args, err = read_record(RunArgs, d)
     if err:
         raise Unusable(err)
-    if not (d / "all_results.json").is_file():
-        raise Unusable("unfinished: no all_results.json")
-    res, err = read_json(d / "all_results.json")
+    if not (d / RESULTS_FILE).is_file():
+        raise Unusable(f"unfinished: no {RESULTS_FILE}")
+    res, err = read_record(Results, d)
     if err:
         raise Unusable(err)
-    if not isinstance(res, dict):
-        raise Unusable("all_results.json is not a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in res]
-    if missing:
-        raise Unusable(f"missing keys in all_results.json: {', '.join(missing)}")
-    task = str(res["task"]).lower().replace("-", "")
+    task = res.task.lower().replace("-", "")
     if task not in MAIN_METRICS:
-        raise Unusable(f"unknown task {res['task']!r}")
-    missing = [f"eval_{m}" for m in MAIN_METRICS[task] if f"eval_{m}" not in res]
+        raise Unusable(f"unknown task {res.task!r}")
+    missing = [f"eval_{m}" for m in MAIN_METRICS[task] if f"eval_{m}" not in res.metrics]
     if missing:
-        raise Unusable(f"missing keys in all_results.json: {', '.join(missing)}")
+        raise Unusable(f"missing keys in {RESULTS_FILE}: {', '.join(missing)}")
     return run_args, res, task
 
 
-def total_rank(ranks, d, warnings):
-    modules = (ranks or {}).get("modules") or {}
-    try:
-        return float(sum(m["final_rank"] for m in modules.values())) if modules else float("nan")
-    except (KeyError, TypeError):
-        warnings.append(f"{d}: ranks.json modules lack final_rank")
-        return float("nan")
+def recorded_or(value, fallback):
+    """A total as all_results.json records it, or (a run written before it was recorded) from the rank record."""
+    return float(value) if value is not None else fallback()
 
 
-def effective_adapter_params(res, ranks):
-    """all_results.json's adapter_params_effective, or from ranks.json: sum of final_rank * (d_in + d_out)."""
-    if "adapter_params_effective" in res:
-        return float(res["adapter_params_effective"])
-    modules = (ranks or {}).get("modules") or {}
-    try:
-        return float(sum(m["final_rank"] * (m["d_in"] + m["d_out"]) for m in modules.values())) if modules else float("nan")
-    except (KeyError, TypeError):
+def ranks_total(ranks, rank="final_rank"):
+    """From ranks.json: the sum of final ranks (rank None), or of rank * (d_in + d_out); nan without modules."""
+    if ranks is None or not ranks.modules:
         return float("nan")
+    return float(ranks.final_rank_total if rank is None else ranks.adapter_params(rank))
 
 
 def load_run(d):
-    """(Run, None) for a finished, readable run; (None, reason) otherwise."""
+    """(Run, None) for a finished, readable run; (None, reason) otherwise. The score and the totals are the ones the
+    run recorded (all_results.json); a run written before it recorded one gets it computed as the run would have
+    (the task score from the main metrics, the totals from ranks.json)."""
     d = Path(d)
     try:
         run_args, res, task = read_results(d)
@@ -207,36 +208,34 @@ def load_run(d):
         return None, str(e)
     main = MAIN_METRICS[task]
     try:
-        metrics = {m: float(res[f"eval_{m}"]) for m in main}
+        metrics = {m: float(res.metrics[f"eval_{m}"]) for m in main}
         for k in ("matthews_correlation", "matthews_correlation_mm"):  # reported, not ranked by
-            if f"eval_{k}" in res and k not in metrics:
-                metrics[k] = float(res[f"eval_{k}"])
-        score, time = float(np.mean([metrics[m] for m in main])), float(res["train_runtime"])
-        numbers = dict(method=str(res["method"]).lower(), seed=int(res["seed"]), budget=int(res["rank_budget"]),
-                       hook_seconds=float(res.get("method_hook_seconds", 0.0)),
-                       params=float(res["trainable_params"]),
-                       params_adapter=float(res.get("trainable_params_adapter", "nan")))
+            if f"eval_{k}" in res.metrics and k not in metrics:
+                metrics[k] = float(res.metrics[f"eval_{k}"])
+        score = res.score(GLUE_TASKS[task])
+        score = float(np.mean([metrics[m] for m in main])) if score is None else score
+        numbers = dict(method=res.method.lower(), seed=res.seed, budget=res.rank_budget,
+                       hook_seconds=recorded_or(res.method_hook_seconds, lambda: 0.0),
+                       params=float(res.trainable_params),
+                       params_adapter=recorded_or(res.trainable_params_adapter, lambda: float("nan")))
     except (TypeError, ValueError) as e:
-        return None, f"non-numeric value in all_results.json ({e})"
+        return None, f"non-numeric value in {RESULTS_FILE} ({e})"
     try:
         comparable = dict(arm=arm_of(res, run_args), setting=Setting.of(run_args), identity=ArmIdentity.of(res, run_args))
     except (TypeError, ValueError) as e:  # a field of another type than a run writes
-        return None, f"run_args.json / all_results.json: unreadable arm, budget or training setting ({e})"
+        return None, f"{RUN_ARGS_FILE} / {RESULTS_FILE}: unreadable arm, budget or training setting ({e})"
+    time = res.train_runtime
     bad = [k for k, v in (("score", score), ("time", time)) if not math.isfinite(v)]
     if bad:
-        return None, f"non-finite {', '.join(bad)} in all_results.json"
-    # the rank record is optional for the table: a missing one only costs the rank columns/figures
-    ranks, err = read_json(d / "ranks.json")
-    ranks = ranks if isinstance(ranks, dict) else None
+        return None, f"non-finite {', '.join(bad)} in {RESULTS_FILE}"
+    # the rank record is optional for the table: a missing one only costs the rank columns/figures of older runs
+    ranks, err = read_record(RankRecord, d)
     warnings = [f"{d}: {err}"] if err else []
-    try:
-        params_effective = effective_adapter_params(res, ranks)
-    except (TypeError, ValueError) as e:
-        return None, f"non-numeric adapter_params_effective in all_results.json ({e})"
     return Run(name=d.name, path=d, task=task, results=res, args=run_args, metrics=metrics, score=score, time=time,
-               ranks=ranks, total_rank=total_rank(ranks, d, warnings), warnings=warnings,
-               adapter_params_effective=params_effective, hpo=Hpo.of((run_args or {}).get("hpo")), **numbers,
-               **comparable), None
+               ranks=ranks, total_rank=recorded_or(res.final_rank_total, lambda: ranks_total(ranks, None)),
+               warnings=warnings,
+               adapter_params_effective=recorded_or(res.adapter_params_effective, lambda: ranks_total(ranks)),
+               hpo=Hpo.of(run_args.hpo), **numbers, **comparable), None
 
 
 def load_runs(paths):
@@ -419,7 +418,7 @@ def predictions_mismatch(run, preds):
         except (TypeError, ValueError) as e:
             return f"predictions_{split}.csv: labels or predictions are not {kind.__name__}s ({e})"
         if abs(value - run.metrics[m]) > SCORE_TOLERANCE:
-            scored = run.results.get("eval_samples" + m[len(metric):])
+            scored = run.results.metrics.get("eval_samples" + m[len(metric):])
             rows = f"{len(df)} of the {scored} rows scored" if scored and scored != len(df) else f"{len(df)} rows"
             return (f"predictions_{split}.csv ({rows}) gives {metric} {value:.4f} but all_results.json records "
                     f"{run.metrics[m]:.4f}: not the rows that were scored (truncated predictions?); left out of the bootstrap")

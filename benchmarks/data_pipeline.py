@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Data pipeline: dynamic padding vs padding every input to 256 (the seed's setting), on real GLUE lengths.
+"""Data pipeline: dynamic padding vs padding every input to 256 (the proposal's setting), on real GLUE lengths.
 
 For each task: (1) the time to load the parquet file, tokenise it and write the datasets cache (as
 run_glue_peft.main does, into a fresh cache directory), and to reload it from that cache; (2) the token-length

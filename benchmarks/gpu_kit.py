@@ -91,7 +91,7 @@ def installed_requirements(name):
     return found
 
 
-def plan(wheels, pins, version_of=installed_version, required_here=installed_requirements):
+def plan(wheels, pins):
     """[(wheel, reason)] to install and [(name, have, reason)] kept: the rules in the module docstring."""
     constraints = {}
     for w in wheels:
@@ -99,7 +99,7 @@ def plan(wheels, pins, version_of=installed_version, required_here=installed_req
             constraints.setdefault(canonicalize_name(r.name), []).append((w.name, r.specifier))
     install, keep = [], []
     for w in wheels:
-        have = version_of(w.name)
+        have = installed_version(w.name)
         excluded = [f"{by} needs {spec}" for by, spec in constraints.get(w.name, [])
                     if have and not spec.contains(have, prereleases=True)]
         if have is None:
@@ -113,15 +113,15 @@ def plan(wheels, pins, version_of=installed_version, required_here=installed_req
         else:
             keep.append((w.name, have, f"satisfies the wheels' requirements (wheel: {w.version})"))
     for w, reason in list(install):
-        broken = [f"{by} needs {spec}" for by, spec in required_here(w.name)
+        broken = [f"{by} needs {spec}" for by, spec in installed_requirements(w.name)
                   if by != w.name and not spec.contains(w.version, prereleases=True)]
         if broken:
             install.remove((w, reason))
-            keep.append((w.name, version_of(w.name), f"NOT installing {w.version}: {'; '.join(broken)}"))
+            keep.append((w.name, installed_version(w.name), f"NOT installing {w.version}: {'; '.join(broken)}"))
     return install, keep
 
 
-def unmet(wheels, pins, install, version_of=installed_version):
+def unmet(wheels, pins, install):
     """Requirements of the pins that neither the system nor the install list satisfies."""
     final = {w.name: w.version for w, _ in install}
     problems = []
@@ -130,7 +130,7 @@ def unmet(wheels, pins, install, version_of=installed_version):
             continue
         for r in w.requires:
             name = canonicalize_name(r.name)
-            have = final.get(name) or version_of(name)
+            have = final.get(name) or installed_version(name)
             if have is None or not r.specifier.contains(have, prereleases=True):
                 problems.append(f"{w.name} {w.version} declares {r}; here: {have or 'missing'} (no wheel in the kit)")
     return problems

@@ -413,19 +413,15 @@ class GradNormRank(TrainerCallback):
             return float(entries) ** 0.5
         return 1.0
 
-    def add_to_record(self, record: dict):
-        """ranks.json: each module's score, and the `glora` block."""
+    def add_to_record(self, record):
+        """ranks.json (records.RankRecord): each module's score, and the `glora` block."""
         for name, score in self.scores().items():
-            record["modules"][name]["score"] = score
-        record["glora"] = {
+            record.modules[name].score = score
+        record.glora = {
             "signal": self.config.signal, "score_norm": self.config.score_norm, "beta": self.config.beta,
             "warmup_steps": self.config.warmup_steps,
             "reallocation_step": self.reallocation_step, "hook_seconds": self.hook_seconds,
             "resize_seconds": self.resize_seconds,
-            # Equal only if ranks move between matrices of equal d_in + d_out: a rank unit of an FFN matrix
-            # (768 + 3072 in DeBERTa-base) costs 2.5x one of an attention matrix (768 + 768).
-            "adapter_params_before_resize": record["adapter_params_start"],
-            "adapter_params_after_resize": record["adapter_params_after_allocation"],
         }
 
     @property

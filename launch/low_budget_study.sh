@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The low-budget study (issue 11): does gradient-norm allocation beat uniform LoRA at equal capacity, and what share
+# The low-budget study (docs/results.md): does gradient-norm allocation beat uniform LoRA at equal capacity, and what share
 # of a tuned AdaLoRA's gain does it recover? Average rank 2, packaged MiniLM, real SST-2, on CPU.
 #
-#   launch/low_budget_study.sh [DATA_DIR]        # default ../shared/data/glue; outputs in $STUDY_ROOT
+#   launch/low_budget_study.sh [DATA_DIR]        # outputs in $STUDY_ROOT
+#
+# DATA_DIR holds sst2/: by default data/glue, the shipped sample (2,000 training sentences, data/README.md);
+# docs/results.md ran the full SST-2 training set, which this study's 8,000 final training rows need.
 #
 # 1. Tuning: every arm at every learning rate of the grid, seed 1, scored on a tuning split held out from the
 #    training data (2,000 rows of SST-2's train set, never the dev set); the best rate per arm (ties: the lower).
@@ -15,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/run_pool.sh
 
-DATA=${1:-../shared/data/glue}
+DATA=${1:-data/glue}
 PYTHON=${PYTHON:-python3}
 ROOT=${STUDY_ROOT:-outputs/low_budget_study}
 read -r -a GRID <<< "${STUDY_GRID:-5e-4 1e-3 2e-3}"

@@ -1,28 +1,29 @@
 """The share of the oracle's gain over uniform LoRA that each other arm recovers, from a control study's final runs:
-(arm - lora) / (oracle - lora) on mean scores (all_results.json's eval_combined_score, the mean of the task's main
-metrics, as compare_runs scores), with the seed-bootstrap interval of analysis.stats.share_of_gain (the oracle in
+(arm - lora) / (oracle - lora) on mean scores (the task score compare_runs ranks by: records.Results.score, the mean
+of the task's main metrics), with the seed-bootstrap interval of analysis.stats.share_of_gain (the oracle in
 AdaLoRA's place there: no interval unless the oracle beats LoRA in at least 97.5 % of the resamples). First, oracle
 vs lora over every seed present: Welch's t-test and, since both arms ran the same seeds, a t-test paired by seed.
 
     python -m launch.oracle_share FINAL_DIR [ARM ...]      # default arms: glora_params adalora_params
 """
 
-import json
 import sys
 from pathlib import Path
 
 from scipy.stats import ttest_ind, ttest_rel
 
 from analysis.stats import share_of_gain
+from glue_tasks import GLUE_TASKS
+from records import RESULTS_FILE, Results
 
 
 def seed_scores(final_dir, arm) -> dict:
     """{seed: score} of one arm's final runs."""
     out = {}
-    for results in sorted(Path(final_dir).glob("*/all_results.json")):
-        record = json.loads(results.read_text())
-        if record["arm"] == arm:
-            out[record["seed"]] = record["eval_combined_score"]
+    for path in sorted(Path(final_dir).glob(f"*/{RESULTS_FILE}")):
+        results = Results.read(path.parent)
+        if results.arm == arm:
+            out[results.seed] = results.score(GLUE_TASKS[results.task])
     return out
 
 

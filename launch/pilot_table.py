@@ -2,12 +2,14 @@
 lora/ and oracle/ runs) the arm, the data's target and read-out, rate, epochs and dev score; then per data folder the
 read-out's unexplained share and the linear probes (its ground_truth.json).
 
-    python launch/pilot_table.py PILOT_DIR [PILOT_DIR ...] --data DATA_DIR [DATA_DIR ...]
+    python -m launch.pilot_table PILOT_DIR [PILOT_DIR ...] --data DATA_DIR [DATA_DIR ...]     # from the repo root
 """
 
 import json
 import sys
 from pathlib import Path
+
+from records import Results, RunArgs
 
 
 def main(argv):
@@ -17,13 +19,13 @@ def main(argv):
     print("|---|---|---|---|---|---|---|---|---|")
     for d in pilots:
         for arm in ("lora", "oracle"):
-            r = json.loads(Path(d, arm, "all_results.json").read_text())
-            a = json.loads(Path(d, arm, "run_args.json").read_text())
-            truth = json.loads((Path(a["data"]["dataset_dir"]) / "ground_truth.json").read_text())
-            metric = "pearson" if r["task"] == "stsb" else "accuracy"
+            r, a = Results.read(Path(d, arm)), RunArgs.read(Path(d, arm))
+            truth = json.loads((Path(a.data["dataset_dir"]) / "ground_truth.json").read_text())
+            metric = "pearson" if r.task == "stsb" else "accuracy"
             print(f"| {d} | {arm} | {truth['target']} | {truth['readout'].get('direction', 'least_predictable')} | "
-                  f"{a['training']['learning_rate']:g} | {a['training']['num_train_epochs']:g} | "
-                  f"{metric} {100 * r['eval_' + metric]:.2f} | {r['adapter_params_start']:,} | {r['train_runtime']:.0f} |")
+                  f"{a.training['learning_rate']:g} | {a.training['num_train_epochs']:g} | "
+                  f"{metric} {100 * r.metrics['eval_' + metric]:.2f} | {r.adapter_params_start:,} | "
+                  f"{r.train_runtime:.0f} |")
     print()
     print("| data | target | read-out | unexplained share of the read-out's variance | linear probe on dev: base features "
           "| teacher features |")

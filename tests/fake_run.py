@@ -6,9 +6,10 @@ Its records carry the step of the method's last structural change as plan.RunPla
 (GLoRA: --glora_warmup_steps, default a third; AdaLoRA: max_steps - --tfinal, default 20 %; LoRA: 0).
 
 At its start it writes fake_run.pid ("PID PARENT_PID"), so that a test can tell which worker started it and check that
-it died with that worker. A run that finishes writes all_results.json (its metrics eval_tuning_* under --eval_split
-tuning, as a real run's), and run_args.json with its command line (`argv`, for the tests to parse with the real
-parser) and the hpo block, as prepare_output_dir does.
+it died with that worker. A run that finishes writes all_results.json with the keys records.Results requires (its
+metrics eval_tuning_* under --eval_split tuning, as a real run's; no model, so no parameters and a budget of 0), and
+run_args.json with its command line (`argv`, for the tests to parse with the real parser) and the hpo block, as
+prepare_output_dir does. (It writes them as JSON: started as a script, it cannot import records.py.)
 """
 
 import json
@@ -73,7 +74,8 @@ def main(argv):
         run_args["hpo"] = json.loads(Path(flags["hpo_record"]).read_text())
     (out / "run_args.json").write_text(json.dumps(run_args))
     prefix = "eval_tuning_" if flags.get("eval_split") == "tuning" else "eval_"  # a trial never scores dev
-    results = {"task": flags["task"], "method": flags["method"], "seed": int(flags.get("seed") or 42),
+    results = {"task": flags["task"], "method": flags["method"], "seed": int(flags.get("seed") or 42), "rank_budget": 0,
+               "train_runtime": time.monotonic() - started, "trainable_params": 0,
                f"{prefix}combined_score": score(lr, 1.0), f"{prefix}accuracy": score(lr, 1.0)}
     (out / "all_results.json").write_text(json.dumps(results))
 

@@ -2,6 +2,7 @@
 check (benchmarks/gpu_check.sh) as a CPU dry run, end to end."""
 
 import importlib
+import json
 import math
 import os
 import re
@@ -91,7 +92,7 @@ def make_wheel(folder, name, version, requires=()):
     return path
 
 
-def test_kit_install_installs_only_what_is_missing_or_must_match(tmp_path):
+def test_kit_install_installs_only_what_is_missing_or_must_match(tmp_path, monkeypatch):
     from packaging.specifiers import SpecifierSet
 
     from benchmarks import gpu_kit
@@ -105,13 +106,14 @@ def test_kit_install_installs_only_what_is_missing_or_must_match(tmp_path):
     here = {"datasets": "4.0.0", "fsspec": "2027.1.0", "dill": "0.3.9", "same": "2.0", "pyarrow": "21.0.0",
             "huggingface-hub": "1.20.0"}
     required_here = {"huggingface-hub": [("transformers", SpecifierSet("<2.0,>=1.5.0"))]}
-    install, keep = gpu_kit.plan(wheels, {"datasets"}, version_of=here.get,
-                                 required_here=lambda name: required_here.get(name, []))
+    monkeypatch.setattr(gpu_kit, "installed_version", here.get)  # this machine as the test describes it
+    monkeypatch.setattr(gpu_kit, "installed_requirements", lambda name: required_here.get(name, []))
+    install, keep = gpu_kit.plan(wheels, {"datasets"})
     assert sorted(w.name for w, _ in install) == ["datasets", "fsspec", "new-dep"]  # pin, excluded, missing
     # dill 0.3.9 satisfies dill<0.4.2: the system's stays; hub 2.4.0 would break transformers: not installed.
     assert sorted(name for name, _, _ in keep) == ["dill", "huggingface-hub", "same"]
     assert any("NOT installing 2.4.0: transformers needs" in reason for _, _, reason in keep)
-    problems = gpu_kit.unmet(wheels, {"datasets"}, install, version_of=here.get)
+    problems = gpu_kit.unmet(wheels, {"datasets"}, install)
     assert len(problems) == 2 and "pyarrow>=24" in problems[0] and "21.0.0" in problems[0], problems
     assert "huggingface-hub>=1.31" in problems[1] and "1.20.0" in problems[1]
 
@@ -178,10 +180,41 @@ def test_gpu_check_keeps_going_after_a_failed_part(tmp_path):
 def test_tested_scripts_call_the_interpreter_given_not_bare_python():
     """Scripts the tests run, and the sweep, call "$PYTHON" (the tests pass sys.executable), never a `python` or
     `accelerate` found on PATH, which may be another interpreter without torch."""
-    scripts = [*sorted((ROOT / "benchmarks").glob("*.sh")), ROOT / "launch" / "cpu_study.sh", ROOT / "launch" / "sweep.sh"]
+    scripts = [*sorted((ROOT / "benchmarks").glob("*.sh")),
+               *(ROOT / "launch" / f"{name}.sh" for name in ("cpu_study", "sweep", "run"))]
     assert len(scripts) >= 6
     bare = re.compile(r"(^|[\s;&|(`])(python[0-9.]*|accelerate)\s")
     for script in scripts:
         for number, line in enumerate(script.read_text().splitlines(), 1):
             code = line.split("#", 1)[0] if not line.lstrip().startswith("#!") else ""
             assert not bare.search(code), f"{script.name}:{number}: {line.strip()}"
+
+
+@pytest.mark.parametrize("method, unit", [("glora", "params"), ("adalora", "params"), ("glora", "rank")])
+def test_e2e_check_holds_each_run_to_its_own_budget(tiny_bert, glue_dir, tmp_path, method, unit):
+    """Under a parameter budget the final ranks need not sum to R_total: GLoRA spends the parameters (less than one
+    rank unit below them), AdaLoRA's ranks sum to its target; a record that breaks its budget is named."""
+    import e2e_check
+    from conftest import trial_args
+
+    import run_glue_peft
+    from records import Results
+
+    out = tmp_path / "out"
+    # AdaLoRA: 2,700 parameters is closest to target rank 3 over tiny BERT's 12 matrices, not lora_r 4
+    extra = ["--tinit", "1", "--tfinal", "1", "--deltaT", "1", "--param_budget", "2700"] if method == "adalora" else []
+    run_glue_peft.main(trial_args(tiny_bert, glue_dir("sst2"), "sst2", method, out, "--max_steps", "6",
+                                  "--budget_unit", unit, "--save_strategy", "no", *extra))
+    results = Results.read(out)
+    if unit == "params":
+        assert results.final_rank_total != results.rank_budget  # the rank-sum rule would fail this run
+    summary, failures = e2e_check.check(out, str(tiny_bert))
+    assert failures == [] and (summary["realloc"] == 2) == (method == "glora")  # a third of 6 steps
+    broken = {**results.to_json(), "rank_budget": results.rank_budget + 1,
+              "param_budget": (results.param_budget or 0) - 1}
+    (out / "all_results.json").write_text(json.dumps(broken))
+    _, failures = e2e_check.check(out, str(tiny_bert))
+    if method == "adalora":  # its target rank is in run_args.json, untouched
+        assert failures == []
+    else:
+        assert len(failures) == 1 and ("budget" in failures[0])

@@ -14,6 +14,7 @@ from analysis import metrics as metric_fns
 from analysis.bootstrap import paired_bootstrap
 from analysis.runs import load_runs
 from analysis.stats import share_of_gain, welch
+from records import ModuleRanks, RankRecord, Results, RunArgs
 
 N = 200  # dev examples per split
 B = 300  # bootstrap resamples: enough for p < 0.01 (the smallest possible p is 2/(B+1) = 0.0066)
@@ -46,7 +47,7 @@ def predictions(acc, num_labels=2):
 
 
 def write_run(root, name, task, method, seed, metrics, time, preds, log=True, args=None, results=None):
-    """A finished run dir exactly as docs/outputs.md describes it. args: run_args.json sections ("data",
+    """A finished run dir as run_glue_peft.py writes it (records.py). args: run_args.json sections ("data",
     "training", "resolved", ...) to add or update; results: all_results.json keys to add or update."""
     d = Path(root) / name
     d.mkdir(parents=True)
@@ -55,21 +56,20 @@ def write_run(root, name, task, method, seed, metrics, time, preds, log=True, ar
                 "world_size": 1}
     for key, value in (args or {}).items():
         run_args[key] = {**run_args[key], **value} if isinstance(run_args.get(key), dict) else value
-    (d / "run_args.json").write_text(json.dumps(run_args))
+    RunArgs.from_json(run_args).write(d)
     modules = {}
     for (layer, matrix), r, s in zip(LAYOUT, FINAL_RANKS[method], GLORA_SCORES):
-        m = {"layer": layer, "matrix": matrix, "d_in": 768, "d_out": 768, "initial_rank": 8, "final_rank": r}
-        if method == "glora":
-            m["score"] = s
-        modules[f"deberta.encoder.layer.{layer}.attention.self.{matrix}_proj"] = m
-    ranks = {"method": method, "rank_budget": BUDGET, "num_adapted_matrices": len(LAYOUT), "modules": modules}
+        modules[f"deberta.encoder.layer.{layer}.attention.self.{matrix}_proj"] = ModuleRanks(
+            layer=layer, matrix=matrix, d_in=768, d_out=768, initial_rank=8, final_rank=r,
+            score=s if method == "glora" else None)
+    ranks = RankRecord(modules=modules)
     if method == "glora":
-        ranks["glora"] = {"signal": "lora_b", "beta": 0.9, "warmup_steps": 20, "reallocation_step": 20,
-                          "hook_seconds": 0.8, "resize_seconds": 0.05}
+        ranks.glora = {"signal": "lora_b", "beta": 0.9, "warmup_steps": 20, "reallocation_step": 20,
+                       "hook_seconds": 0.8, "resize_seconds": 0.05}
     if method == "adalora":
-        ranks["adalora"] = {"init_r": 12, "target_r": 8, "tinit": 10, "tfinal": 20, "deltaT": 5,
-                            "total_step": 60, "hook_seconds": 1.2}
-    (d / "ranks.json").write_text(json.dumps(ranks))
+        ranks.adalora = {"init_r": 12, "target_r": 8, "tinit": 10, "tfinal": 20, "deltaT": 5,
+                         "total_step": 60, "hook_seconds": 1.2}
+    ranks.write(d)
     for split, df in preds.items():
         df.to_csv(d / f"predictions_{split}.csv", index=False)
     if log:
@@ -78,13 +78,13 @@ def write_run(root, name, task, method, seed, metrics, time, preds, log=True, ar
         (d / "trainer_state.json").write_text(json.dumps({"global_step": 60, "log_history": hist}))
     params_adapter = 8 * 2 * 768 * len(LAYOUT)
     record = {"task": task, "method": method, "seed": seed, "rank_budget": BUDGET,
-              "num_adapted_matrices": len(LAYOUT), **{f"eval_{k}": v for k, v in metrics.items()},
+              **{f"eval_{k}": v for k, v in metrics.items()},
               "eval_samples": N, "train_runtime": time, "train_samples_per_second": 1000 / time,
               "train_steps_per_second": 60 / time, "train_loss": 0.5,
               "method_hook_seconds": 0.0 if method == "lora" else 1.0,
               "trainable_params_adapter": params_adapter, "trainable_params_head": 1538,
-              "trainable_params": params_adapter + 1538, **(results or {})}
-    (d / "all_results.json").write_text(json.dumps(record))
+              "trainable_params": params_adapter + 1538, "final_rank_total": ranks.final_rank_total, **(results or {})}
+    Results.from_json(record).write(d)
     return d
 
 
@@ -101,7 +101,7 @@ def make_sweep(root):
     for method, accs in MNLI.items():
         for seed, (m, mm) in enumerate(accs):
             metrics = {"accuracy": m, "accuracy_mm": mm, "matthews_correlation": 0.6, "matthews_correlation_mm": 0.62,
-                       "combined_score": (m + mm) / 2}
+                       "combined_score": m, "combined_score_mm": mm}  # each dev split's, as glue_metrics records them
             write_run(root / "mnli", f"mnli_{method}_s{seed}", "mnli", method, seed, metrics, 500.0 + 10 * seed,
                       {"validation_matched": predictions(m, 3), "validation_mismatched": predictions(mm, 3)},
                       log=False)

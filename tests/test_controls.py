@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import allocation_quality
 from analysis.allocation import GroundTruth, recall_at_k, run_quality, shares
 from data import make_planted
+from records import ModuleRanks, RankRecord, Results
 
 PLANTED = ["bert.encoder.layer.0.attention.self.value", "bert.encoder.layer.1.intermediate.dense"]
 
@@ -103,15 +104,15 @@ def test_recall_at_k_counts_ties_at_the_boundary_fractionally():
 
 
 def write_run(folder, ranks, costs, method, scores=None, arm=None, seed=1):
+    """A finished run's records (records.py) with the given final ranks and, for GLoRA, scores."""
     folder.mkdir(parents=True)
-    modules = {n: {"layer": 0, "matrix": "query", "d_in": costs[n] // 2, "d_out": costs[n] - costs[n] // 2,
-                   "initial_rank": 2, "final_rank": r, **({"score": scores[n]} if scores else {})}
+    modules = {n: ModuleRanks(layer=0, matrix="query", d_in=costs[n] // 2, d_out=costs[n] - costs[n] // 2,
+                              initial_rank=2, final_rank=r, score=scores[n] if scores else None)
                for n, r in ranks.items()}
-    record = {"method": method, "arm": arm or method, "modules": modules}
-    if scores:
-        record["glora"] = {"signal": "lora_b", "score_norm": "raw"}
-    (folder / "ranks.json").write_text(json.dumps(record))
-    (folder / "all_results.json").write_text(json.dumps({"seed": seed}))
+    record = RankRecord(modules=modules, glora={"signal": "lora_b", "score_norm": "raw"} if scores else None)
+    record.write(folder)
+    Results(task="sst2", method=method, arm=arm or method, seed=seed, rank_budget=8, train_runtime=1.0,
+            trainable_params=record.adapter_params(), final_rank_total=record.final_rank_total).write(folder)
     return folder
 
 
@@ -162,7 +163,8 @@ def test_control_study_launcher_dry_run(tiny_bert, tmp_path):
     assert set(chosen) == {"lora", "oracle", "glora_params", "adalora_params"} and set(chosen.values()) <= {1e-3, 4e-3}
     oracle = json.loads((positive / "final" / "oracle_seed1" / "ranks.json").read_text())
     pattern = json.loads((positive / "data" / "oracle_pattern.json").read_text())
-    assert {n: m["final_rank"] for n, m in oracle["modules"].items()} == pattern and oracle["arm"] == "oracle"
+    assert {n: m["final_rank"] for n, m in oracle["modules"].items()} == pattern
+    assert json.loads((positive / "final" / "oracle_seed1" / "all_results.json").read_text())["arm"] == "oracle"
     for arm, lr in chosen.items():
         run_args = json.loads((positive / "final" / f"{arm}_seed1" / "run_args.json").read_text())
         assert run_args["training"]["learning_rate"] == lr and run_args["resolved"]["arm"] == arm
@@ -197,8 +199,9 @@ def test_oracle_share_is_the_arms_gain_over_the_oracles(tmp_path, capsys):
     for arm, values in scores.items():
         for seed, value in enumerate(values, 1):
             (tmp_path / f"{arm}_seed{seed}").mkdir()
-            (tmp_path / f"{arm}_seed{seed}" / "all_results.json").write_text(
-                json.dumps({"arm": arm, "seed": seed, "eval_combined_score": value}))
+            Results(task="stsb", method="lora", arm=arm, seed=seed, rank_budget=8, train_runtime=1.0,
+                    trainable_params=1, metrics={"eval_pearson": value, "eval_spearmanr": value,
+                                                 "eval_combined_score": value}).write(tmp_path / f"{arm}_seed{seed}")
     oracle_share.main(tmp_path, ["glora_params"])
     out = capsys.readouterr().out
     assert "oracle - lora +10.00" in out

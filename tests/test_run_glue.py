@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -122,8 +123,8 @@ def test_trainable_parameters_equal_across_methods_at_same_budget(tiny_bert, glu
     # with the ranks actually assigned.
     record = json.loads((tmp_path / "glora" / "ranks.json").read_text())
     expected = sum(m["final_rank"] * (m["d_in"] + m["d_out"]) for m in record["modules"].values())
-    assert glora["trainable_params_adapter"] == expected == record["glora"]["adapter_params_after_resize"]
-    assert lora["trainable_params_adapter"] == record["glora"]["adapter_params_before_resize"]
+    assert glora["trainable_params_adapter"] == expected == glora["adapter_params_after_allocation"]
+    assert lora["trainable_params_adapter"] == glora["adapter_params_start"]
     assert lora["trainable_params_head"] == glora["trainable_params_head"]
 
 
@@ -228,7 +229,7 @@ def test_config_file_with_cli_override(tiny_bert, glue_dir, tmp_path):
     args = parse_args([str(config), "--method", "glora", "--max_steps", "2"])
     assert (args.data.task, args.peft.method, args.peft.lora_r, args.training.max_steps) == ("sst2", "glora", 2, 2)
     assert args.peft.target_modules == ["query", "value"] and args.model.model_name_or_path == str(tiny_bert)
-    # The seed experiment's defaults.
+    # The proposal's defaults.
     training = args.training
     assert (training.learning_rate, training.per_device_train_batch_size, training.warmup_steps,
             training.weight_decay, training.seed, training.average_tokens_across_devices) == (2e-4, 32, 1000, 0.01, 42, False)
@@ -291,7 +292,7 @@ def test_adapter_file_holds_final_ranks(tiny_deberta, glue_dir, tmp_path):
         assert a.shape == (module["final_rank"], module["d_in"]) and b.shape == (module["d_out"], module["final_rank"])
 
 
-PRESETS = ("", "seed_plan", "equal_params")  # configs/, configs/seed_plan/, configs/equal_params/
+PRESETS = ("", "proposal", "equal_params")  # configs/, configs/proposal/, configs/equal_params/
 
 
 def preset_files():
@@ -299,7 +300,7 @@ def preset_files():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_config_parses_and_every_launcher_points_to_one(preset):
+def test_every_config_parses_and_the_launcher_runs_each(preset):
     configs = sorted((ROOT / "configs" / preset).glob("*_*.yaml"))
     assert {c.stem for c in configs} == {f"{m}_{t}" for m in METHODS for t in ("mnli", "sst2", "rte")}
     for config in configs:
@@ -308,8 +309,22 @@ def test_every_config_parses_and_every_launcher_points_to_one(preset):
         assert f"{args.peft.method}_{args.data.task}" == config.stem
         assert (args.peft.lora_r, args.training.learning_rate, args.training.per_device_train_batch_size) == (8, 2e-4, 32)
         assert args.model.model_name_or_path == "microsoft/deberta-v3-base" and args.data.max_seq_length == 256
-        launcher = ROOT / "launch" / f"{config.stem}.sh"
-        assert f'"configs/${{PRESET:+$PRESET/}}{config.name}"' in launcher.read_text() and os.access(launcher, os.X_OK)
+        # launch/run.sh METHOD TASK starts `accelerate launch` on it (PYTHON=echo prints the command instead)
+        done = subprocess.run([str(ROOT / "launch" / "run.sh"), *config.stem.split("_"), "--seed", "1"],
+                              env={**os.environ, "PRESET": preset, "PYTHON": "echo"}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["-m", "accelerate.commands.launch", "run_glue_peft.py",
+                                       str(config.relative_to(ROOT)), "--seed", "1"]
+
+
+def test_the_launcher_names_a_preset_it_does_not_have():
+    for argv, env in ((["glora"], {}), (["glora", "cola"], {}), (["glora", "mnli"], {"PRESET": "seed_plan"})):
+        done = subprocess.run([str(ROOT / "launch" / "run.sh"), *argv], env={**os.environ, "PYTHON": "echo", **env},
+                              capture_output=True, text=True)
+        assert done.returncode == 2 and done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
+        assert "usage: launch/run.sh METHOD TASK" in done.stderr
+        if len(argv) == 2:
+            assert f"no preset configs/{env.get('PRESET', '')}{'/' * bool(env)}{argv[0]}_{argv[1]}.yaml" in done.stderr
 
 
 def test_configs_hold_only_what_differs_from_the_defaults():
@@ -328,8 +343,6 @@ def test_configs_hold_only_what_differs_from_the_defaults():
 
 def test_cpu_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
     """launch/cpu_study.sh end to end on fixtures: every method x task runs, then compare_runs writes its table."""
-    import subprocess
-
     data = glue_dir("sst2", n_train=32, n_eval=16)
     glue_dir("rte", n_train=32, n_eval=16)
     root = tmp_path / "study"
