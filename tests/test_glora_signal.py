@@ -80,6 +80,7 @@ def record_run(model_dir, data_dir, out, *extra):
         ))
     records["results"] = results
     records["ranks"] = json.loads((out / "ranks.json").read_text())
+    records["results"] = json.loads((out / "all_results.json").read_text())
     assert len(records["norms"]) == 1, "one optimizer step must give exactly one observation"
     return records
 
@@ -113,11 +114,11 @@ def test_runs_observe_real_gradients(runs):
     assert ref["observed_steps"] == [1]
     # Unclipped run: the gradient the optimizer gets is the gradient that was observed.
     torch.testing.assert_close(ref["post_clip_b"][0], ref["norms"][0]["lora_b"], rtol=1e-6, atol=0)
-    # ranks.json: the shares are the normalised EMA and the budget is spent.
+    # ranks.json: the shares are the normalised EMA; all_results.json: the budget, which the ranks spend.
     modules = ref["ranks"]["modules"]
     scores = torch.tensor([modules[name]["score"] for name in ref["callback"].names], dtype=torch.float64)
     torch.testing.assert_close(scores, ref["ema"][0] / ref["ema"][0].sum(), rtol=1e-9, atol=0)
-    assert sum(m["final_rank"] for m in modules.values()) == ref["ranks"]["rank_budget"] == 12 * 4
+    assert sum(m["final_rank"] for m in modules.values()) == ref["results"]["rank_budget"] == 12 * 4
 
 
 def test_accumulated_step_observes_the_summed_gradient(runs):
