@@ -194,10 +194,10 @@ def test_tested_scripts_call_the_interpreter_given_not_bare_python():
 def test_e2e_check_holds_each_run_to_its_own_budget(tiny_bert, glue_dir, tmp_path, method, unit):
     """Under a parameter budget the final ranks need not sum to R_total: GLoRA spends the parameters (less than one
     rank unit below them), AdaLoRA's ranks sum to its target; a record that breaks its budget is named."""
-    from benchmarks import e2e_check
     from conftest import trial_args
 
     import run_glue_peft
+    from benchmarks import e2e_check
     from records import Results
 
     out = tmp_path / "out"
