@@ -2,7 +2,7 @@
 """Hyper-parameter search as the seed plans it: Optuna over a method's space, then final runs with the best values.
 
     python hpo.py configs/search/glora.yaml --task mnli                      # 25 trials, then seeds 1 2 3
-    python hpo.py configs/search/cpu_lr_batch.yaml --method lora --task sst2 --n_trials 2 --max_steps 2
+    python hpo.py configs/search/cpu_lr_batch.yaml --method lora --task sst2 --n_trials 2 --max_steps 2 --trial_run
     python hpo.py configs/search/glora.yaml --task mnli --stage search --storage postgresql://...   # another worker
 
 Flags hpo.py does not know are run_glue_peft.py flags, given to every trial and final run (after the space file's

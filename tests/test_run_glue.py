@@ -1,6 +1,7 @@
 """End-to-end runs of run_glue_peft.py on tiny random models and fixture data (CPU, offline)."""
 
 import json
+import logging
 import math
 import os
 import sys
@@ -78,6 +79,27 @@ def test_method_on_task_shape(tiny_deberta, glue_dir, tmp_path, task, method):
     assert sum(m["final_rank"] for m in record["modules"].values()) == 48
     assert json.loads((out / "run_args.json").read_text())["peft"]["method"] == method
     assert (out / "trainer_state.json").is_file()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_max_steps_2_runs_every_method_with_its_default_fractions_unscaled(tiny_bert, glue_dir, tmp_path, caplog, method):
+    """The README's trial run, --max_steps 2 without --trial_run: the default schedules are fractions of the run and
+    fit it, so nothing is scaled. GLoRA reallocates at round(2 x 1/3) = 1 and logs it; AdaLoRA's tinit and tfinal are
+    round(0.2) = round(0.4) = 0 (with deltaT 10 it masks nothing in 2 steps: its ranks stay at init_r)."""
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        results = run(tiny_bert, glue_dir("rte"), "rte", method, out, "--max_steps", "2")
+    run_args = json.loads((out / "run_args.json").read_text())
+    resolved = run_args["resolved"]
+    assert resolved["total_steps"] == 2 and run_args["training"]["trial_run"] is False
+    assert "--trial_run" not in caplog.text  # no schedule was scaled
+    assert results["rank_budget"] == 48 and results["final_rank_total"] == (72 if method == "adalora" else 48)
+    if method == "glora":
+        assert resolved["glora"]["warmup_steps"] == 1
+        assert json.loads((out / "ranks.json").read_text())["glora"]["reallocation_step"] == 1
+        assert "GLoRA reallocated ranks at step 1: " in caplog.text
+    if method == "adalora":
+        assert (resolved["adalora"]["tinit"], resolved["adalora"]["tfinal"], resolved["adalora"]["total_step"]) == (0, 0, 2)
 
 
 def test_adalora_ranks_change_and_sum_to_budget(tiny_deberta, glue_dir, tmp_path):
