@@ -61,7 +61,7 @@ from checkpoints import (
 from eval_log import EvalLog
 from glue_data import load_glue_data, tokenize_splits
 from glue_tasks import GLUE_TASKS, glue_metrics
-from gradnorm_rank import GradNormRank, GradNormRankMixin
+from gradnorm_rank import GradNormRank, GradNormRankMixin, MethodOverhead
 from plan import resolve_plan
 from run_folder import discard_replaced, folder_lock, move_aside
 
@@ -308,7 +308,7 @@ def write_records(results, model, plan, initial_ranks, method, training_args) ->
     results.update(
         task=plan.task, method=plan.method, arm=plan.arm, rank_pattern=record["rank_pattern"], seed=training_args.seed,
         rank_budget=plan.rank_budget,
-        num_adapted_matrices=plan.num_matrices, method_hook_seconds=sum(hook.method_seconds for hook in method),
+        num_adapted_matrices=plan.num_matrices, **overhead_record(method),
         **trainable_parameters(model, plan.head),
         final_rank_total=sum(m["final_rank"] for m in record["modules"].values()),
         **{key: record[key] for key in ("budget_unit", "param_budget", "adapter_params_start",
@@ -321,6 +321,15 @@ def write_records(results, model, plan, initial_ranks, method, training_args) ->
         write_json_atomic(output_dir / "all_results.json", results)
     logger.info(f"results: {json.dumps(results, indent=1, default=str)}")
     return results
+
+
+def overhead_record(method) -> dict:
+    """all_results.json's method overhead, named as gradnorm_rank.MethodOverhead names it: GLoRA's total and its
+    signal, resize and grown-slice parts; AdaLoRA's total (its parts null); LoRA, which has no method hook, 0 s."""
+    records = [hook.overhead.record() if isinstance(hook, GradNormRank) else hook.overhead_record() for hook in method]
+    if len(records) > 1:
+        raise RuntimeError(f"{len(records)} method hooks: all_results.json records the overhead of one.")
+    return records[0] if records else MethodOverhead().record()
 
 
 # ---- the Trainer ----

@@ -15,6 +15,7 @@ from adapters import METHODS
 from analysis.comparable import ArmIdentity, Setting, arm_of
 from analysis.metrics import METRIC_FNS
 from glue_tasks import GLUE_TASKS
+from gradnorm_rank import MethodOverhead
 from run_folder import REPLACED_SUFFIX
 
 # task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean.
@@ -85,7 +86,7 @@ class Run:
     metrics: dict  # main metric key (and MCC) -> value
     score: float  # mean of the task's main metrics
     time: float  # train_runtime (s)
-    hook_seconds: float
+    method_overhead_seconds: float  # the method's own work (all_results.json, gradnorm_rank.MethodOverhead's names)
     params: float  # trainable parameters, adapter + head
     params_adapter: float
     ranks: dict | None  # ranks.json, when readable
@@ -96,6 +97,10 @@ class Run:
     arm: str = ""  # the run's label (analysis.comparable.arm_of): seeds are pooled per arm
     setting: Setting | None = None  # what it must share with the runs it is compared with
     identity: ArmIdentity | None = None  # what it must share with the other seeds of its arm
+    # GLoRA's overhead by part (nan: not recorded, or not measured apart: AdaLoRA's, runs before the split)
+    method_overhead_signal_seconds: float = float("nan")
+    method_overhead_resize_seconds: float = float("nan")
+    method_overhead_grown_slice_seconds: float = float("nan")
 
     @property
     def uniform_lora(self):
@@ -198,6 +203,16 @@ def effective_adapter_params(res, ranks):
         return float("nan")
 
 
+def method_overhead(res) -> dict:
+    """all_results.json's method overhead seconds under MethodOverhead's names: the total (0 when not recorded) and
+    each part (nan when null or not recorded)."""
+    names = list(MethodOverhead().record())
+    # Runs written before the overhead was split recorded its total as method_hook_seconds.
+    total = res.get(names[0], res.get("method_hook_seconds", 0.0))
+    return {names[0]: float(total), **{name: float("nan") if res.get(name) is None else float(res[name])
+                                       for name in names[1:]}}
+
+
 def load_run(d):
     """(Run, None) for a finished, readable run; (None, reason) otherwise."""
     d = Path(d)
@@ -213,7 +228,7 @@ def load_run(d):
                 metrics[k] = float(res[f"eval_{k}"])
         score, time = float(np.mean([metrics[m] for m in main])), float(res["train_runtime"])
         numbers = dict(method=str(res["method"]).lower(), seed=int(res["seed"]), budget=int(res["rank_budget"]),
-                       hook_seconds=float(res.get("method_hook_seconds", 0.0)),
+                       **method_overhead(res),
                        params=float(res["trainable_params"]),
                        params_adapter=float(res.get("trainable_params_adapter", "nan")))
     except (TypeError, ValueError) as e:
