@@ -16,7 +16,7 @@ import torch
 from peft import AdaLoraConfig, LoraConfig, TaskType
 from transformers import TrainerCallback
 
-from gradnorm_rank import lora_layers, pattern_key
+from gradnorm_rank import MethodOverhead, lora_layers, pattern_key
 from records import ModuleRanks, RankRecord
 
 METHODS = ("lora", "adalora", "glora")  # the three arms of the comparison, in the order tables show them
@@ -181,17 +181,18 @@ class AdaLoraCallback(TrainerCallback):
     def __init__(self, peft_model, schedule):
         self.peft_model = peft_model
         self.schedule = schedule  # plan.AdaLoraPlan
-        self.hook_seconds = 0.0
+        self.overhead_seconds = 0.0  # inside update_and_allocate
         self.resumed = None  # a checkpoint's adalora_state.pt, until training begins
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         start = time.perf_counter()
         self.peft_model.base_model.update_and_allocate(state.global_step)
-        self.hook_seconds += time.perf_counter() - start
+        self.overhead_seconds += time.perf_counter() - start
 
-    @property
-    def method_seconds(self) -> float:
-        return self.hook_seconds
+    def overhead_record(self) -> dict:
+        """The method overhead under the names GLoRA's records use (gradnorm_rank.MethodOverhead): the total alone,
+        since peft's update_and_allocate scores and masks in one call (its signal/resize/grown-slice parts: null)."""
+        return MethodOverhead.unsplit_record(self.overhead_seconds)
 
     @property
     def config(self):
@@ -201,7 +202,7 @@ class AdaLoraCallback(TrainerCallback):
         if args.should_save:  # right after the Trainer wrote checkpoint-<step>
             allocator = self.peft_model.base_model.rankallocator
             saved = {name: getattr(allocator, name) for name in self.ALLOCATOR_STATE}
-            torch.save({**saved, "rank_pattern": self.config.rank_pattern, "hook_seconds": self.hook_seconds},
+            torch.save({**saved, "rank_pattern": self.config.rank_pattern, "method_overhead_seconds": self.overhead_seconds},
                        Path(args.output_dir, f"checkpoint-{state.global_step}", self.STATE_FILE))
 
     def load(self, folder):
@@ -218,7 +219,9 @@ class AdaLoraCallback(TrainerCallback):
         for name in self.ALLOCATOR_STATE:
             setattr(allocator, name, {key: value.to(device) for key, value in self.resumed[name].items()})
         self.config.rank_pattern = self.resumed["rank_pattern"]
-        self.hook_seconds = self.resumed["hook_seconds"]  # method_hook_seconds covers the whole run, as GLoRA's does
+        # The overhead covers the whole run, as GLoRA's does; a state written before the rename has it as hook_seconds.
+        saved = self.resumed
+        self.overhead_seconds = saved["method_overhead_seconds"] if "method_overhead_seconds" in saved else saved["hook_seconds"]
         self.resumed = None
 
     @contextlib.contextmanager
@@ -232,5 +235,6 @@ class AdaLoraCallback(TrainerCallback):
             self.config.rank_pattern = rank_pattern
 
     def add_to_record(self, record):
-        """ranks.json's `adalora` block (records.RankRecord): the schedule peft ran and the seconds in its hook."""
-        record.adalora = {**dataclasses.asdict(self.schedule), "hook_seconds": self.hook_seconds}
+        """ranks.json's `adalora` block (records.RankRecord): the schedule peft ran and the seconds spent in
+        update_and_allocate."""
+        record.adalora = {**dataclasses.asdict(self.schedule), "method_overhead_seconds": self.overhead_seconds}

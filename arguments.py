@@ -2,6 +2,7 @@
 can fail before anything is loaded. Parsed arguments are what the user asked for and are never changed;
 resolved numbers (budget, steps, schedules) live in `plan.RunPlan`."""
 
+import argparse
 import copy
 import dataclasses
 import difflib
@@ -25,6 +26,10 @@ SCORE_NORMS = glora_choices("score_norm")
 ADAM_RULES = glora_choices("adam_rule")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Schedule points a user gives either in optimizer steps or as a fraction of the run, each with its own flag so that a
+# value never changes meaning: {steps flag: (fraction flag, the fraction used when neither is given)}.
+STEPS_OR_FRACTION = {"tinit": ("tinit_fraction", 0.1), "tfinal": ("tfinal_fraction", 0.2),
+                     "glora_warmup_steps": ("glora_warmup_fraction", 1 / 3)}
 
 
 @dataclass
@@ -120,11 +125,25 @@ class PeftArguments:
     init_r: int | None = field(
         default=None, metadata={"help": "AdaLoRA initial rank (default 1.5 x target rank).", "methods": ("adalora",)}
     )
-    tinit: float = field(
-        default=0.1, metadata={"help": "AdaLoRA warm-up steps without pruning (< 1: fraction).", "methods": ("adalora",)}
+    tinit: int | None = field(
+        default=None,
+        metadata={"help": "AdaLoRA optimizer steps without pruning, at the start (whole steps; or --tinit_fraction; "
+                          "neither: --tinit_fraction 0.1).", "methods": ("adalora",)},
     )
-    tfinal: float = field(
-        default=0.2, metadata={"help": "AdaLoRA final steps with fixed ranks (< 1: fraction).", "methods": ("adalora",)}
+    tinit_fraction: float | None = field(
+        default=None,
+        metadata={"help": "AdaLoRA's tinit as a fraction of the run's optimizer steps, in (0, 1), rounded to steps "
+                          "(default 0.1 when --tinit is not given either).", "methods": ("adalora",)},
+    )
+    tfinal: int | None = field(
+        default=None,
+        metadata={"help": "AdaLoRA final optimizer steps with fixed ranks (whole steps; or --tfinal_fraction; neither: "
+                          "--tfinal_fraction 0.2).", "methods": ("adalora",)},
+    )
+    tfinal_fraction: float | None = field(
+        default=None,
+        metadata={"help": "AdaLoRA's tfinal as a fraction of the run's optimizer steps, in (0, 1), rounded to steps "
+                          "(default 0.2 when --tfinal is not given either).", "methods": ("adalora",)},
     )
     deltaT: int = field(
         default=10, metadata={"help": "AdaLoRA steps between two budget allocations.", "methods": ("adalora",)}
@@ -134,9 +153,15 @@ class PeftArguments:
     orth_reg_weight: float = field(
         default=0.1, metadata={"help": "AdaLoRA orthogonality regulariser weight.", "methods": ("adalora",)}
     )
-    glora_warmup_steps: float = field(
-        default=1 / 3,
-        metadata={"help": "GLoRA optimizer steps before reallocation (< 1: fraction of training).", "methods": ("glora",)},
+    glora_warmup_steps: int | None = field(
+        default=None,
+        metadata={"help": "GLoRA optimizer steps before reallocation (whole steps; or --glora_warmup_fraction; neither: "
+                          "--glora_warmup_fraction 1/3).", "methods": ("glora",)},
+    )
+    glora_warmup_fraction: float | None = field(
+        default=None,
+        metadata={"help": "GLoRA's warm-up as a fraction of the run's optimizer steps, in (0, 1), rounded to steps "
+                          "(default 1/3 when --glora_warmup_steps is not given either).", "methods": ("glora",)},
     )
     glora_beta: float = field(
         default=0.9, metadata={"help": "GLoRA EMA coefficient of the gradient norms.", "methods": ("glora",)}
@@ -183,6 +208,13 @@ class GlueTrainingArguments(TrainingArguments):
     num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs (ignored if max_steps > 0)."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule."})
     warmup_steps: float = field(default=1000, metadata={"help": "LR warm-up: steps (int) or a ratio in [0, 1)."})
+    trial_run: bool = field(
+        default=False,
+        metadata={"help": "A --max_steps trial of the code path: a schedule that does not fit the run (an LR warm-up, "
+                          "AdaLoRA's tinit + tfinal or GLoRA's warm-up in steps) is scaled into it, each with a log "
+                          "line; without this flag such a run fails before training. Recorded in run_args.json: "
+                          "compare_runs.py compares trial runs only with trial runs."},
+    )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
@@ -248,17 +280,50 @@ RESUME_MAY_CHANGE = frozenset({
 
 class FlagParser(HfArgumentParser):
     """HfArgumentParser without prefix matching (`--glora_warmup` is not `--glora_warmup_steps`), which passes a
-    field's metadata to argparse except our own `methods` entry (the methods a flag is for)."""
+    field's metadata to argparse except our own `methods` entry (the methods a flag is for), parses the step flags of
+    STEPS_OR_FRACTION as whole steps only, and reports a bad value in one line (ValueError) instead of argparse's
+    usage block."""
 
     def __init__(self):
         super().__init__(GROUPS, allow_abbrev=False)
 
     @staticmethod
     def _parse_dataclass_field(parser, field):
-        if "methods" in field.metadata:
+        if "methods" in field.metadata or field.name in STEPS_OR_FRACTION:
             field = copy.copy(field)
             field.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k != "methods"})
+            if field.name in STEPS_OR_FRACTION:
+                field.type = whole_steps(field.name)  # HfArgumentParser passes a plain callable on as argparse's type
         HfArgumentParser._parse_dataclass_field(parser, field)
+
+    def error(self, message):
+        # argparse's "argument --lora_r/--lora-r: invalid int value: '1.5'" as "--lora_r: invalid int value: '1.5'."
+        flag = re.match(r"argument (--\w+)(?:/--[\w-]+)?: (.*)", message)
+        raise ValueError(f"{flag[1]}: {flag[2]}." if flag else f"{message}; the flags are listed by --help.")
+
+
+def whole_steps(flag: str):
+    """argparse's type of a flag that counts optimizer steps: a whole number. A fraction is refused with the flag that
+    takes one, so that `0.5` can never mean half the run on one flag and a step count on another."""
+    fraction_flag = STEPS_OR_FRACTION[flag][0]
+
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number of optimizer steps, got {text!r}") from None
+        if 0 < value < 1:
+            raise argparse.ArgumentTypeError(f"{text} is not a whole number of optimizer steps; for a fraction of the "
+                                             f"run give --{fraction_flag} {text}")
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of optimizer steps; give whole steps, or "
+                                         f"--{fraction_flag} in (0, 1) for a fraction of the run")
+
+    parse.__name__ = "whole steps"
+    return parse
 
 
 def flag_fields() -> dict:
@@ -333,6 +398,22 @@ def check_method_flags(args: RunArguments):
                                  f"{' or '.join(f.metadata['methods'])} only; drop it or change --method.")
 
 
+def check_steps_or_fraction(peft: PeftArguments):
+    """At most one flag of each steps/fraction pair (STEPS_OR_FRACTION); steps >= 0 (GLoRA's warm-up >= 1), fractions
+    strictly between 0 and 1."""
+    for flag, (fraction_flag, _) in STEPS_OR_FRACTION.items():
+        steps, fraction = getattr(peft, flag), getattr(peft, fraction_flag)
+        if steps is not None and fraction is not None:
+            raise ValueError(f"--{flag} {steps} and --{fraction_flag} {fraction:g} are both given: give the optimizer "
+                             "steps or the fraction of the run, not both.")
+        least = 1 if flag == "glora_warmup_steps" else 0
+        if steps is not None and steps < least:
+            raise ValueError(f"--{flag} must be >= {least} optimizer steps, got {steps}.")
+        if fraction is not None and not 0 < fraction < 1:
+            raise ValueError(f"--{fraction_flag} is a fraction of the run in (0, 1), got {fraction:g}; for optimizer "
+                             f"steps give --{flag}.")
+
+
 def check_args(args: RunArguments):
     """Errors a user can make on the command line, caught before anything is loaded."""
     data, peft, training = args.data, args.peft, args.training
@@ -364,6 +445,10 @@ def check_args(args: RunArguments):
         if value is not None and value < 1:
             raise ValueError(f"--{flag} must be >= 1 (the first N examples), got {value}; leave it out to use them all.")
     check_method_flags(args)
+    check_steps_or_fraction(peft)
+    if training.trial_run and training.max_steps <= 0:
+        raise ValueError("--trial_run scales schedules into a --max_steps run: give --max_steps N too (a run over "
+                         "epochs is never a trial).")
     if not 0.0 <= peft.glora_beta < 1.0:
         raise ValueError(f"--glora_beta must be in [0, 1), got {peft.glora_beta}.")
     if peft.glora_min_rank < 1:

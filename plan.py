@@ -2,7 +2,8 @@
 
 The flags say what the user asked for ("a third of training", "the default budget"); the plan says what that is
 for this model, data and world size (step 78, R_total 288). Everything downstream — peft configs, GLoRA, the
-output directory, run_args.json's `resolved` block — reads the plan, never re-derives it.
+output directory, run_args.json's `resolved` block — reads the plan, never re-derives it. A schedule that does not fit
+the run is an error, unless the run is a --trial_run: then it is scaled into the run, with a log line.
 """
 
 import dataclasses
@@ -10,6 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+from arguments import STEPS_OR_FRACTION
 from gradnorm_rank import GradNormRankConfig
 from rank_pattern import RankPattern, resolve_rank_pattern
 
@@ -48,7 +50,9 @@ class RunPlan:
     lora_alpha: float
     lora_dropout: float
     total_steps: int  # optimizer steps of the run
-    lr_warmup_steps: float  # --warmup_steps as the run uses it: steps (>= 1) or the Trainer's ratio (< 1)
+    # HF's --warmup_steps as the run passes it to the Trainer: steps if >= 1, else a ratio of the run that the Trainer
+    # turns into ceil(ratio x total_steps) steps itself; under --trial_run a step count that does not fit is scaled.
+    lr_warmup_steps: float
     world_size: int
     adalora: AdaLoraPlan | None = None
     glora: GradNormRankConfig | None = None  # GLoRA's settings, its budgets resolved
@@ -89,9 +93,27 @@ def optimizer_steps(num_examples, training_args, world_size) -> int:
     return math.ceil(training_args.num_train_epochs * per_epoch)
 
 
-def steps_from(value: float, total_steps: int) -> int:
-    """A step count given as steps (>= 1) or as a fraction of training (< 1)."""
-    return int(round(value * total_steps)) if 0 < value < 1 else int(value)
+def schedule_steps(peft, flag: str, total_steps: int) -> int:
+    """A schedule point in optimizer steps: the steps flag of STEPS_OR_FRACTION as given, else its fraction flag (or
+    that flag's default fraction when neither is given) times the run's steps, rounded."""
+    fraction_flag, default = STEPS_OR_FRACTION[flag]
+    steps, fraction = getattr(peft, flag), getattr(peft, fraction_flag)
+    if steps is not None:
+        return steps
+    return int(round((default if fraction is None else fraction) * total_steps))
+
+
+def asked_as(peft, flag: str) -> str:
+    """How a schedule point was asked for, for error lines: '--tinit 5', '--tinit_fraction 0.5' or 'default
+    --tinit_fraction 0.1'."""
+    fraction_flag, default = STEPS_OR_FRACTION[flag]
+    steps, fraction = getattr(peft, flag), getattr(peft, fraction_flag)
+    if steps is not None:
+        return f"--{flag} {steps}"
+    return f"--{fraction_flag} {fraction:g}" if fraction is not None else f"default --{fraction_flag} {default:.3g}"
+
+
+TRIAL_WAY_OUT = "a --max_steps trial of the code path may add --trial_run to scale it into the run"
 
 
 def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> RunPlan:
@@ -109,10 +131,10 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     adalora = glora = None
     if peft.method == "adalora":
         adalora = resolve_adalora(peft, rank_budget=rank_budget, param_budget=param_budget, unit_costs=unit_costs,
-                                  total_steps=total_steps, trial_run=training.max_steps > 0)
+                                  total_steps=total_steps, trial_run=training.trial_run)
     if peft.method == "glora":
         glora = resolve_glora(peft, rank_budget=rank_budget, param_budget=param_budget, total_steps=total_steps,
-                              trial_run=training.max_steps > 0)
+                              trial_run=training.trial_run)
         check_glora_rank_cap(glora, unit_costs)
     plan = RunPlan(
         task=args.data.task, method=peft.method, arm=peft.arm or arm_label(peft.method, peft.budget_unit, pattern),
@@ -132,18 +154,17 @@ def arm_label(method: str, budget_unit: str, pattern: RankPattern | None) -> str
 
 
 def resolve_lr_warmup(training_args, total_steps: int) -> float:
-    """--warmup_steps as this run uses it. A step count that does not end before the last step of a trial run
-    (--max_steps) is scaled to 10 % of the run, so that a trial also trains at its learning rate (GLoRA's warm-up is
-    moved to the middle of such a run instead, AdaLoRA's schedule to the AdaLoRA paper's 10 % / 20 %); in a full run
-    it is an error. Fractions (< 1) are the Trainer's own ratio of the run, and pass unchanged."""
+    """HF's --warmup_steps as this run uses it: a ratio (< 1) is the Trainer's own, of the run; a step count (>= 1)
+    that does not fit the run is an error, or under --trial_run is scaled to 10 % of the run, so that a trial still
+    trains at its learning rate."""
     warmup = training_args.warmup_steps
     if warmup < 1 or warmup < total_steps:
         return warmup
-    if training_args.max_steps <= 0:
+    if not training_args.trial_run:
         raise ValueError(f"--warmup_steps {warmup:g} never ends in a run of {total_steps} optimizer steps: give fewer "
-                         "steps or a fraction of the run (e.g. 0.06).")
+                         f"steps or a ratio of the run (e.g. 0.06); {TRIAL_WAY_OUT}.")
     scaled = round(0.1 * total_steps)
-    logger.warning(f"LR warm-up {warmup:g} >= max_steps {total_steps}: trial run, warming up over {scaled} steps.")
+    logger.warning(f"LR warm-up {warmup:g} >= max_steps {total_steps}: --trial_run, warming up over {scaled} steps.")
     return scaled
 
 
@@ -179,13 +200,15 @@ def resolve_adalora(peft, *, rank_budget: int, param_budget: int | None, unit_co
         target_r = rank_budget // len(unit_costs)
     else:
         target_r = max(1, round(param_budget / sum(unit_costs)))
-    tinit, tfinal = steps_from(peft.tinit, total_steps), steps_from(peft.tfinal, total_steps)
+    tinit, tfinal = schedule_steps(peft, "tinit", total_steps), schedule_steps(peft, "tfinal", total_steps)
     if tinit + tfinal >= total_steps:
         if not trial_run:
-            raise ValueError(f"AdaLoRA's schedule does not fit: tinit {tinit} + tfinal {tfinal} >= {total_steps} optimizer steps.")
-        # A trial run (--max_steps) must still run AdaLoRA's pruning phase: the AdaLoRA paper's fractions instead.
+            raise ValueError(f"AdaLoRA's schedule does not fit: tinit {tinit} ({asked_as(peft, 'tinit')}) + tfinal {tfinal} "
+                             f"({asked_as(peft, 'tfinal')}) >= {total_steps} optimizer steps: give fewer steps or smaller "
+                             f"fractions; {TRIAL_WAY_OUT}.")
+        # A --trial_run must still run AdaLoRA's pruning phase: the AdaLoRA paper's fractions instead.
         scaled = int(0.1 * total_steps), int(0.2 * total_steps)
-        logger.warning(f"AdaLoRA tinit {tinit} + tfinal {tfinal} >= max_steps {total_steps}: trial run, tinit "
+        logger.warning(f"AdaLoRA tinit {tinit} + tfinal {tfinal} >= max_steps {total_steps}: --trial_run, tinit "
                        f"{scaled[0]} and tfinal {scaled[1]} instead.")
         tinit, tfinal = scaled
     init_r = peft.init_r or math.ceil(1.5 * target_r)
@@ -213,18 +236,20 @@ def check_glora_rank_cap(glora: GradNormRankConfig, unit_costs):
 
 def resolve_glora(peft, *, rank_budget: int, param_budget: int | None, total_steps: int,
                   trial_run: bool) -> GradNormRankConfig:
-    warmup = steps_from(peft.glora_warmup_steps, total_steps)
+    warmup = schedule_steps(peft, "glora_warmup_steps", total_steps)
     if warmup < 1:
-        raise ValueError(f"--glora_warmup_steps must be positive, got {peft.glora_warmup_steps}.")
+        raise ValueError(f"GLoRA's warm-up ({asked_as(peft, 'glora_warmup_steps')}) is {warmup} of {total_steps} optimizer "
+                         "steps: it needs at least one; give a larger fraction or --glora_warmup_steps.")
     if warmup >= total_steps:
         if not trial_run:
             raise ValueError(
-                f"GLoRA warm-up of {warmup} steps never ends in a run of {total_steps} optimizer steps: lower "
-                "--glora_warmup_steps (a fraction like 0.33 is relative to the run)."
+                f"GLoRA's warm-up of {warmup} steps ({asked_as(peft, 'glora_warmup_steps')}) never ends in a run of "
+                f"{total_steps} optimizer steps: give fewer steps or a fraction (--glora_warmup_fraction); "
+                f"{TRIAL_WAY_OUT}."
             )
-        # A trial run (--max_steps) must still exercise the reallocation and the resize.
+        # A --trial_run must still exercise the reallocation and the resize.
         clamped = max(1, total_steps // 2)
-        logger.warning(f"GLoRA warm-up {warmup} >= max_steps {total_steps}: trial run, reallocating at step {clamped}.")
+        logger.warning(f"GLoRA warm-up {warmup} >= max_steps {total_steps}: --trial_run, reallocating at step {clamped}.")
         warmup = clamped
     return GradNormRankConfig(
         budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget, warmup_steps=warmup,

@@ -223,7 +223,12 @@ class Results(Record):
     rank_pattern: dict | None = None  # {path, sha256, source} of --rank_pattern (rank_pattern.RankPattern.record())
     budget_unit: str | None = None  # rank or params
     param_budget: int | None = None  # under --budget_unit params
-    method_hook_seconds: float | None = None  # wall-clock seconds in the method's own hooks, whole run; LoRA 0
+    # Wall-clock seconds of the method's own work, whole run (gradnorm_rank.MethodOverhead's names): the total (LoRA 0)
+    # and GLoRA's parts; AdaLoRA's parts are null (peft scores and masks in one call).
+    method_overhead_seconds: float | None = None
+    method_overhead_signal_seconds: float | None = None
+    method_overhead_resize_seconds: float | None = None
+    method_overhead_grown_slice_seconds: float | None = None
     trainable_params_adapter: int | None = None
     trainable_params_head: int | None = None
     final_rank_total: int | None = None
@@ -249,5 +254,9 @@ class Results(Record):
         missing = [key for key in cls.REQUIRED if key not in obj]
         if missing:
             raise RecordError(f"missing keys in {RESULTS_FILE}: {', '.join(missing)}")
+        if "method_overhead_seconds" not in obj and "method_hook_seconds" in obj:
+            # Runs written before the overhead was split recorded its total as method_hook_seconds.
+            obj = {**obj, "method_overhead_seconds": obj["method_hook_seconds"]}
+            del obj["method_hook_seconds"]
         known, metrics = _known_and_other(cls, obj)
         return cls(**_typed(RESULTS_FILE, cls, known), metrics=metrics)

@@ -2,7 +2,7 @@
 """Fine-tune an encoder on a GLUE task with LoRA, AdaLoRA or GLoRA at the same rank budget.
 
     accelerate launch run_glue_peft.py --method glora --task mnli
-    accelerate launch run_glue_peft.py configs/glora_mnli.yaml --max_steps 2 --max_eval_samples 64
+    accelerate launch run_glue_peft.py configs/glora_mnli.yaml --max_steps 2 --trial_run --max_eval_samples 64
 
 A YAML/JSON config file may come first; flags after it override its values. See README.md and
 docs/architecture.md (the path of one run through the files).
@@ -60,7 +60,7 @@ from checkpoints import (
 from eval_log import EvalLog
 from glue_data import load_glue_data, tokenize_splits
 from glue_tasks import GLUE_TASKS, glue_metrics
-from gradnorm_rank import GradNormRank, GradNormRankMixin
+from gradnorm_rank import GradNormRank, GradNormRankMixin, MethodOverhead
 from plan import resolve_plan
 from records import RESULTS_FILE, RUN_ARGS_FILE, Results, RunArgs
 from run_folder import discard_replaced, folder_lock, move_aside
@@ -308,7 +308,7 @@ def write_records(metrics, model, plan, initial_ranks, method, training_args) ->
         task=plan.task, method=plan.method, arm=plan.arm, seed=training_args.seed, rank_budget=plan.rank_budget,
         rank_pattern=plan.rank_pattern.record() if plan.rank_pattern else None, budget_unit=plan.budget_unit,
         param_budget=plan.param_budget, train_runtime=metrics["train_runtime"],
-        method_hook_seconds=sum(hook.method_seconds for hook in method), **trainable_parameters(model, plan.head),
+        **overhead_record(method), **trainable_parameters(model, plan.head),
         final_rank_total=ranks.final_rank_total, adapter_params_start=ranks.adapter_params("initial_rank"),
         adapter_params_after_allocation=ranks.adapter_params("final_rank"),
         adapter_params_effective=ranks.adapter_params("effective_rank"),
@@ -320,6 +320,15 @@ def write_records(metrics, model, plan, initial_ranks, method, training_args) ->
         results.write(plan.output_dir)
     logger.info(f"results: {json.dumps(results.to_json(), indent=1, default=str)}")
     return results.to_json()
+
+
+def overhead_record(method) -> dict:
+    """all_results.json's method overhead, named as gradnorm_rank.MethodOverhead names it: GLoRA's total and its
+    signal, resize and grown-slice parts; AdaLoRA's total (its parts null); LoRA, which has no method hook, 0 s."""
+    records = [hook.overhead.record() if isinstance(hook, GradNormRank) else hook.overhead_record() for hook in method]
+    if len(records) > 1:
+        raise RuntimeError(f"{len(records)} method hooks: all_results.json records the overhead of one.")
+    return records[0] if records else MethodOverhead().record()
 
 
 # ---- the Trainer ----

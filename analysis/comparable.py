@@ -35,7 +35,7 @@ class Setting:
     max_train_samples: str | None
     tuning_split: str | None  # the carve held out of the training data (hpo.py's tuning split)
     dev_rows: str | None  # --max_eval_samples: which dev rows are scored
-    mode: str | None  # trial run (--max_steps > 0) or a run over epochs
+    mode: str | None  # a run over epochs, a --max_steps run, or one with --trial_run (its schedules may be scaled)
     length: str | None  # --max_steps N, or the epochs
 
     @classmethod
@@ -54,7 +54,7 @@ class Setting:
             max_train_samples=row_limit(data, "max_train_samples", "all training rows"),
             tuning_split=tuning_carve(data),
             dev_rows=row_limit(data, "max_eval_samples", "all dev rows"),
-            mode=None if trial is None else ("trial run (--max_steps)" if trial else "epochs"),
+            mode=None if trial is None else (trial_mode(training) if trial else "epochs"),
             length=length,
         )
 
@@ -73,6 +73,12 @@ class Setting:
             if any(getattr(o, f.name) != mine for o in others):
                 out.append(f"{f.name.replace('_', ' ')}: {mine if mine is not None else 'not recorded'}")
         return "; ".join(out)
+
+
+def trial_mode(training) -> str:
+    """A --max_steps run's mode: with --trial_run its schedules that did not fit were scaled into it, so it is never
+    pooled with a run without it (runs written before the flag existed record none: plain --max_steps runs)."""
+    return "trial run (--max_steps, --trial_run)" if training.get("trial_run") else "trial run (--max_steps)"
 
 
 def text(value):

@@ -15,6 +15,7 @@ from adapters import METHODS
 from analysis.comparable import ArmIdentity, Setting, arm_of
 from analysis.metrics import METRIC_FNS
 from glue_tasks import GLUE_TASKS
+from gradnorm_rank import MethodOverhead
 from records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, RecordError, Results, RunArgs
 from run_folder import REPLACED_SUFFIX
 
@@ -85,7 +86,7 @@ class Run:
     metrics: dict  # main metric key (and MCC) -> value
     score: float  # the task score: mean of the task's main metrics (Results.score)
     time: float  # train_runtime (s)
-    hook_seconds: float
+    method_overhead_seconds: float  # the method's own work (all_results.json, gradnorm_rank.MethodOverhead's names)
     params: float  # trainable parameters, adapter + head
     params_adapter: float
     ranks: RankRecord | None  # ranks.json, when readable
@@ -96,6 +97,10 @@ class Run:
     arm: str = ""  # the run's label (analysis.comparable.arm_of): seeds are pooled per arm
     setting: Setting | None = None  # what it must share with the runs it is compared with
     identity: ArmIdentity | None = None  # what it must share with the other seeds of its arm
+    # GLoRA's overhead by part (nan: not recorded, or not measured apart: AdaLoRA's, runs before the split)
+    method_overhead_signal_seconds: float = float("nan")
+    method_overhead_resize_seconds: float = float("nan")
+    method_overhead_grown_slice_seconds: float = float("nan")
 
     @property
     def uniform_lora(self):
@@ -197,6 +202,15 @@ def ranks_total(ranks, rank="final_rank"):
     return float(ranks.final_rank_total if rank is None else ranks.adapter_params(rank))
 
 
+def method_overhead(res) -> dict:
+    """all_results.json's method overhead seconds (records.Results) under MethodOverhead's names: the total (0 when
+    not recorded) and each part (nan when null or not recorded)."""
+    names = list(MethodOverhead().record())
+    values = {name: getattr(res, name) for name in names}
+    return {names[0]: float(values[names[0]] or 0.0),
+            **{name: float("nan") if values[name] is None else float(values[name]) for name in names[1:]}}
+
+
 def load_run(d):
     """(Run, None) for a finished, readable run; (None, reason) otherwise. The score and the totals are the ones the
     run recorded (all_results.json); a run written before it recorded one gets it computed as the run would have
@@ -215,7 +229,7 @@ def load_run(d):
         score = res.score(GLUE_TASKS[task])
         score = float(np.mean([metrics[m] for m in main])) if score is None else score
         numbers = dict(method=res.method.lower(), seed=res.seed, budget=res.rank_budget,
-                       hook_seconds=recorded_or(res.method_hook_seconds, lambda: 0.0),
+                       **method_overhead(res),
                        params=float(res.trainable_params),
                        params_adapter=recorded_or(res.trainable_params_adapter, lambda: float("nan")))
     except (TypeError, ValueError) as e:

@@ -12,6 +12,7 @@ from analysis.comparable import pick_references
 from analysis.fairness import hpo_summary, unequal_capacity
 from analysis.runs import MAIN_METRICS, arm_key, arm_name, blocks, place
 from analysis.stats import MIN_SEEDS, min_usable_fraction, share_of_gain
+from gradnorm_rank import MethodOverhead
 
 SHORT = {"accuracy": "acc", "accuracy_mm": "acc_mm", "f1": "f1", "matthews_correlation": "mcc",
          "pearson": "pearson", "spearmanr": "spearman"}
@@ -48,7 +49,7 @@ def group_row(g, lora, ada, sig, boot):
     row.update(trainable_params=g.mean_of("params"), trainable_params_adapter=g.mean_of("params_adapter"),
                adapter_params_effective=g.mean_of("adapter_params_effective"), tuning=hpo_summary(g),
                total_rank=g.mean_of("total_rank"), train_time_mean=g.time.mean, train_time_std=g.time.std,
-               hook_seconds_mean=g.mean_of("hook_seconds"), vs_lora_arm=lora.arm if lora else "")
+               **{f"{name}_mean": g.mean_of(name) for name in MethodOverhead().record()}, vs_lora_arm=lora.arm if lora else "")
     row["overhead_vs_lora_pct"] = 100 * (g.time.mean / lora.time.mean - 1) if lora else NAN
     row["delta_vs_lora"] = g.score.mean - lora.score.mean if lora else NAN
     s = sig.get((g.task, g.budget, g.group, g.arm, lora.arm)) if lora else None

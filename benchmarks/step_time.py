@@ -111,12 +111,12 @@ def make_batches(args, vocab_size, seq_len, device):
 def timed_step(m, batch, args, cuda):
     """(step seconds, seconds in the method's own hook, transient peak bytes above what was allocated before the
     step or None off CUDA). On CPU the GLoRA hook time also holds `delta`'s backward-hook matmuls (GLoRA's own
-    hook_seconds); on CUDA only observe_gradients is timed, and `delta`'s cost shows in the step time alone."""
+    overhead.signal_seconds); on CUDA only observe_gradients is timed, and `delta`'s cost shows in the step time alone."""
     if cuda:
         torch.cuda.reset_peak_memory_stats(args.device)
         before = torch.cuda.memory_allocated(args.device)
     timer = HookTimer(args.device)
-    glora_hook_before = m.glora.hook_seconds if m.glora is not None else 0.0
+    glora_hook_before = m.glora.overhead.signal_seconds if m.glora is not None else 0.0
     sync(args.device)
     start = time.perf_counter()
     train_step(m, batch, autocast_context(args.device, args.bf16), hook_timer=timer)
@@ -124,7 +124,7 @@ def timed_step(m, batch, args, cuda):
     seconds = time.perf_counter() - start
     hook = timer.collect()
     if m.glora is not None and not cuda:
-        hook = m.glora.hook_seconds - glora_hook_before
+        hook = m.glora.overhead.signal_seconds - glora_hook_before
     peak = torch.cuda.max_memory_allocated(args.device) - before if cuda else None
     return seconds, hook, peak
 

@@ -9,10 +9,11 @@ and reloads with peft as usual (the ranks are written into its `rank_pattern` / 
 - `GradNormRankMixin` / `GradNormRankTrainer`: any transformers `Trainer` (TRL's included).
 - `GradNormRank` + `LoopHost`: a plain PyTorch loop (the call order is in `LoopHost`'s docstring).
 - `apportion_ranks`, `apportion_parameters`: the allocation maths alone; `resize_to_ranks`: the surgery alone.
+- `MethodOverhead`: the seconds the method adds (`GradNormRank.overhead`), by part: signal, resize, grown slices.
 """
 
 from .config import GradNormRankConfig, choices
-from .core import STATE_FILE, GradNormRank, LoopHost, TrainerHost
+from .core import STATE_FILE, GradNormRank, LoopHost, MethodOverhead, TrainerHost
 from .lora_resize import lora_layers, pattern_key, resize_to_ranks
 from .rank_allocation import apportion_parameters, apportion_ranks
 from .trainer import GradNormRankMixin, GradNormRankTrainer
@@ -20,7 +21,8 @@ from .trainer import GradNormRankMixin, GradNormRankTrainer
 __version__ = "0.1.0"
 
 __all__ = [
-    "GradNormRankConfig", "GradNormRank", "GradNormRankMixin", "GradNormRankTrainer", "LoopHost", "TrainerHost",
+    "GradNormRankConfig", "GradNormRank", "GradNormRankMixin", "GradNormRankTrainer", "LoopHost", "MethodOverhead",
+    "TrainerHost",
     "STATE_FILE", "apportion_parameters", "apportion_ranks", "choices", "lora_layers", "pattern_key",
     "resize_to_ranks", "__version__",
 ]

@@ -20,6 +20,9 @@ them itself, in the order `LoopHost`'s docstring gives):
                                                   counted from the resize (config.adam_rule)
     checkpoint / resume      save(dir) / load(dir)   the EMA, and after the reallocation the ranks to resize to
 
+The seconds each phase adds to training are measured where it runs, in `GradNormRank.overhead` (`MethodOverhead`):
+signal (phase 1), resize (phases 2-4) and grown-slice correction (after_optimizer_step).
+
 n_k is the norm of the true gradient of the step: read after the last micro-batch's backward (gradients summed
 over accumulation and all-reduced by DDP), before clipping, divided by the fp16 loss scale. A step with a
 non-finite norm leaves the EMA unchanged. The EMA starts at zero and is not bias-corrected: the bias is the same
@@ -40,6 +43,7 @@ import json
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -70,6 +74,36 @@ def _norms(params):
     """Frobenius norms of the parameters' gradients in one fused call (0 where a gradient is missing)."""
     grads = [p.grad if p.grad is not None else torch.zeros(1, device=p.device) for p in params]
     return torch.stack(torch._foreach_norm(grads)).float()
+
+
+@dataclass
+class MethodOverhead:
+    """Wall-clock seconds the method's own work adds to training, by part, each measured where it runs: `signal`
+    (observe_gradients and the `delta` signal's backward hooks, during the warm-up), `resize` (reallocate: allocation,
+    resize and optimizer rebuild) and `grown_slice` (after_optimizer_step: Adam's bias correction of the slices the
+    resize added). `record()` names them as every record and reader does: method_overhead_seconds (the total) and
+    method_overhead_<part>_seconds."""
+
+    signal_seconds: float = 0.0
+    resize_seconds: float = 0.0
+    grown_slice_seconds: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.signal_seconds + self.resize_seconds + self.grown_slice_seconds
+
+    def record(self) -> dict:
+        parts = {f"method_overhead_{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"method_overhead_seconds": self.seconds, **parts}
+
+    @classmethod
+    def unsplit_record(cls, seconds: float) -> dict:
+        """The record of a method whose overhead is one measured total (its parts null: not measured apart)."""
+        return {"method_overhead_seconds": seconds, **{f"method_overhead_{f.name}": None for f in dataclasses.fields(cls)}}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "MethodOverhead":
+        return cls(**{f.name: record[f"method_overhead_{f.name}"] for f in dataclasses.fields(cls)})
 
 
 # ---- where a training loop keeps what the reallocation replaces: its optimizer, scheduler, DDP wrapper ----
@@ -211,8 +245,7 @@ class GradNormRank(TrainerCallback):
         self.done = False
         self.final_ranks = None
         self.reallocation_step = None
-        self.hook_seconds = 0.0  # signal hooks during the warm-up
-        self.resize_seconds = 0.0  # allocation + resize + optimizer rebuild
+        self.overhead = MethodOverhead()  # seconds of signal, resize and grown-slice correction
         self.host = None  # set by `attach`
         self.grown = None  # lora_resize.GrownSlices, while their bias correction differs from their tensors'
         self.ddp_wrapper = None  # rebuilt after the resize; the Trainer's loop still holds the old one
@@ -253,7 +286,7 @@ class GradNormRank(TrainerCallback):
         updated = self.config.beta * self.ema + (1.0 - self.config.beta) * torch.nan_to_num(norms, nan=0.0, posinf=0.0, neginf=0.0)
         self.ema = torch.where(finite, updated, self.ema)
         self.observed_steps += finite.to(torch.int64)
-        self.hook_seconds += time.perf_counter() - start
+        self.overhead.signal_seconds += time.perf_counter() - start
 
     def _gradient_norms(self):
         a = self.adapter_name
@@ -294,7 +327,7 @@ class GradNormRank(TrainerCallback):
                 dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
                 g = grad_output.reshape(-1, grad_output.shape[-1]).to(dtype)
                 buffer.add_((g.T @ x.reshape(-1, x.shape[-1]).to(dtype)).float())
-                self.hook_seconds += time.perf_counter() - start
+                self.overhead.signal_seconds += time.perf_counter() - start
 
             output.register_hook(grad_hook)
 
@@ -327,7 +360,7 @@ class GradNormRank(TrainerCallback):
         resized = self.resize(self.final_ranks)
         self.rebuild(resized)
         self.reallocation_step = step
-        self.resize_seconds += time.perf_counter() - start
+        self.overhead.resize_seconds += time.perf_counter() - start
         grown = sum(r.new_rank > r.old_rank for r in resized)
         logger.warning(
             f"GLoRA reallocated ranks at step {step}: {len(resized)} layers resized ({grown} grown), "
@@ -346,7 +379,7 @@ class GradNormRank(TrainerCallback):
                       for name, layer in self.layers.items() if name in self.grown.kept}
             if not correct_grown_slices(self.grown, params, self.host.optimizer):
                 self.grown = None
-            self.hook_seconds += time.perf_counter() - start
+            self.overhead.grown_slice_seconds += time.perf_counter() - start
 
     def allocate(self) -> dict:
         """Integer ranks from the EMA scores: the same on every process (checked under DDP)."""
@@ -420,13 +453,8 @@ class GradNormRank(TrainerCallback):
         record.glora = {
             "signal": self.config.signal, "score_norm": self.config.score_norm, "beta": self.config.beta,
             "warmup_steps": self.config.warmup_steps,
-            "reallocation_step": self.reallocation_step, "hook_seconds": self.hook_seconds,
-            "resize_seconds": self.resize_seconds,
+            "reallocation_step": self.reallocation_step, **self.overhead.record(),
         }
-
-    @property
-    def method_seconds(self) -> float:
-        return self.hook_seconds + self.resize_seconds
 
     # ---- checkpointing ----
 
@@ -461,8 +489,7 @@ class GradNormRank(TrainerCallback):
             "done": self.done,
             "final_ranks": self.final_ranks,
             "reallocation_step": self.reallocation_step,
-            "hook_seconds": self.hook_seconds,
-            "resize_seconds": self.resize_seconds,
+            **self.overhead.record(),
             "grown": dataclasses.asdict(self.grown) if self.grown is not None else None,
         }
 
@@ -474,8 +501,11 @@ class GradNormRank(TrainerCallback):
             raise ValueError("The checkpoint's GLoRA state is for other modules or another budget.")
         self.ema = torch.tensor(state["ema"], dtype=torch.float64, device=self.ema.device)
         self.observed_steps = torch.tensor(state["observed_steps"], dtype=torch.int64, device=self.ema.device)
-        self.hook_seconds = state["hook_seconds"]
-        self.resize_seconds = state["resize_seconds"]
+        if "method_overhead_signal_seconds" in state:
+            self.overhead = MethodOverhead.from_record(state)
+        else:  # written before the overhead was split: the old hook_seconds (signal and grown-slice correction
+            # together) counts as signal, the old resize_seconds as resize
+            self.overhead = MethodOverhead(signal_seconds=state["hook_seconds"], resize_seconds=state["resize_seconds"])
         self.grown = GrownSlices(**state["grown"]) if state.get("grown") else None
         if state["done"]:
             self.final_ranks = state["final_ranks"]

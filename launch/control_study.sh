@@ -55,7 +55,7 @@ fi
 declare -A ARM_FLAGS=(
   [lora]="--method lora --arm lora"
   [oracle]="--method lora --rank_pattern $DATA/oracle_pattern.json --arm oracle"
-  [glora_params]="--method glora --glora_warmup_steps 0.3333 --arm glora_params"
+  [glora_params]="--method glora --glora_warmup_fraction 0.3333 --arm glora_params"
   [adalora_params]="--method adalora --arm adalora_params"
 )
 # Average rank 2 on all six matrices of every layer, counted in parameters: 2 x sum(d_in + d_out) = 82,944 on
@@ -104,7 +104,7 @@ open(sys.argv[2], 'w'), indent=1)" "$STUDY_RATES_FROM" "$ROOT/chosen_rates.json"
     runs=()
     for signal in ${STUDY_SIGNALS-lora_b lora_ab delta}; do for norm in ${STUDY_NORMS-raw per_entry per_rank_unit}; do
       [ "$signal/$norm" = lora_b/raw ] && continue
-      runs+=("$ROOT/signals/${signal}_$norm|--method glora --glora_warmup_steps 0.3333 --arm glora_${signal}_$norm \
+      runs+=("$ROOT/signals/${signal}_$norm|--method glora --glora_warmup_fraction 0.3333 --arm glora_${signal}_$norm \
 --glora_signal $signal --glora_score_norm $norm --learning_rate $(rate glora_params) --seed 1 --eval_strategy no")
     done; done
     [ ${#runs[@]} -eq 0 ] || run_pool "${runs[@]}"

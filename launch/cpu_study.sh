@@ -46,8 +46,8 @@ RTE=(--task rte --num_train_epochs 3 --learning_rate 5e-4)  # lr 1e-3 reached on
 
 # A method's flags are refused for the others. The study ran before scaling parity and the grown slices' Adam
 # correction became the defaults; these keep it as it ran (docs/results.md).
-declare -A METHOD_FLAGS=([lora]="" [adalora]="--tinit 0.1 --tfinal 0.2 --deltaT 10 --adalora_alpha_parity False"
-                         [glora]="--glora_warmup_steps 0.3333 --glora_adam_rule inherit_step")
+declare -A METHOD_FLAGS=([lora]="" [adalora]="--tinit_fraction 0.1 --tfinal_fraction 0.2 --deltaT 10 --adalora_alpha_parity False"
+                         [glora]="--glora_warmup_fraction 0.3333 --glora_adam_rule inherit_step")
 
 RUNS=()  # "output dir|flags", in the order workers take them: every SST-2 run, then RTE seed by seed
 for task in sst2 rte; do for seed in "${SEEDS[@]}"; do for method in "${METHODS[@]}"; do

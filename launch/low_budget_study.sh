@@ -31,8 +31,8 @@ ARMS=(lora adalora glora_rank glora_params)
 declare -A ARM_FLAGS=(  # --arm: the label every record carries and compare_runs.py groups by
   [lora]="--method lora --arm lora"
   [adalora]="--method adalora --arm adalora"
-  [glora_rank]="--method glora --glora_warmup_steps 0.3333 --arm glora_rank"
-  [glora_params]="--method glora --glora_warmup_steps 0.3333 --budget_unit params --arm glora_params"
+  [glora_rank]="--method glora --glora_warmup_fraction 0.3333 --arm glora_rank"
+  [glora_params]="--method glora --glora_warmup_fraction 0.3333 --budget_unit params --arm glora_params"
 )
 # Average rank 2 on all six matrices of every layer; alpha 4 keeps LoRA's scaling alpha / r = 2, the project's
 # default (16 / 8). AdaLoRA: the project's defaults (init 1.5 x target, scaling parity); GLoRA: the new Adam rule.

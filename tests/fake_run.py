@@ -3,7 +3,8 @@
 (every ceil(eval_steps x max_steps) steps and at the last one). Its score is a fixed function of the learning rate
 (higher is better up to 1e-2), so a test knows which trial is good. FAKE_RUN_FAILS=1 makes it fail at its start.
 Its records carry the step of the method's last structural change as plan.RunPlan.structure_final_step gives it
-(GLoRA: --glora_warmup_steps, default a third; AdaLoRA: max_steps - --tfinal, default 20 %; LoRA: 0).
+(GLoRA: --glora_warmup_steps or --glora_warmup_fraction, default a third; AdaLoRA: max_steps - --tfinal or
+--tfinal_fraction, default 20 %; LoRA: 0).
 
 At its start it writes fake_run.pid ("PID PARENT_PID"), so that a test can tell which worker started it and check that
 it died with that worker. A run that finishes writes all_results.json with the keys records.Results requires (its
@@ -24,15 +25,17 @@ def score(learning_rate: float, progress: float) -> float:
     return min(learning_rate * 100, 1.0) * progress
 
 
-def steps_from(value: float, total: int) -> int:
-    return int(round(value * total)) if 0 < value < 1 else int(value)
+def schedule_steps(flags: dict, flag: str, fraction_flag: str, default: float, total: int) -> int:
+    if flags.get(flag):
+        return int(flags[flag])
+    return int(round(float(flags.get(fraction_flag) or default) * total))
 
 
 def structure_final_step(flags: dict, max_steps: int) -> int:
     if flags.get("method") == "glora":
-        return steps_from(float(flags.get("glora_warmup_steps") or 1 / 3), max_steps)
+        return schedule_steps(flags, "glora_warmup_steps", "glora_warmup_fraction", 1 / 3, max_steps)
     if flags.get("method") == "adalora":
-        return max_steps - steps_from(float(flags.get("tfinal") or 0.2), max_steps)
+        return max_steps - schedule_steps(flags, "tfinal", "tfinal_fraction", 0.2, max_steps)
     return 0
 
 

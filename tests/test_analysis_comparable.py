@@ -152,6 +152,21 @@ def test_trial_runs_are_not_pooled_with_full_runs(tmp_path, capsys):
     assert "sst2 (g2), R_total = 32: compared on its own (mode: trial run" in capsys.readouterr().err
 
 
+def test_trial_run_switch_belongs_to_the_trial_mode(tmp_path):
+    """--trial_run (its schedules may have been scaled into the run) is never pooled with a --max_steps run without
+    it; a run recorded before the flag existed counts as one without it."""
+    steps = {"training": {"max_steps": 2}, "resolved": {"total_steps": 2}}
+    default_arms(tmp_path, **steps)  # written before --trial_run: no trial_run in run_args.json
+    arm_runs(tmp_path, "lora", [0.73], seeds=(4,), arm="lora", prefix="plain_", resolved={"total_steps": 2},
+             training={"max_steps": 2, "trial_run": False})
+    arm_runs(tmp_path, "lora", [0.51, 0.52], seeds=(6, 7), arm="lora", prefix="trial_", resolved={"total_steps": 2},
+             training={"max_steps": 2, "trial_run": True})
+    data, _ = compare(tmp_path)
+    assert row(data, "lora", "g1")["seeds"] == "1 2 3 4" and row(data, "lora", "g2")["seeds"] == "6 7"
+    (g2,) = [c for c in data["comparable_groups"] if c["group"] == "g2"]
+    assert g2["differs"] == "mode: trial run (--max_steps, --trial_run)"
+
+
 @pytest.mark.parametrize("differs, record, expected", [
     ("dev rows scored", {"data": {"max_eval_samples": 100}}, "dev rows: --max_eval_samples 100"),
     ("training rows", {"data": {"max_train_samples": 8000}}, "max train samples: --max_train_samples 8000"),

@@ -22,6 +22,14 @@ BUDGET = 32
 LAYOUT = [(0, "query"), (0, "value"), (1, "query"), (1, "value")]  # 4 adapted matrices, rank 8 each
 FINAL_RANKS = {"lora": [8, 8, 8, 8], "adalora": [10, 6, 9, 7], "glora": [12, 4, 10, 6]}
 GLORA_SCORES = [0.5, 0.1, 0.4, 0.2]
+# all_results.json's method overhead (gradnorm_rank.MethodOverhead's names): LoRA none, AdaLoRA its total only, GLoRA
+# its total and parts (binary fractions: the sum is exact)
+OVERHEAD = {"lora": {"method_overhead_seconds": 0.0, "method_overhead_signal_seconds": 0.0,
+                     "method_overhead_resize_seconds": 0.0, "method_overhead_grown_slice_seconds": 0.0},
+            "adalora": {"method_overhead_seconds": 1.0, "method_overhead_signal_seconds": None,
+                        "method_overhead_resize_seconds": None, "method_overhead_grown_slice_seconds": None},
+            "glora": {"method_overhead_seconds": 1.0, "method_overhead_signal_seconds": 0.5,
+                      "method_overhead_resize_seconds": 0.25, "method_overhead_grown_slice_seconds": 0.25}}
 
 # sst2: per-seed accuracy (multiples of 1/N so predictions can reproduce them) and train time (s)
 SST2 = {
@@ -65,10 +73,10 @@ def write_run(root, name, task, method, seed, metrics, time, preds, log=True, ar
     ranks = RankRecord(modules=modules)
     if method == "glora":
         ranks.glora = {"signal": "lora_b", "beta": 0.9, "warmup_steps": 20, "reallocation_step": 20,
-                       "hook_seconds": 0.8, "resize_seconds": 0.05}
+                       **OVERHEAD["glora"]}
     if method == "adalora":
         ranks.adalora = {"init_r": 12, "target_r": 8, "tinit": 10, "tfinal": 20, "deltaT": 5,
-                         "total_step": 60, "hook_seconds": 1.2}
+                         "total_step": 60, "method_overhead_seconds": 1.0}
     ranks.write(d)
     for split, df in preds.items():
         df.to_csv(d / f"predictions_{split}.csv", index=False)
@@ -81,7 +89,7 @@ def write_run(root, name, task, method, seed, metrics, time, preds, log=True, ar
               **{f"eval_{k}": v for k, v in metrics.items()},
               "eval_samples": N, "train_runtime": time, "train_samples_per_second": 1000 / time,
               "train_steps_per_second": 60 / time, "train_loss": 0.5,
-              "method_hook_seconds": 0.0 if method == "lora" else 1.0,
+              **OVERHEAD[method],
               "trainable_params_adapter": params_adapter, "trainable_params_head": 1538,
               "trainable_params": params_adapter + 1538, "final_rank_total": ranks.final_rank_total, **(results or {})}
     Results.from_json(record).write(d)
@@ -252,6 +260,10 @@ def test_table_values(tables):
     assert lora["train_time_mean"] == pytest.approx(100.0) and lora["train_time_std"] == pytest.approx(10.0)
     assert ada["overhead_vs_lora_pct"] == pytest.approx(30.0)
     assert glora["overhead_vs_lora_pct"] == pytest.approx(5.0)
+    parts = [f"method_overhead_{p}_seconds_mean" for p in ("signal", "resize", "grown_slice")]
+    assert [glora["method_overhead_seconds_mean"]] + [glora[p] for p in parts] == [1.0, 0.5, 0.25, 0.25]
+    assert [lora["method_overhead_seconds_mean"]] + [lora[p] for p in parts] == [0.0] * 4
+    assert ada["method_overhead_seconds_mean"] == 1.0 and all(ada[p] is None for p in parts)  # not measured apart: null
     assert ada["delta_vs_lora"] == pytest.approx(0.04) and glora["delta_vs_lora"] == pytest.approx(0.03)
     assert glora["share_of_gain"] == pytest.approx(0.75) and glora["share_defined"]
     assert all(r["total_rank"] == BUDGET for r in (lora, ada, glora))
@@ -326,6 +338,17 @@ def test_undefined_share_and_missing_data(tmp_path, capsys):
     g = find(rows, "rte", "glora")
     assert g["share_defined"] is False and g["share_of_gain"] is None
     assert "no paired bootstrap" in stdout and "Welch needs >= 2 seeds" in stdout
+
+
+def test_a_run_recorded_before_the_overhead_split_loads_its_total(tmp_path):
+    """all_results.json written before the rename: method_hook_seconds is the total; the parts are unknown (nan)."""
+    folder = write_run(tmp_path, "old", "sst2", "glora", 0, sst2_metrics(0.8), 10.0, {})
+    results = json.loads((folder / "all_results.json").read_text())
+    old = {k: v for k, v in results.items() if k not in OVERHEAD["glora"]} | {"method_hook_seconds": 0.7}
+    (folder / "all_results.json").write_text(json.dumps(old))
+    (run,), _ = load_runs([tmp_path])
+    assert run.method_overhead_seconds == 0.7
+    assert all(math.isnan(getattr(run, f"method_overhead_{p}_seconds")) for p in ("signal", "resize", "grown_slice"))
 
 
 def test_cli_errors(tmp_path):

@@ -75,7 +75,7 @@ def record_run(model_dir, data_dir, out, *extra):
         mp.setattr(GradNormRank, "observe_gradients", observe_gradients)
         mp.setattr(GradNormRank, "on_pre_optimizer_step", on_pre_optimizer_step, raising=False)
         results = run_glue_peft.main(trial_args(
-            model_dir, data_dir, "sst2", "glora", out, "--max_steps", "1", "--glora_warmup_steps", "1",
+            model_dir, data_dir, "sst2", "glora", out, "--max_steps", "1", "--trial_run", "--glora_warmup_steps", "1",
             "--glora_signal", "delta", "--max_eval_samples", "8", *extra,
         ))
     records["results"] = results

@@ -151,6 +151,57 @@ def test_plain_loop_snippet_then_the_adapter_saves_reloads_and_merges(tmp_path, 
     assert len(saved["rank_pattern"]) == len(seen["ranks"])
 
 
+def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_total(monkeypatch):
+    """A clock that advances 1 s per reading: each timed region adds exactly 1 s to its own part. Two warm-up steps
+    observe the signal (2 s), the reallocation resizes (1 s), the two steps after it correct the grown slices (2 s);
+    no part grows outside its phase. The record's total is the sum of its parts, and a checkpoint's state keeps them
+    (one written before the split loads its hook_seconds as signal)."""
+    from types import SimpleNamespace
+
+    from gradnorm_rank import GradNormRank, LoopHost, MethodOverhead
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(gradnorm_rank.core, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    torch.manual_seed(0)
+    model = get_peft_model(Tiny(), LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"]))
+
+    def make_optimizer():
+        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+
+    def make_scheduler(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    optimizer = make_optimizer()
+    method = GradNormRank(model, GradNormRankConfig(warmup_steps=2))
+    method.attach(host := LoopHost(optimizer, make_scheduler(optimizer), make_optimizer, make_scheduler))
+    x, y = torch.randn(16, 6), torch.randn(16, 5)
+    seen = []
+    for step in range(1, 5):
+        ((model(x) - y) ** 2).mean().backward()
+        method.observe_gradients()
+        host.optimizer.step()
+        method.after_optimizer_step()
+        host.lr_scheduler.step()
+        host.optimizer.zero_grad()
+        method.maybe_reallocate(step)
+        o = method.overhead
+        seen.append((o.signal_seconds, o.resize_seconds, o.grown_slice_seconds))
+    assert method.final_ranks == {"up": 5, "down": 3}  # a slice grew: its bias correction runs after the resize
+    assert seen == [(1, 0, 0), (2, 1, 0), (2, 1, 1), (2, 1, 2)]
+    record = method.overhead.record()
+    assert record == {"method_overhead_seconds": 5.0, "method_overhead_signal_seconds": 2.0,
+                      "method_overhead_resize_seconds": 1.0, "method_overhead_grown_slice_seconds": 2.0}
+    assert record["method_overhead_seconds"] == sum(v for k, v in record.items() if k != "method_overhead_seconds")
+    state = method.state_dict()
+    assert MethodOverhead.from_record(state) == method.overhead
+    old = {k: v for k, v in state.items() if not k.startswith("method_overhead")} | {"hook_seconds": 3.0,
+                                                                                    "resize_seconds": 1.0}
+    fresh = GradNormRank(get_peft_model(Tiny(), LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"])),
+                         GradNormRankConfig(warmup_steps=2))
+    fresh.load_state_dict(old)
+    assert fresh.overhead == MethodOverhead(signal_seconds=3.0, resize_seconds=1.0, grown_slice_seconds=0.0)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"warmup_steps": 0}, "GradNormRankConfig.warmup_steps must be an integer >= 1; got 0."),
     ({"signal": "fisher"}, "GradNormRankConfig.signal must be one of lora_b, lora_ab, delta; got 'fisher'."),

@@ -82,8 +82,9 @@ def test_rank_budget_below_one_is_refused(method, budget):
 
 @pytest.mark.parametrize(
     "method, flag, value, owner",
-    [("lora", "--glora_warmup_steps", "0.5", "glora"), ("adalora", "--glora_signal", "delta", "glora"),
-     ("glora", "--tinit", "0.3", "adalora"), ("lora", "--init_r", "12", "adalora"), ("glora", "--deltaT", "5", "adalora")],
+    [("lora", "--glora_warmup_fraction", "0.5", "glora"), ("lora", "--glora_warmup_steps", "5", "glora"),
+     ("adalora", "--glora_signal", "delta", "glora"), ("glora", "--tinit_fraction", "0.3", "adalora"),
+     ("glora", "--tfinal", "3", "adalora"), ("lora", "--init_r", "12", "adalora"), ("glora", "--deltaT", "5", "adalora")],
 )
 def test_flag_of_another_method_is_refused(method, flag, value, owner):
     with pytest.raises(ValueError, match=f"^{flag} {value} has no effect with --method {method}: it applies to --method "
@@ -94,7 +95,8 @@ def test_flag_of_another_method_is_refused(method, flag, value, owner):
 
 def test_method_only_flags_are_marked():
     marked = {f.name: f.metadata.get("methods") for f in PeftArguments.__dataclass_fields__.values()}
-    for name in ("init_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight"):
+    for name in ("init_r", "tinit", "tinit_fraction", "tfinal", "tfinal_fraction", "deltaT", "beta1", "beta2",
+                 "orth_reg_weight"):
         assert marked[name] == ("adalora",), name
     for name in (name for name in marked if name.startswith("glora_")):
         assert marked[name] == ("glora",), name
@@ -252,7 +254,7 @@ def test_checkpoints_record_the_run_identity(glora_checkpoints):
     for step in (2, 4):
         identity = json.loads((full / f"checkpoint-{step}" / "run_identity.json").read_text())
         assert identity == identity_of(run_args)
-        assert identity["peft"]["glora_warmup_steps"] == 3.0 and identity["training"]["seed"] == 42
+        assert identity["peft"]["glora_warmup_steps"] == 3 and identity["training"]["seed"] == 42
         assert "output_dir" not in identity["training"] and "output_dir" not in identity["resolved"]
 
 
@@ -274,7 +276,7 @@ def test_run_identity_is_every_flag_but_those_a_resume_may_change():
     [
         (["--task", "rte"], "--task sst2 there, rte here"),
         (["--lora_alpha", "4"], r"--lora_alpha 16(\.0)? there, 4\.0 here"),
-        (["--glora_warmup_steps", "2"], r"--glora_warmup_steps 3\.0 there, 2\.0 here"),
+        (["--glora_warmup_steps", "2"], r"--glora_warmup_steps 3 there, 2 here"),
         (["--seed", "7"], "--seed 42 there, 7 here"),
         (["--max_train_samples", "48"], "--max_train_samples None there, 48 here"),
         (["--learning_rate", "1e-3", "--lora_dropout", "0.1"],
@@ -438,7 +440,7 @@ def test_a_checkpoint_cut_short_by_a_kill_is_skipped_for_the_newest_complete_one
 
 def test_trial_run_scales_lr_warmup_into_the_run(tiny_bert, glue_dir, tmp_path):
     out = tmp_path / "out"
-    run(tiny_bert, glue_dir("sst2"), "sst2", "lora", out, "--max_steps", "20", "--warmup_steps", "1000")
+    run(tiny_bert, glue_dir("sst2"), "sst2", "lora", out, "--max_steps", "20", "--trial_run", "--warmup_steps", "1000")
     rates = [log["learning_rate"] for log in json.loads((out / "trainer_state.json").read_text())["log_history"]
              if "learning_rate" in log]
     peak = rates.index(max(rates))
@@ -450,6 +452,94 @@ def test_trial_run_scales_lr_warmup_into_the_run(tiny_bert, glue_dir, tmp_path):
 def test_full_run_lr_warmup_that_never_ends_is_refused(tiny_bert, glue_dir, tmp_path):
     fails_before_writing(ValueError, "--warmup_steps 1000 never ends in a run of 8 optimizer steps", tiny_bert,
                          glue_dir("sst2"), "lora", tmp_path / "out", "--num_train_epochs", "1", "--warmup_steps", "1000")
+
+
+def test_max_steps_alone_no_longer_scales_an_lr_warmup_that_does_not_fit(tiny_bert, glue_dir, tmp_path):
+    """--max_steps is a run's length, not a trial switch: the warm-up that --trial_run scales is refused without it."""
+    fails_before_writing(ValueError, r"^--warmup_steps 1000 never ends in a run of 20 optimizer steps: give fewer steps "
+                         r"or a ratio of the run \(e\.g\. 0\.06\); a --max_steps trial of the code path may add "
+                         r"--trial_run to scale it into the run\.$", tiny_bert, glue_dir("sst2"), "lora",
+                         tmp_path / "out", "--max_steps", "20", "--warmup_steps", "1000")
+
+
+# ---- steps or a fraction of the run: one flag each, one meaning each ----
+
+
+@pytest.mark.parametrize("method, flag, fraction_flag", [("adalora", "tinit", "tinit_fraction"),
+                                                         ("adalora", "tfinal", "tfinal_fraction"),
+                                                         ("glora", "glora_warmup_steps", "glora_warmup_fraction")])
+def test_a_fraction_given_to_a_steps_flag_names_the_fraction_flag(tmp_path, method, flag, fraction_flag):
+    with pytest.raises(ValueError, match=rf"^--{flag}: 0\.1 is not a whole number of optimizer steps; for a fraction "
+                                         rf"of the run give --{fraction_flag} 0\.1\.$"):
+        parse_args(["--task", "sst2", "--method", method, f"--{flag}", "0.1"])
+    with pytest.raises(ValueError, match=rf"^--{flag}: 1\.0 is not a whole number of optimizer steps; give whole "
+                                         rf"steps, or --{fraction_flag} in \(0, 1\) for a fraction of the run\.$"):
+        parse_args(["--task", "sst2", "--method", method, f"--{flag}", "1.0"])  # once "one step"; now no meaning
+    (tmp_path / "run.yaml").write_text(f"task: sst2\nmethod: {method}\n{flag}: 0.5\n")
+    with pytest.raises(ValueError, match=rf"^--{flag}: 0\.5 is not a whole number of optimizer steps; for a fraction of "
+                                         rf"the run give --{fraction_flag} 0\.5\.$"):
+        parse_args([str(tmp_path / "run.yaml")])  # a config file's key says the same
+
+
+@pytest.mark.parametrize("method, flag, fraction_flag", [("adalora", "tinit", "tinit_fraction"),
+                                                         ("adalora", "tfinal", "tfinal_fraction"),
+                                                         ("glora", "glora_warmup_steps", "glora_warmup_fraction")])
+def test_both_flags_of_a_pair_are_refused_in_one_line(method, flag, fraction_flag):
+    args = parse_args(["--task", "sst2", "--method", method, f"--{flag}", "3", f"--{fraction_flag}", "0.25"])
+    with pytest.raises(ValueError, match=rf"^--{flag} 3 and --{fraction_flag} 0\.25 are both given: give the optimizer "
+                                         r"steps or the fraction of the run, not both\.$"):
+        check_args(args)
+
+
+@pytest.mark.parametrize("change, line", [
+    (["--method", "adalora", "--tinit_fraction", "1"], r"^--tinit_fraction is a fraction of the run in \(0, 1\), got 1; "
+                                                       r"for optimizer steps give --tinit\.$"),
+    (["--method", "adalora", "--tfinal_fraction", "0"], r"^--tfinal_fraction is a fraction of the run in \(0, 1\), got 0;"),
+    (["--method", "glora", "--glora_warmup_fraction", "1.5"], r"^--glora_warmup_fraction is a fraction of the run in "),
+    (["--method", "adalora", "--tinit", "-1"], r"^--tinit must be >= 0 optimizer steps, got -1\.$"),
+    (["--method", "glora", "--glora_warmup_steps", "0"], r"^--glora_warmup_steps must be >= 1 optimizer steps, got 0\.$"),
+    (["--trial_run"], r"^--trial_run scales schedules into a --max_steps run: give --max_steps N too"),
+])
+def test_bad_steps_fractions_and_trial_switch_are_refused_in_one_line(change, line):
+    with pytest.raises(ValueError, match=line):
+        check_args(parse_args(["--task", "sst2", *change]))
+
+
+def test_each_pair_defaults_to_todays_fractions_in_steps():
+    """Neither flag of a pair: the default fraction, rounded to steps as before (1/3, 10 %, 20 % of the run)."""
+    from plan import resolve_adalora, resolve_glora, schedule_steps
+
+    args = parse_args(["--task", "sst2"])
+    assert (args.peft.tinit, args.peft.tinit_fraction, args.peft.glora_warmup_steps) == (None, None, None)
+    assert [schedule_steps(args.peft, "glora_warmup_steps", n) for n in (2, 3, 8, 234, 6315)] == [1, 1, 3, 78, 2105]
+    assert [schedule_steps(args.peft, "tinit", n) for n in (2, 8, 234, 6315)] == [0, 1, 23, 632]
+    assert [schedule_steps(args.peft, "tfinal", n) for n in (2, 8, 234, 6315)] == [0, 2, 47, 1263]
+    adalora = resolve_adalora(args.peft, rank_budget=72, param_budget=None, unit_costs=[10] * 12, total_steps=234,
+                              trial_run=False)
+    assert (adalora.tinit, adalora.tfinal, adalora.total_step) == (23, 47, 234)
+    glora = resolve_glora(args.peft, rank_budget=72, param_budget=None, total_steps=234, trial_run=False)
+    assert glora.warmup_steps == 78
+    given = parse_args(["--task", "sst2", "--tinit", "30", "--tfinal_fraction", "0.5", "--glora_warmup_fraction", "0.25"])
+    assert [schedule_steps(given.peft, f, 234) for f in ("tinit", "tfinal", "glora_warmup_steps")] == [30, 117, 58]
+
+
+def test_run_identity_and_study_flags_cover_the_new_flags():
+    """A changed fraction or trial switch is another run for a resume, and another study for hpo.py (deny by default)."""
+    from search.identity import differences, fixed_run_flags
+
+    def identity(*flags):
+        args = parse_args(["--task", "sst2", "--method", "glora", "--max_steps", "8", *flags])
+        return identity_of({**args.asked(), "resolved": {}}), fixed_run_flags(args, searched=())
+
+    (base, base_flags), (changed, changed_flags) = identity("--glora_warmup_fraction", "0.25"), identity(
+        "--glora_warmup_fraction", "0.5", "--trial_run")
+    assert identity_differences(base, changed) == ["--glora_warmup_fraction 0.25 there, 0.5 here",
+                                                   "--trial_run False there, True here"]
+    assert differences(base_flags, changed_flags) == ["glora_warmup_fraction 0.25 there, 0.5 now",
+                                                      "trial_run False there, True now"]
+    steps, _ = identity("--glora_warmup_steps", "2")
+    assert identity_differences(base, steps) == ["--glora_warmup_steps None there, 2 here",
+                                                 "--glora_warmup_fraction 0.25 there, None here"]
 
 
 # ---- the quickstart ----

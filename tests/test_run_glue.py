@@ -1,6 +1,7 @@
 """End-to-end runs of run_glue_peft.py on tiny random models and fixture data (CPU, offline)."""
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -81,6 +82,34 @@ def test_method_on_task_shape(tiny_deberta, glue_dir, tmp_path, task, method):
     assert (out / "trainer_state.json").is_file()
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_max_steps_2_runs_every_method_with_its_default_fractions_unscaled(tiny_bert, glue_dir, tmp_path, caplog, method):
+    """The README's trial run, --max_steps 2 without --trial_run: the default schedules are fractions of the run and
+    fit it, so nothing is scaled. GLoRA reallocates at round(2 x 1/3) = 1 and logs it; AdaLoRA's tinit and tfinal are
+    round(0.2) = round(0.4) = 0 (with deltaT 10 it masks nothing in 2 steps: its ranks stay at init_r)."""
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        results = run(tiny_bert, glue_dir("rte"), "rte", method, out, "--max_steps", "2")
+    run_args = json.loads((out / "run_args.json").read_text())
+    resolved = run_args["resolved"]
+    assert resolved["total_steps"] == 2 and run_args["training"]["trial_run"] is False
+    assert "--trial_run" not in caplog.text  # no schedule was scaled
+    assert results["rank_budget"] == 48 and results["final_rank_total"] == (72 if method == "adalora" else 48)
+    parts = [results[f"method_overhead_{p}_seconds"] for p in ("signal", "resize", "grown_slice")]
+    if method == "lora":
+        assert results["method_overhead_seconds"] == 0 and parts == [0, 0, 0]  # no method work
+    if method == "glora":
+        assert resolved["glora"]["warmup_steps"] == 1
+        glora = json.loads((out / "ranks.json").read_text())["glora"]
+        assert glora["reallocation_step"] == 1 and "GLoRA reallocated ranks at step 1: " in caplog.text
+        # signal at step 1, the resize after it, the grown slices' correction at step 2; the total is their sum
+        assert all(part > 0 for part in parts) and results["method_overhead_seconds"] == pytest.approx(sum(parts))
+        assert {k: v for k, v in glora.items() if k.startswith("method_overhead")} == {
+            k: v for k, v in results.items() if k.startswith("method_overhead")}
+    if method == "adalora":
+        assert (resolved["adalora"]["tinit"], resolved["adalora"]["tfinal"], resolved["adalora"]["total_step"]) == (0, 0, 2)
+
+
 def test_adalora_ranks_change_and_sum_to_budget(tiny_deberta, glue_dir, tmp_path):
     out = tmp_path / "out"
     results = run(tiny_deberta, glue_dir("sst2"), "sst2", "adalora", out, "--max_steps", "30",
@@ -90,7 +119,9 @@ def test_adalora_ranks_change_and_sum_to_budget(tiny_deberta, glue_dir, tmp_path
     final = [m["final_rank"] for m in record["modules"].values()]
     assert initial == [6] * 12  # init_r = 1.5 x target_r (4)
     assert sum(final) == 48 and len(set(final)) > 1
-    assert record["adalora"]["total_step"] == 30 and results["method_hook_seconds"] > 0
+    assert record["adalora"]["total_step"] == 30 and results["method_overhead_seconds"] > 0
+    assert record["adalora"]["method_overhead_seconds"] == results["method_overhead_seconds"]
+    assert [results[f"method_overhead_{p}_seconds"] for p in ("signal", "resize", "grown_slice")] == [None] * 3
     # The saved adapter holds the pruned ranks: the reloaded A matrices have the final widths.
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["rank_pattern"]
