@@ -204,7 +204,8 @@ class RankRecord(Record):
 
 @dataclass
 class Results(Record):
-    """all_results.json: the run's identity, the Trainer's figures (`metrics`), the time in the method's hooks, the
+    """all_results.json: the run's identity, the Trainer's figures and the method's overhead seconds (`metrics`;
+    the overhead under gradnorm_rank.MethodOverhead's names, which own them), the
     trainable parameters, and the totals of the rank record: Σ final ranks and the adapter parameters
     Σ_k r_k (d_in + d_out) at the start, after the allocation (GLoRA's resize, AdaLoRA's pruning) and effective at
     the end. Flat in the file: `metrics` are the keys that are no field, as the Trainer names them (eval_* or
@@ -223,12 +224,6 @@ class Results(Record):
     rank_pattern: dict | None = None  # {path, sha256, source} of --rank_pattern (rank_pattern.RankPattern.record())
     budget_unit: str | None = None  # rank or params
     param_budget: int | None = None  # under --budget_unit params
-    # Wall-clock seconds of the method's own work, whole run (gradnorm_rank.MethodOverhead's names): the total (LoRA 0)
-    # and GLoRA's parts; AdaLoRA's parts are null (peft scores and masks in one call).
-    method_overhead_seconds: float | None = None
-    method_overhead_signal_seconds: float | None = None
-    method_overhead_resize_seconds: float | None = None
-    method_overhead_grown_slice_seconds: float | None = None
     trainable_params_adapter: int | None = None
     trainable_params_head: int | None = None
     final_rank_total: int | None = None
@@ -254,9 +249,5 @@ class Results(Record):
         missing = [key for key in cls.REQUIRED if key not in obj]
         if missing:
             raise RecordError(f"missing keys in {RESULTS_FILE}: {', '.join(missing)}")
-        if "method_overhead_seconds" not in obj and "method_hook_seconds" in obj:
-            # Runs written before the overhead was split recorded its total as method_hook_seconds.
-            obj = {**obj, "method_overhead_seconds": obj["method_hook_seconds"]}
-            del obj["method_hook_seconds"]
         known, metrics = _known_and_other(cls, obj)
         return cls(**_typed(RESULTS_FILE, cls, known), metrics=metrics)

@@ -308,11 +308,11 @@ def write_records(metrics, model, plan, initial_ranks, method, training_args) ->
         task=plan.task, method=plan.method, arm=plan.arm, seed=training_args.seed, rank_budget=plan.rank_budget,
         rank_pattern=plan.rank_pattern.record() if plan.rank_pattern else None, budget_unit=plan.budget_unit,
         param_budget=plan.param_budget, train_runtime=metrics["train_runtime"],
-        **overhead_record(method), **trainable_parameters(model, plan.head),
+        **trainable_parameters(model, plan.head),
         final_rank_total=ranks.final_rank_total, adapter_params_start=ranks.adapter_params("initial_rank"),
         adapter_params_after_allocation=ranks.adapter_params("final_rank"),
         adapter_params_effective=ranks.adapter_params("effective_rank"),
-        metrics={key: value for key, value in metrics.items() if key != "train_runtime"},
+        metrics={**{key: value for key, value in metrics.items() if key != "train_runtime"}, **overhead_record(method)},
     )
     if training_args.should_save:
         ranks.write(plan.output_dir)

@@ -203,10 +203,12 @@ def ranks_total(ranks, rank="final_rank"):
 
 
 def method_overhead(res) -> dict:
-    """all_results.json's method overhead seconds (records.Results) under MethodOverhead's names: the total (0 when
-    not recorded) and each part (nan when null or not recorded)."""
+    """all_results.json's method overhead seconds (records.Results.metrics, under MethodOverhead's names): the total
+    (0 when not recorded) and each part (nan when null or not recorded)."""
     names = list(MethodOverhead().record())
-    values = {name: getattr(res, name) for name in names}
+    values = {name: res.metrics.get(name) for name in names}
+    if values[names[0]] is None:  # runs written before the overhead was split recorded its total as method_hook_seconds
+        values[names[0]] = res.metrics.get("method_hook_seconds")
     return {names[0]: float(values[names[0]] or 0.0),
             **{name: float("nan") if values[name] is None else float(values[name]) for name in names[1:]}}
 

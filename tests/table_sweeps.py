@@ -5,7 +5,10 @@ with --no_figures into TABLES/<sweep>/, with relative paths so that the tables d
     python -m tests.table_sweeps OUT      # OUT/<sweep>/ (the runs) and OUT/tables/<sweep>/ (the tables)
 
 The expected tables in tests/data/compare_tables/ were made so at the commit before records.py (a15be9c), with the
-same sweeps (OLD_RUNS: run folders a real run wrote at that commit, tests/data/old_runs/).
+same sweeps (OLD_RUNS: run folders a real run wrote at that commit, tests/data/old_runs/). comparison.csv and
+comparison.json were made again when the method overhead got one name (hook_seconds_mean became
+method_overhead_seconds_mean, beside its signal/resize/grown_slice parts); with that column renamed back and the
+parts dropped they were checked equal to a15be9c's. comparison.md and comparison_significance.csv are a15be9c's.
 """
 
 import contextlib

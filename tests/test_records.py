@@ -10,6 +10,7 @@ from conftest import trial_args
 import run_glue_peft
 from analysis.runs import load_run
 from glue_tasks import GLUE_TASKS
+from gradnorm_rank import MethodOverhead
 from records import RESULTS_FILE, ModuleRanks, RankRecord, RecordError, Results, RunArgs
 from tests.table_sweeps import OLD_RUNS, SWEEPS, TABLE_FILES, write_tables
 from tests.test_compare_runs import predictions, sst2_metrics, write_run
@@ -64,7 +65,7 @@ def test_a_run_records_each_fact_once_and_compare_runs_reads_it(tiny_bert, glue_
     assert set(written["ranks.json"]) == {"initial_scaling", "modules", "glora"}  # no identity, no totals
     assert "num_adapted_matrices" not in written[RESULTS_FILE]
     assert set(written["ranks.json"]["glora"]) == {"signal", "score_norm", "beta", "warmup_steps", "reallocation_step",
-                                                   "hook_seconds", "resize_seconds"}
+                                                   *MethodOverhead().record()}
     ranks, results = RankRecord.read(out), Results.read(out)
     assert ranks.other == {} and results.arm == "glora_params" and results.budget_unit == "params"
     modules = written["ranks.json"]["modules"].values()
