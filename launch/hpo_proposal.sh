@@ -8,7 +8,7 @@
 #
 # Runs start with `accelerate launch` (HPO_LAUNCHER overrides, e.g. "accelerate launch --num_processes 4").
 # More workers on one study, on this or another machine (with --storage postgresql://... on all of them):
-#   python hpo.py configs/search/glora.yaml --task mnli --stage search --storage URL
+#   python3 hpo.py configs/search/glora.yaml --task mnli --stage search --storage URL
 # A killed search resumes where it stopped when this script is started again. docs/hpo.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
