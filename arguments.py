@@ -208,12 +208,14 @@ class GlueTrainingArguments(TrainingArguments):
     num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs (ignored if max_steps > 0)."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule."})
     warmup_steps: float = field(default=1000, metadata={"help": "LR warm-up: steps (int) or a ratio in [0, 1)."})
-    trial_run: bool = field(
-        default=False,
-        metadata={"help": "A --max_steps trial of the code path: a schedule that does not fit the run (an LR warm-up, "
-                          "AdaLoRA's tinit + tfinal or GLoRA's warm-up in steps) is scaled into it, each with a log "
-                          "line; without this flag such a run fails before training. Recorded in run_args.json: "
-                          "compare_runs.py compares trial runs only with trial runs."},
+    trial_run: bool | None = field(
+        default=None,
+        metadata={"help": "A trial of the code path: a schedule that does not fit the run (an LR warm-up, AdaLoRA's "
+                          "tinit + tfinal or GLoRA's warm-up in steps) is scaled into it, each with a log line. Unset: "
+                          "on for a --max_steps run (logged), off for a run over epochs; --trial_run false makes such "
+                          "a schedule an error. Asked and resolved values are both recorded in run_args.json: "
+                          "compare_runs.py compares trial runs only with trial runs.",
+                  "nargs": "?", "const": True},  # a bare --trial_run is true (argparse's own keywords)
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})

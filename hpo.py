@@ -3,7 +3,7 @@
 values.
 
     python hpo.py configs/search/glora.yaml --task mnli                      # 25 trials, then seeds 1 2 3
-    python hpo.py configs/search/cpu_lr_batch.yaml --method lora --task sst2 --n_trials 2 --max_steps 2 --trial_run
+    python hpo.py configs/search/cpu_lr_batch.yaml --method lora --task sst2 --n_trials 2 --max_steps 2
     python hpo.py configs/search/glora.yaml --task mnli --stage search --storage postgresql://...   # another worker
 
 Flags hpo.py does not know are run_glue_peft.py flags, given to every trial and final run (after the space file's

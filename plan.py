@@ -3,7 +3,8 @@
 The flags say what the user asked for ("a third of training", "the default budget"); the plan says what that is
 for this model, data and world size (step 78, R_total 288). Everything downstream — peft configs, GLoRA, the
 output directory, run_args.json's `resolved` block — reads the plan, never re-derives it. A schedule that does not fit
-the run is an error, unless the run is a --trial_run: then it is scaled into the run, with a log line.
+the run is an error, unless the run is a trial run (--trial_run, by default on for a --max_steps run): then it is
+scaled into the run, with a log line.
 """
 
 import dataclasses
@@ -51,9 +52,10 @@ class RunPlan:
     lora_dropout: float
     total_steps: int  # optimizer steps of the run
     # HF's --warmup_steps as the run passes it to the Trainer: steps if >= 1, else a ratio of the run that the Trainer
-    # turns into ceil(ratio x total_steps) steps itself; under --trial_run a step count that does not fit is scaled.
+    # turns into ceil(ratio x total_steps) steps itself; in a trial run a step count that does not fit is scaled.
     lr_warmup_steps: float
     world_size: int
+    trial_run: bool = False  # --trial_run as resolved (`resolve_trial_run`): schedules that did not fit were scaled
     adalora: AdaLoraPlan | None = None
     glora: GradNormRankConfig | None = None  # GLoRA's settings, its budgets resolved
     rank_pattern: RankPattern | None = None  # LoRA's fixed per-matrix ranks (--rank_pattern)
@@ -113,7 +115,19 @@ def asked_as(peft, flag: str) -> str:
     return f"--{fraction_flag} {fraction:g}" if fraction is not None else f"default --{fraction_flag} {default:.3g}"
 
 
-TRIAL_WAY_OUT = "a --max_steps trial of the code path may add --trial_run to scale it into the run"
+TRIAL_WAY_OUT = "a trial of the code path (--max_steps N, --trial_run unset or true) scales it into the run"
+
+
+def resolve_trial_run(training) -> bool:
+    """--trial_run as this run uses it: as given, or when unset on for a --max_steps run (with a log line) and off for
+    a run over epochs."""
+    if training.trial_run is not None:
+        return training.trial_run
+    if training.max_steps <= 0:
+        return False
+    logger.info(f"--max_steps {training.max_steps} without --trial_run: a trial run; a schedule that does not fit is "
+                "scaled into it with a log line (--trial_run false makes that an error).")
+    return True
 
 
 def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> RunPlan:
@@ -122,6 +136,7 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     peft, training = args.peft, args.training
     world_size = training.world_size
     total_steps = optimizer_steps(num_train_examples, training, world_size)
+    trial_run = resolve_trial_run(training)
     rank_budget = resolve_rank_budget(peft, len(targets))
     param_budget = resolve_param_budget(peft, unit_costs)
     pattern = None
@@ -131,18 +146,18 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     adalora = glora = None
     if peft.method == "adalora":
         adalora = resolve_adalora(peft, rank_budget=rank_budget, param_budget=param_budget, unit_costs=unit_costs,
-                                  total_steps=total_steps, trial_run=training.trial_run)
+                                  total_steps=total_steps, trial_run=trial_run)
     if peft.method == "glora":
         glora = resolve_glora(peft, rank_budget=rank_budget, param_budget=param_budget, total_steps=total_steps,
-                              trial_run=training.trial_run)
+                              trial_run=trial_run)
         check_glora_rank_cap(glora, unit_costs)
     plan = RunPlan(
         task=args.data.task, method=peft.method, arm=peft.arm or arm_label(peft.method, peft.budget_unit, pattern),
         output_dir="", targets=tuple(targets), unit_costs=tuple(unit_costs),
         head=tuple(head), budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget,
         lora_r=peft.lora_r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_steps,
-        lr_warmup_steps=resolve_lr_warmup(training, total_steps), world_size=world_size, adalora=adalora, glora=glora,
-        rank_pattern=pattern,
+        lr_warmup_steps=resolve_lr_warmup(training.warmup_steps, total_steps, trial_run), world_size=world_size,
+        trial_run=trial_run, adalora=adalora, glora=glora, rank_pattern=pattern,
     )
     output_dir = training.output_dir or f"outputs/{plan.task}/{plan.arm}_{plan.budget_label}_seed{training.seed}"
     return dataclasses.replace(plan, output_dir=output_dir)
@@ -153,18 +168,17 @@ def arm_label(method: str, budget_unit: str, pattern: RankPattern | None) -> str
     return method + ("_params" if budget_unit == "params" else "") + (f"_pattern-{pattern.sha256[:8]}" if pattern else "")
 
 
-def resolve_lr_warmup(training_args, total_steps: int) -> float:
+def resolve_lr_warmup(warmup: float, total_steps: int, trial_run: bool) -> float:
     """HF's --warmup_steps as this run uses it: a ratio (< 1) is the Trainer's own, of the run; a step count (>= 1)
-    that does not fit the run is an error, or under --trial_run is scaled to 10 % of the run, so that a trial still
+    that does not fit the run is an error, or in a trial run is scaled to 10 % of the run, so that a trial still
     trains at its learning rate."""
-    warmup = training_args.warmup_steps
     if warmup < 1 or warmup < total_steps:
         return warmup
-    if not training_args.trial_run:
+    if not trial_run:
         raise ValueError(f"--warmup_steps {warmup:g} never ends in a run of {total_steps} optimizer steps: give fewer "
                          f"steps or a ratio of the run (e.g. 0.06); {TRIAL_WAY_OUT}.")
     scaled = round(0.1 * total_steps)
-    logger.warning(f"LR warm-up {warmup:g} >= max_steps {total_steps}: --trial_run, warming up over {scaled} steps.")
+    logger.warning(f"LR warm-up {warmup:g} >= max_steps {total_steps}: trial run, warming up over {scaled} steps.")
     return scaled
 
 
@@ -206,9 +220,9 @@ def resolve_adalora(peft, *, rank_budget: int, param_budget: int | None, unit_co
             raise ValueError(f"AdaLoRA's schedule does not fit: tinit {tinit} ({asked_as(peft, 'tinit')}) + tfinal {tfinal} "
                              f"({asked_as(peft, 'tfinal')}) >= {total_steps} optimizer steps: give fewer steps or smaller "
                              f"fractions; {TRIAL_WAY_OUT}.")
-        # A --trial_run must still run AdaLoRA's pruning phase: the AdaLoRA paper's fractions instead.
+        # A trial run must still run AdaLoRA's pruning phase: the AdaLoRA paper's fractions instead.
         scaled = int(0.1 * total_steps), int(0.2 * total_steps)
-        logger.warning(f"AdaLoRA tinit {tinit} + tfinal {tfinal} >= max_steps {total_steps}: --trial_run, tinit "
+        logger.warning(f"AdaLoRA tinit {tinit} + tfinal {tfinal} >= max_steps {total_steps}: trial run, tinit "
                        f"{scaled[0]} and tfinal {scaled[1]} instead.")
         tinit, tfinal = scaled
     init_r = peft.init_r or math.ceil(1.5 * target_r)
@@ -247,9 +261,9 @@ def resolve_glora(peft, *, rank_budget: int, param_budget: int | None, total_ste
                 f"{total_steps} optimizer steps: give fewer steps or a fraction (--glora_warmup_fraction); "
                 f"{TRIAL_WAY_OUT}."
             )
-        # A --trial_run must still exercise the reallocation and the resize.
+        # A trial run must still exercise the reallocation and the resize.
         clamped = max(1, total_steps // 2)
-        logger.warning(f"GLoRA warm-up {warmup} >= max_steps {total_steps}: --trial_run, reallocating at step {clamped}.")
+        logger.warning(f"GLoRA warm-up {warmup} >= max_steps {total_steps}: trial run, reallocating at step {clamped}.")
         warmup = clamped
     return GradNormRankConfig(
         budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget, warmup_steps=warmup,

@@ -2,7 +2,7 @@
 """Fine-tune an encoder on a GLUE task with LoRA, AdaLoRA or GLoRA at the same rank budget.
 
     accelerate launch run_glue_peft.py --method glora --task mnli
-    accelerate launch run_glue_peft.py configs/glora_mnli.yaml --max_steps 2 --trial_run --max_eval_samples 64
+    accelerate launch run_glue_peft.py configs/glora_mnli.yaml --max_steps 2 --max_eval_samples 64
 
 A YAML/JSON config file may come first; flags after it override its values. See README.md and
 docs/architecture.md (the path of one run through the files).

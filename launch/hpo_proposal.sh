@@ -4,7 +4,7 @@
 # the best values for seeds 1 2 3 (W&B: add --report_to wandb; trials never log to W&B), then compare_runs.py.
 #
 #   launch/hpo_proposal.sh TASK [run flags...]       # e.g. launch/hpo_proposal.sh mnli
-#   launch/hpo_proposal.sh rte --n_trials 2 --max_steps 2 --trial_run --max_eval_samples 64   # trial mode, whole pipeline
+#   launch/hpo_proposal.sh rte --n_trials 2 --max_steps 2 --max_eval_samples 64   # trial mode, whole pipeline
 #
 # Runs start with `accelerate launch` (HPO_LAUNCHER overrides, e.g. "accelerate launch --num_processes 4").
 # More workers on one study, on this or another machine (with --storage postgresql://... on all of them):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every method x task x seed of the proposal, one after another. Edit the lists to change the sweep;
-# extra flags go to every run (e.g. launch/sweep.sh --max_steps 2 --trial_run --max_eval_samples 64 for a dry run).
+# extra flags go to every run (e.g. launch/sweep.sh --max_steps 2 --max_eval_samples 64 for a dry run).
 # Runs already finished (all_results.json present) are skipped, so an interrupted sweep can be restarted.
 # PYTHON (default python3) runs every step; `-m accelerate.commands.launch` is `accelerate launch` (your accelerate
 # config, several GPUs) run by that interpreter, not by whichever `accelerate` is first on PATH.

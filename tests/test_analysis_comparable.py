@@ -153,16 +153,22 @@ def test_trial_runs_are_not_pooled_with_full_runs(tmp_path, capsys):
 
 
 def test_trial_run_switch_belongs_to_the_trial_mode(tmp_path):
-    """--trial_run (its schedules may have been scaled into the run) is never pooled with a --max_steps run without
-    it; a run recorded before the flag existed counts as one without it."""
+    """A trial run (its schedules may have been scaled into the run) is never pooled with a --max_steps run where the
+    switch was off. The resolved value decides: --trial_run unset on a --max_steps run resolves to on and pools with
+    an explicit --trial_run; a run recorded before the flag existed, or before its resolved value was, counts by its
+    flag (absent: off)."""
     steps = {"training": {"max_steps": 2}, "resolved": {"total_steps": 2}}
     default_arms(tmp_path, **steps)  # written before --trial_run: no trial_run in run_args.json
     arm_runs(tmp_path, "lora", [0.73], seeds=(4,), arm="lora", prefix="plain_", resolved={"total_steps": 2},
              training={"max_steps": 2, "trial_run": False})
     arm_runs(tmp_path, "lora", [0.51, 0.52], seeds=(6, 7), arm="lora", prefix="trial_", resolved={"total_steps": 2},
              training={"max_steps": 2, "trial_run": True})
+    arm_runs(tmp_path, "lora", [0.53], seeds=(8,), arm="lora", prefix="unset_", training={"max_steps": 2, "trial_run": None},
+             resolved={"total_steps": 2, "trial_run": True})
+    arm_runs(tmp_path, "lora", [0.74], seeds=(9,), arm="lora", prefix="off_", training={"max_steps": 2, "trial_run": False},
+             resolved={"total_steps": 2, "trial_run": False})
     data, _ = compare(tmp_path)
-    assert row(data, "lora", "g1")["seeds"] == "1 2 3 4" and row(data, "lora", "g2")["seeds"] == "6 7"
+    assert row(data, "lora", "g1")["seeds"] == "1 2 3 4 9" and row(data, "lora", "g2")["seeds"] == "6 7 8"
     (g2,) = [c for c in data["comparable_groups"] if c["group"] == "g2"]
     assert g2["differs"] == "mode: trial run (--max_steps, --trial_run)"
 

@@ -248,15 +248,14 @@ def test_low_budget_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
 
 
 def test_trial_run_scales_adaloras_schedule_into_the_run(tiny_bert, glue_dir, tmp_path):
-    """The proposal's AdaLoRA space starts pruning at step 500-1500: in a 6-step run an error, unless --trial_run, which
-    still runs (and prunes)."""
+    """The proposal's AdaLoRA space starts pruning at step 500-1500: in a 6-step run with --trial_run false an error;
+    as a trial run (--max_steps alone) scaled into the run, which still prunes."""
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"^AdaLoRA's schedule does not fit: tinit 1000 \(--tinit 1000\) \+ tfinal 1 "
-                                         r"\(default --tfinal_fraction 0\.2\) >= 6 optimizer steps: .*--trial_run"):
-        run(tiny_bert, glue_dir("sst2"), "adalora", out, "--tinit", "1000", "--deltaT", "1")
+                                         r"\(default --tfinal_fraction 0\.2\) >= 6 optimizer steps: .*--trial_run unset or true"):
+        run(tiny_bert, glue_dir("sst2"), "adalora", out, "--tinit", "1000", "--deltaT", "1", "--trial_run", "false")
     assert not out.exists()
-    results, record = run(tiny_bert, glue_dir("sst2"), "adalora", out, "--tinit", "1000", "--deltaT", "1",
-                          "--trial_run")
+    results, record = run(tiny_bert, glue_dir("sst2"), "adalora", out, "--tinit", "1000", "--deltaT", "1")
     resolved = json.loads((out / "run_args.json").read_text())["resolved"]["adalora"]
     assert (resolved["tinit"], resolved["tfinal"]) == (0, 1)  # 10 % and 20 % of 6 steps
     assert results["final_rank_total"] == results["rank_budget"]

@@ -99,21 +99,24 @@ def test_it_still_learns_after_the_resize(reallocated_run):
     assert sum(loss[-5:]) / 5 < sum(loss[WARMUP : WARMUP + 5]) / 5 < sum(loss[:5]) / 5
 
 
-def test_a_step_valued_preset_fails_a_max_steps_run_without_trial_run_and_is_scaled_with_it(tiny_bert, glue_dir,
-                                                                                           tmp_path, caplog):
-    """configs/glora_mnli.yaml's warm-up of 12000 steps (the seed's) in a 2-step run: an error naming --trial_run,
-    written before anything; with --trial_run, scaled to half the run with its log line, and recorded."""
+def test_a_step_valued_preset_is_scaled_into_a_max_steps_run_and_fails_with_trial_run_false(tiny_bert, glue_dir,
+                                                                                             tmp_path, caplog):
+    """configs/glora_mnli.yaml's warm-up of 12000 steps (the proposal's) in a 2-step run: with --trial_run false an
+    error, written before anything; with --max_steps alone (a trial run), scaled to half the run with its log line,
+    and recorded."""
     preset, out = str(ROOT / "configs" / "glora_mnli.yaml"), tmp_path / "out"
     flags = trial_args(tiny_bert, glue_dir("mnli"), "mnli", "glora", out, "--max_steps", "2")
     with pytest.raises(ValueError, match=r"^GLoRA's warm-up of 12000 steps \(--glora_warmup_steps 12000\) never ends in "
-                                         r"a run of 2 optimizer steps: .*may add --trial_run to scale it into the run\.$"):
-        run_glue_peft.main([preset, *flags])
+                                         r"a run of 2 optimizer steps: .*\(--max_steps N, --trial_run unset or true\) "
+                                         r"scales it into the run\.$"):
+        run_glue_peft.main([preset, *flags, "--trial_run", "false"])
     assert not out.exists()
-    run_glue_peft.main([preset, *flags, "--trial_run"])
-    assert "GLoRA warm-up 12000 >= max_steps 2: --trial_run, reallocating at step 1." in caplog.text
+    run_glue_peft.main([preset, *flags])
+    assert "GLoRA warm-up 12000 >= max_steps 2: trial run, reallocating at step 1." in caplog.text
     assert json.loads((out / "ranks.json").read_text())["glora"]["reallocation_step"] == 1
     run_args = json.loads((out / "run_args.json").read_text())
-    assert run_args["training"]["trial_run"] is True and run_args["peft"]["glora_warmup_steps"] == 12000
+    assert run_args["training"]["trial_run"] is None and run_args["resolved"]["trial_run"] is True
+    assert run_args["peft"]["glora_warmup_steps"] == 12000
     assert run_args["resolved"]["glora"]["warmup_steps"] == 1  # the plan, in steps
 
 

@@ -1,6 +1,7 @@
 """Every bad input stops before training, with one line naming the flag, file or row, and writes nothing."""
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -454,12 +455,33 @@ def test_full_run_lr_warmup_that_never_ends_is_refused(tiny_bert, glue_dir, tmp_
                          glue_dir("sst2"), "lora", tmp_path / "out", "--num_train_epochs", "1", "--warmup_steps", "1000")
 
 
-def test_max_steps_alone_no_longer_scales_an_lr_warmup_that_does_not_fit(tiny_bert, glue_dir, tmp_path):
-    """--max_steps is a run's length, not a trial switch: the warm-up that --trial_run scales is refused without it."""
+def test_trial_run_false_refuses_an_lr_warmup_that_does_not_fit_a_max_steps_run(tiny_bert, glue_dir, tmp_path):
+    """--trial_run false turns a --max_steps run's scaling back into the error a run over epochs gets."""
     fails_before_writing(ValueError, r"^--warmup_steps 1000 never ends in a run of 20 optimizer steps: give fewer steps "
-                         r"or a ratio of the run \(e\.g\. 0\.06\); a --max_steps trial of the code path may add "
-                         r"--trial_run to scale it into the run\.$", tiny_bert, glue_dir("sst2"), "lora",
-                         tmp_path / "out", "--max_steps", "20", "--warmup_steps", "1000")
+                         r"or a ratio of the run \(e\.g\. 0\.06\); a trial of the code path \(--max_steps N, "
+                         r"--trial_run unset or true\) scales it into the run\.$", tiny_bert, glue_dir("sst2"), "lora",
+                         tmp_path / "out", "--max_steps", "20", "--warmup_steps", "1000", "--trial_run", "false")
+
+
+def test_max_steps_alone_is_a_trial_run_that_says_so_and_records_it(tiny_bert, glue_dir, tmp_path, caplog):
+    """--trial_run unset resolves to on for a --max_steps run, with a log line; run_args.json keeps what was asked
+    (null) and what it resolved to (true), and the LR warm-up of 1000 steps is scaled to 10 % of 20 steps."""
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        run(tiny_bert, glue_dir("sst2"), "sst2", "lora", out, "--max_steps", "20", "--warmup_steps", "1000")
+    assert ("--max_steps 20 without --trial_run: a trial run; a schedule that does not fit is scaled into it with a "
+            "log line (--trial_run false makes that an error).") in caplog.text
+    assert "LR warm-up 1000 >= max_steps 20: trial run, warming up over 2 steps." in caplog.text
+    run_args = json.loads((out / "run_args.json").read_text())
+    assert run_args["training"]["trial_run"] is None and run_args["resolved"]["trial_run"] is True
+    assert run_args["resolved"]["lr_warmup_steps"] == 2
+
+
+def test_a_run_over_epochs_is_never_a_trial_run(tiny_bert, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    run(tiny_bert, glue_dir("sst2"), "sst2", "lora", out, "--num_train_epochs", "1")
+    run_args = json.loads((out / "run_args.json").read_text())
+    assert run_args["training"]["trial_run"] is None and run_args["resolved"]["trial_run"] is False
 
 
 # ---- steps or a fraction of the run: one flag each, one meaning each ----
@@ -524,7 +546,8 @@ def test_each_pair_defaults_to_todays_fractions_in_steps():
 
 
 def test_run_identity_and_study_flags_cover_the_new_flags():
-    """A changed fraction or trial switch is another run for a resume, and another study for hpo.py (deny by default)."""
+    """A changed fraction or trial switch is another run for a resume, and another study for hpo.py (deny by default:
+    the flags are compared as asked, so an unset --trial_run and an explicit one differ even where both resolve to on)."""
     from search.identity import differences, fixed_run_flags
 
     def identity(*flags):
@@ -534,9 +557,9 @@ def test_run_identity_and_study_flags_cover_the_new_flags():
     (base, base_flags), (changed, changed_flags) = identity("--glora_warmup_fraction", "0.25"), identity(
         "--glora_warmup_fraction", "0.5", "--trial_run")
     assert identity_differences(base, changed) == ["--glora_warmup_fraction 0.25 there, 0.5 here",
-                                                   "--trial_run False there, True here"]
+                                                   "--trial_run None there, True here"]
     assert differences(base_flags, changed_flags) == ["glora_warmup_fraction 0.25 there, 0.5 now",
-                                                      "trial_run False there, True now"]
+                                                      "trial_run None there, True now"]
     steps, _ = identity("--glora_warmup_steps", "2")
     assert identity_differences(base, steps) == ["--glora_warmup_steps None there, 2 here",
                                                  "--glora_warmup_fraction 0.25 there, None here"]

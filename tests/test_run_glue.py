@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import subprocess
 import sys
 
@@ -84,16 +85,17 @@ def test_method_on_task_shape(tiny_deberta, glue_dir, tmp_path, task, method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_max_steps_2_runs_every_method_with_its_default_fractions_unscaled(tiny_bert, glue_dir, tmp_path, caplog, method):
-    """The README's trial run, --max_steps 2 without --trial_run: the default schedules are fractions of the run and
-    fit it, so nothing is scaled. GLoRA reallocates at round(2 x 1/3) = 1 and logs it; AdaLoRA's tinit and tfinal are
+    """--max_steps 2 without --trial_run (a trial run, resolved and logged): the default schedules are fractions of
+    the run and fit it, so nothing is scaled. GLoRA reallocates at round(2 x 1/3) = 1 and logs it; AdaLoRA's tinit and tfinal are
     round(0.2) = round(0.4) = 0 (with deltaT 10 it masks nothing in 2 steps: its ranks stay at init_r)."""
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
         results = run(tiny_bert, glue_dir("rte"), "rte", method, out, "--max_steps", "2")
     run_args = json.loads((out / "run_args.json").read_text())
     resolved = run_args["resolved"]
-    assert resolved["total_steps"] == 2 and run_args["training"]["trial_run"] is False
-    assert "--trial_run" not in caplog.text  # no schedule was scaled
+    assert resolved["total_steps"] == 2 and run_args["training"]["trial_run"] is None and resolved["trial_run"] is True
+    assert "--max_steps 2 without --trial_run: a trial run" in caplog.text
+    assert ": trial run, " not in caplog.text  # no schedule was scaled
     assert results["rank_budget"] == 48 and results["final_rank_total"] == (72 if method == "adalora" else 48)
     parts = [results[f"method_overhead_{p}_seconds"] for p in ("signal", "resize", "grown_slice")]
     if method == "lora":
@@ -108,6 +110,35 @@ def test_max_steps_2_runs_every_method_with_its_default_fractions_unscaled(tiny_
             k: v for k, v in results.items() if k.startswith("method_overhead")}
     if method == "adalora":
         assert (resolved["adalora"]["tinit"], resolved["adalora"]["tfinal"], resolved["adalora"]["total_step"]) == (0, 0, 2)
+
+
+def readme_trial_flags() -> list:
+    """The flags of the README's trial-run command (the bash block under **Trial run**)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("**Trial run**"):].split("```bash\n", 1)[1].split("```", 1)[0]
+    (command,) = [line for line in block.splitlines() if "run_glue_peft.py" in line]
+    return shlex.split(command.split("run_glue_peft.py", 1)[1])
+
+
+def test_readme_trial_run_works_as_written_with_the_proposals_lr_warmup(tiny_bert, glue_dir, tmp_path, caplog):
+    """The README's trial command (`--max_steps 2`, no other switch) with the defaults it does not override, here the
+    LR warm-up of 1000 steps: a trial run, whose warm-up is scaled into the 2 steps with its log line; GLoRA
+    reallocates at step 1 and 64 dev rows are scored."""
+    flags = readme_trial_flags()
+    assert "--max_steps" in flags and "--trial_run" not in flags and "--warmup_steps" not in flags
+    offline = trial_args(tiny_bert, glue_dir("mnli"), "mnli", "glora", tmp_path / "out")
+    at = offline.index("--warmup_steps")
+    del offline[at:at + 2]  # the default warm-up, as the README's command gets it
+    with caplog.at_level(logging.INFO):
+        results = run_glue_peft.main([*offline, *flags])
+    assert "LR warm-up 1000 >= max_steps 2: trial run, warming up over 0 steps." in caplog.text
+    assert "GLoRA reallocated ranks at step 1: " in caplog.text
+    run_args = json.loads((tmp_path / "out" / "run_args.json").read_text())
+    assert (run_args["peft"]["method"], run_args["data"]["task"], run_args["data"]["max_eval_samples"]) == ("glora",
+                                                                                                          "mnli", 64)
+    assert run_args["resolved"]["trial_run"] is True and run_args["resolved"]["lr_warmup_steps"] == 0
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
+    assert 0 <= results["eval_accuracy"] <= 1
 
 
 def test_adalora_ranks_change_and_sum_to_budget(tiny_deberta, glue_dir, tmp_path):
