@@ -166,8 +166,8 @@ class ModuleRanks:
 @dataclass
 class RankRecord(Record):
     """ranks.json: per adapted matrix (module path without peft's prefix, in model order) its ModuleRanks; the LoRA
-    scaling every matrix starts with; the block of the run's own method, as its hook writes it (GLoRA:
-    gradnorm_rank.core.GradNormRank.add_to_record; AdaLoRA: adapters.AdaLoraCallback.add_to_record)."""
+    scaling every matrix starts with; the block of the run's own method (run_glue_peft.add_method_block: GLoRA's
+    summary and scores, AdaLoRA's schedule)."""
 
     FILE: ClassVar[str] = RANKS_FILE
     modules: dict  # module path -> ModuleRanks

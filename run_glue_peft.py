@@ -62,7 +62,7 @@ from glue_data import load_glue_data, tokenize_splits
 from glue_tasks import GLUE_TASKS, glue_metrics
 from gradnorm_rank import GradNormRank, GradNormRankMixin, MethodOverhead
 from plan import resolve_plan
-from records import RESULTS_FILE, RUN_ARGS_FILE, Results, RunArgs
+from records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, Results, RunArgs
 from run_folder import discard_replaced, folder_lock, move_aside
 
 logger = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ def write_records(metrics, model, plan, initial_ranks, method, training_args) ->
     Trainer's figures; returns all_results.json's content."""
     ranks = rank_record(model, plan, initial_ranks)
     for hook in method:
-        hook.add_to_record(ranks)
+        add_method_block(ranks, hook)
     results = Results(
         task=plan.task, method=plan.method, arm=plan.arm, seed=training_args.seed, rank_budget=plan.rank_budget,
         rank_pattern=plan.rank_pattern.record() if plan.rank_pattern else None, budget_unit=plan.budget_unit,
@@ -320,6 +320,17 @@ def write_records(metrics, model, plan, initial_ranks, method, training_args) ->
         results.write(plan.output_dir)
     logger.info(f"results: {json.dumps(results.to_json(), indent=1, default=str)}")
     return results.to_json()
+
+
+def add_method_block(ranks: RankRecord, hook):
+    """ranks.json's block of the run's method: GLoRA's summary (gradnorm_rank.GradNormRank.summary) and each module's
+    score, or AdaLoRA's schedule (adapters.AdaLoraCallback.add_to_record)."""
+    if isinstance(hook, GradNormRank):
+        for name, score in hook.scores().items():
+            ranks.modules[name].score = score
+        ranks.glora = hook.summary()
+    else:
+        hook.add_to_record(ranks)
 
 
 def overhead_record(method) -> dict:

@@ -446,11 +446,10 @@ class GradNormRank(TrainerCallback):
             return float(entries) ** 0.5
         return 1.0
 
-    def add_to_record(self, record):
-        """ranks.json (records.RankRecord): each module's score, and the `glora` block."""
-        for name, score in self.scores().items():
-            record.modules[name].score = score
-        record.glora = {
+    def summary(self) -> dict:
+        """What the method did, JSON-ready: the signal settings, the warm-up, the step it reallocated at (None before)
+        and the seconds it spent (`MethodOverhead.record`). Per-module scores are `scores()`."""
+        return {
             "signal": self.config.signal, "score_norm": self.config.score_norm, "beta": self.config.beta,
             "warmup_steps": self.config.warmup_steps,
             "reallocation_step": self.reallocation_step, **self.overhead.record(),

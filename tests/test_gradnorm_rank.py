@@ -154,8 +154,9 @@ def test_plain_loop_snippet_then_the_adapter_saves_reloads_and_merges(tmp_path, 
 def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_total(monkeypatch):
     """A clock that advances 1 s per reading: each timed region adds exactly 1 s to its own part. Two warm-up steps
     observe the signal (2 s), the reallocation resizes (1 s), the two steps after it correct the grown slices (2 s);
-    no part grows outside its phase. The record's total is the sum of its parts, and a checkpoint's state keeps them
-    (one written before the split loads its hook_seconds as signal)."""
+    no part grows outside its phase. The record's total is the sum of its parts, the summary carries them with the
+    settings and the reallocation step, and a checkpoint's state keeps them (one written before the split loads its
+    hook_seconds as signal)."""
     from types import SimpleNamespace
 
     from gradnorm_rank import GradNormRank, LoopHost, MethodOverhead
@@ -192,6 +193,8 @@ def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_tota
     assert record == {"method_overhead_seconds": 5.0, "method_overhead_signal_seconds": 2.0,
                       "method_overhead_resize_seconds": 1.0, "method_overhead_grown_slice_seconds": 2.0}
     assert record["method_overhead_seconds"] == sum(v for k, v in record.items() if k != "method_overhead_seconds")
+    assert method.summary() == {"signal": "lora_b", "score_norm": "raw", "beta": 0.9, "warmup_steps": 2,
+                                "reallocation_step": 2, **record}  # what the harness writes as ranks.json's glora block
     state = method.state_dict()
     assert MethodOverhead.from_record(state) == method.overhead
     old = {k: v for k, v in state.items() if not k.startswith("method_overhead")} | {"hook_seconds": 3.0,
