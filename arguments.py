@@ -280,6 +280,14 @@ RESUME_MAY_CHANGE = frozenset({
 })
 
 
+# The flags a study of hpo.py does not compare between its workers, trials and final runs: those a resume may change,
+# and those hpo.py itself sets per trial or per final run (when and on which split a run evaluates, the record it hands
+# a final run, whether checkpoints keep the optimizer). Every other flag defines a study (search/identity.py): deny by
+# default, as for a resume.
+STUDY_MAY_DIFFER = RESUME_MAY_CHANGE | frozenset({
+    "eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "eval_split", "hpo_record", "save_only_model",
+})
+
 class FlagParser(HfArgumentParser):
     """HfArgumentParser without prefix matching (`--glora_warmup` is not `--glora_warmup_steps`), which passes a
     field's metadata to argparse except our own `methods` entry (the methods a flag is for), parses the step flags of

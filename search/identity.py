@@ -1,9 +1,9 @@
 """What a study is for, recorded in the study itself, and whether a final run belongs to it.
 
 A study searches one arm (`--arm`, or the label run_glue_peft.py derives from method, budget unit and rank pattern)
-under one set of fixed run flags: the parsed run arguments that are neither searched nor bookkeeping (where output
-goes, logging, saving, evaluation timing, data-loader workers), each as run_glue_peft.py parses it, so that two
-spellings of one setting are equal. Both are stored in the study as user attributes when it is created, with an id
+under one set of fixed run flags: the parsed run arguments that are neither searched nor among those a study's runs
+may differ in (arguments.STUDY_MAY_DIFFER: where output goes, logging, saving, evaluation timing and batching,
+data-loader workers), each as run_glue_peft.py parses it, so that two spellings of one setting are equal. Both are stored in the study as user attributes when it is created, with an id
 (a UUID) that tells it from a study of the same name in another database or made again after a deletion.
 
 - A worker that reopens the study with other fixed flags or another arm is refused: its trials would not be
@@ -21,36 +21,23 @@ from functools import lru_cache
 
 from optuna.trial import TrialState
 
-from arguments import parse_args
+from arguments import STUDY_MAY_DIFFER, parse_args
 from plan import arm_label
 from rank_pattern import RankPattern, read_rank_pattern_file
 
-# Flags that change neither what is trained nor how it is scored: where output goes, what is logged or saved and
-# when, evaluation timing (hpo.py sets it for trials), data-loader processes, caches. Every other flag defines a study.
-BOOKKEEPING = frozenset({
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "eval_split", "hpo_record", "cache_dir",
-    "overwrite_cache", "report_to", "run_name", "project", "logging_strategy", "logging_steps", "logging_first_step",
-    "logging_nan_inf_filter", "log_level", "log_level_replica", "log_on_each_node", "disable_tqdm",
-    "skip_memory_metrics", "trackio_bucket_id", "trackio_space_id", "trackio_static_space_id", "save_strategy",
-    "save_steps", "save_total_limit", "save_only_model", "save_on_each_node", "push_to_hub", "hub_always_push",
-    "hub_model_id", "hub_private_repo", "hub_revision", "hub_strategy", "hub_token", "eval_strategy", "eval_steps",
-    "eval_delay", "eval_on_start", "dataloader_num_workers", "dataloader_persistent_workers",
-    "dataloader_prefetch_factor", "dataloader_pin_memory", "dataloader_multiprocessing_context", "local_rank",
-    "ddp_timeout",
-})
 ARM_FLAGS = ("task", "method", "budget_unit", "rank_pattern", "arm")  # what names the study: never searched
 RAN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 SHOWN = 4  # differences named in one refusal line
 
 
 def fixed_run_flags(run_args, searched) -> dict:
-    """{flag: value} of every parsed run argument that defines the study: not searched, not bookkeeping; values as
-    JSON holds them (enums as their names, tuples as lists); a rank pattern as its path and sha256."""
+    """{flag: value} of every parsed run argument that defines the study: not searched, not in STUDY_MAY_DIFFER;
+    values as JSON holds them (enums as their names, tuples as lists); a rank pattern as its path and sha256."""
     flat = {}
     for block in run_args.asked().values():
         flat.update(block)
     flags = {k: json.loads(json.dumps(v, default=str)) for k, v in sorted(flat.items())
-             if k not in searched and k not in BOOKKEEPING and k != "arm"}  # the arm is compared as resolved
+             if k not in searched and k not in STUDY_MAY_DIFFER and k != "arm"}  # the arm is compared as resolved
     if flags.get("rank_pattern"):  # the file's content defines the runs, not only its name
         flags["rank_pattern"] = {"path": flags["rank_pattern"], "sha256": read_rank_pattern_file(flags["rank_pattern"])[2]}
     return flags
@@ -161,8 +148,11 @@ def final_run_mismatch(block, expected: dict) -> list:
 
 
 def run_differences(arm_there, flags_there: dict, arm_now, flags_now: dict) -> list:
+    """The arm and fixed flags that differ. A flag recorded by an older harness that no longer defines a study
+    (arguments.STUDY_MAY_DIFFER) is not compared."""
     arm = [f"arm {arm_there!r} there, {arm_now!r} now"] if arm_there != arm_now else []
-    return arm + differences(flags_there, flags_now)
+    there = {flag: value for flag, value in flags_there.items() if flag not in STUDY_MAY_DIFFER}
+    return arm + differences(there, flags_now)
 
 
 def differences(there: dict, now: dict, absent=None) -> list:

@@ -362,10 +362,30 @@ def test_a_study_reopened_with_other_fixed_flags_is_refused(tmp_path):
         hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--lora_alpha", "8", "--arm", "lora_small",
                                "--study_name", "sst2_lora"))
     assert len(load_study(study_dir).get_trials()) == 1  # neither refused worker ran a trial
-    # The same flags, spelt otherwise and with other bookkeeping flags (logging), resume the study.
+    # The same flags, spelt otherwise, with another logging cadence and evaluation batch size (flags a resume may
+    # change: arguments.STUDY_MAY_DIFFER), resume the study.
     hpo.main(fake_hpo_args(space_file, study_dir, "--n_trials", "2", "--stage", "search", "--lora_alpha=8.0",
-                           "--logging_steps", "3"))
+                           "--logging_steps", "3", "--per_device_eval_batch_size", "32"))
     assert len(load_study(study_dir).get_trials()) == 2
+
+
+def test_study_flags_are_those_of_a_run_less_the_ones_its_runs_may_differ_in():
+    """One declaration: a study ignores every flag a resume may change plus those hpo.py sets per run. A flag that an
+    older harness recorded but that no longer defines a study is not compared on a reopen; a fixed flag still is."""
+    from arguments import RESUME_MAY_CHANGE, STUDY_MAY_DIFFER, flag_fields
+    from search.identity import fixed_run_flags, pin_study
+
+    assert RESUME_MAY_CHANGE < STUDY_MAY_DIFFER < set(flag_fields())  # no misspelt name
+    args = parse_args(["--task", "sst2", "--method", "lora", "--max_steps", "8"])
+    flags = fixed_run_flags(args, searched=("learning_rate",))
+    assert set(flags) == set(flag_fields()) - STUDY_MAY_DIFFER - {"learning_rate", "arm"}
+    study = optuna.create_study()
+    study.set_user_attr("run_flags", {**flags, "per_device_eval_batch_size": 64})  # as hpo.py recorded it before
+    study.set_user_attr("arm", "lora")
+    assert pin_study(study, flags, "lora") is None
+    study.set_user_attr("run_flags", {**flags, "lora_alpha": 99.0})
+    with pytest.raises(SystemExit, match=r"other run flags \(lora_alpha 99\.0 there, 16 now\)"):
+        pin_study(study, flags, "lora")
 
 
 SEED_SPACE = {**LR_SPACE, "per_device_train_batch_size": {"type": "categorical", "choices": [4, 8, 16, 32]}}
