@@ -8,14 +8,14 @@
 #   bash benchmarks/prepare_gpu_check.sh [--no-wheels] [KIT_DIR]      # default benchmarks/gpu_kit; PyPI for wheels
 #
 # --no-wheels skips the download (the CPU dry run needs none). Env: PYTHON (python3), GLUE_DIR
-# (../shared/data/glue), KIT_TRAIN_ROWS (2000), KIT_PACKAGES (replaces the wheel list below).
+# (data/glue, the shipped SST-2 sample: 2,000 training rows and the whole dev set), KIT_TRAIN_ROWS (2000), KIT_PACKAGES (replaces the wheel list below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=1
 [[ ${1:-} == --no-wheels ]] && { WHEELS=0; shift; }
 KIT=${1:-benchmarks/gpu_kit}
 PYTHON=${PYTHON:-python3}
-GLUE=${GLUE_DIR:-../shared/data/glue}
+GLUE=${GLUE_DIR:-data/glue}
 mkdir -p "$KIT/data/sst2"
 
 if [ $WHEELS = 1 ]; then

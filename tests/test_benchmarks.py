@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, write_glue_fixture
@@ -54,7 +55,8 @@ def test_data_pipeline_tiny_measures_both_paddings(tiny_bert, tmp_path, capsys):
     data_dir = tmp_path / "glue"
     for task in ("rte", "sst2"):
         write_glue_fixture(data_dir, task, n_train=40)
-    results = data_pipeline.main(["--tiny", "--model", str(tiny_bert), "--data_dir", str(data_dir)])
+    results = data_pipeline.main(["--tiny", "--model", str(tiny_bert), "--data_dir", str(data_dir), "--tasks", "rte",
+                                  "sst2"])
     for task in ("rte", "sst2"):
         r = results["tasks"][task]
         assert r["tokenise"]["rows"] == 40
@@ -68,6 +70,20 @@ def test_data_pipeline_tiny_measures_both_paddings(tiny_bert, tmp_path, capsys):
         assert r["lengths"]["token_slot_ratio"]["dynamic"] > 1
         assert r["lengths"]["token_slot_ratio"]["grouped"] >= r["lengths"]["token_slot_ratio"]["dynamic"]
     assert "dynamic / padded samples/s" in capsys.readouterr().out
+
+
+def test_data_pipeline_defaults_to_the_shipped_sst2_and_names_a_missing_task_in_one_line(tiny_bert):
+    """Its default data is the repository's own data/glue (SST-2 only); a task that folder lacks is refused before
+    any model loads, naming the flag and the file."""
+    from benchmarks import data_pipeline
+
+    args = data_pipeline.parse_args([])
+    assert Path(args.data_dir) == ROOT / "data" / "glue" and args.tasks == ["sst2"]
+    assert (Path(args.data_dir) / "sst2" / "train.parquet").is_file()
+    with pytest.raises(SystemExit, match=r"^--data_dir \S+data/glue has no rte/train\.parquet: give --data_dir a GLUE "
+                                         r"root that holds rte \(the shipped data/glue holds sst2 only\), or other "
+                                         r"--tasks\.$"):
+        data_pipeline.main(["--tiny", "--model", str(tiny_bert), "--tasks", "rte"])
 
 
 @pytest.mark.parametrize("script", ["step_time", "data_pipeline"])
