@@ -3,7 +3,7 @@
 
 - `folder_lock(output_dir)`: OUTPUT_DIR.lock, created atomically with the holder's pid, host and start time, and
   removed when the run ends. A second run into the folder is told it is in use; a lock left by a process that no
-  longer runs on this host (a killed run) is taken over.
+  longer runs on this host (a killed run) is taken over, by one run only when several try at once (`_take_over`).
 - `move_aside(output_dir)`: the run there is renamed to OUTPUT_DIR.replaced before anything new is written, and
   deleted by `discard_replaced` only once the new run has written all_results.json. One slot per folder, so copies
   never pile up (hpo.py reruns interrupted trials into their old folders with --overwrite_output_dir): when the slot
@@ -12,6 +12,7 @@
 """
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -53,8 +54,7 @@ def folder_lock(output_dir, hold: bool = True):
                                   "for it to end or pick another --output_dir (--overwrite_output_dir does not take a "
                                   "folder in use; delete the lock file only if that run no longer runs).")
         logger.warning(f"{lock}: left by a run that no longer runs ({_describe(holder)}); taking it over.")
-        lock.unlink(missing_ok=True)
-        if not _create(lock, mine):
+        if not _take_over(lock, holder, mine):
             raise FileExistsError(f"{output_dir} was taken by another run just now (lock file {lock}).")
     try:
         yield
@@ -74,6 +74,25 @@ def _create(lock: Path, content: dict) -> bool:
         return False
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _take_over(lock: Path, stale: dict, mine: dict) -> bool:
+    """Replace the stale lock `stale` with ours, one taker at a time: under an exclusive flock on the stale file
+    itself, it is removed only if the path still names that file. A second run that judged the same lock stale gets
+    the flock after the first has put its own lock in place, finds another file there, and stands back (False)."""
+    try:
+        handle = open(lock, "rb")
+    except FileNotFoundError:  # removed since it was read: whoever links first has it
+        return _create(lock, mine)
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        try:
+            unchanged = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            unchanged = False
+        if unchanged and _read(lock) == stale:
+            lock.unlink()
+        return _create(lock, mine)
 
 
 def _read(lock: Path):

@@ -6,6 +6,8 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
+import time
 
 import pandas as pd
 import pytest
@@ -159,6 +161,46 @@ def test_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tiny_bert
     run(tiny_bert, data, "sst2", "lora", out, "--max_steps", "2", "--overwrite_output_dir", "True")
     assert f"{lock}: left by a run that no longer runs (pid {other.pid}" in caplog.text
     assert not lock.exists() and (out / "all_results.json").is_file()
+
+
+def test_two_runs_taking_over_one_stale_lock_at_once_let_exactly_one_in(tmp_path, monkeypatch):
+    """Both judge a dead run's lock stale at the same moment; the second goes on 0.2 s later, when the first has put
+    its own lock in place. Only the first enters the folder; the second is refused in one line."""
+    import run_folder
+
+    out, lock = tmp_path / "out", tmp_path / "out.lock"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}))
+    judged, finished = threading.Barrier(2), threading.Barrier(2)
+    is_stale = run_folder._is_stale
+
+    def judged_together(holder):
+        stale = is_stale(holder)
+        if judged.wait(timeout=30) == 1:
+            time.sleep(0.2)  # the later taker: the first has taken the lock over by now
+        return stale
+
+    monkeypatch.setattr(run_folder, "_is_stale", judged_together)
+    entered, refused = [], []
+
+    def attempt():
+        try:
+            with run_folder.folder_lock(out):
+                entered.append(json.loads(lock.read_text()))
+                finished.wait(timeout=30)  # hold the folder until the other has tried
+        except FileExistsError as error:
+            refused.append(str(error))
+            finished.wait(timeout=30)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(entered) == 1 and entered[0]["pid"] == os.getpid()
+    assert refused == [f"{out} was taken by another run just now (lock file {lock})."]
+    assert not lock.exists()  # the run that entered removed its lock when it ended
 
 
 @pytest.mark.parametrize(
