@@ -288,6 +288,7 @@ STUDY_MAY_DIFFER = RESUME_MAY_CHANGE | frozenset({
     "eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "eval_split", "hpo_record", "save_only_model",
 })
 
+
 class FlagParser(HfArgumentParser):
     """HfArgumentParser without prefix matching (`--glora_warmup` is not `--glora_warmup_steps`), which passes a
     field's metadata to argparse except our own `methods` entry (the methods a flag is for), parses the step flags of

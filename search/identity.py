@@ -3,8 +3,9 @@
 A study searches one arm (`--arm`, or the label run_glue_peft.py derives from method, budget unit and rank pattern)
 under one set of fixed run flags: the parsed run arguments that are neither searched nor among those a study's runs
 may differ in (arguments.STUDY_MAY_DIFFER: where output goes, logging, saving, evaluation timing and batching,
-data-loader workers), each as run_glue_peft.py parses it, so that two spellings of one setting are equal. Both are stored in the study as user attributes when it is created, with an id
-(a UUID) that tells it from a study of the same name in another database or made again after a deletion.
+data-loader workers), each as run_glue_peft.py parses it, so that two spellings of one setting are equal. Both are
+stored in the study as user attributes when it is created, with an id (a UUID) that tells it from a study of the same
+name in another database or made again after a deletion.
 
 - A worker that reopens the study with other fixed flags or another arm is refused: its trials would not be
   comparable with the ones already there.
