@@ -48,11 +48,22 @@ def identity_of(run_args: dict) -> dict:
 def identity_differences(saved: dict, current: dict) -> list:
     """'--flag THERE there, HERE here' for every flag that differs; the resolved plan's differences only when no
     flag differs (they follow from the flags, or say that the data or model changed under the same flags)."""
-    there, here = dict(_named_values(saved)), dict(_named_values(current))
+    there, here = dict(_named_values(as_resolved_now(saved))), dict(_named_values(current))
     names = list(here) + [name for name in there if name not in here]
     differing = [name for name in names if there.get(name, "(absent)") != here.get(name, "(absent)")]
     flags = [name for name in differing if name.startswith("--")]
     return [f"{name} {there.get(name, '(absent)')} there, {here.get(name, '(absent)')} here" for name in flags or differing]
+
+
+def as_resolved_now(identity: dict) -> dict:
+    """A saved identity with the resolved values its harness ran but did not record: `resolved.trial_run`, recorded
+    since --trial_run may be left unset, was the --trial_run flag before that, and before that flag max_steps > 0.
+    Its flags stay as saved, so a flag asked otherwise is still named."""
+    resolved, training = identity.get("resolved"), identity.get("training")
+    if not isinstance(resolved, dict) or "trial_run" in resolved or not isinstance(training, dict):
+        return identity
+    ran = training["trial_run"] if "trial_run" in training else (training.get("max_steps") or 0) > 0
+    return {**identity, "resolved": {**resolved, "trial_run": bool(ran)}}
 
 
 def _named_values(identity: dict):

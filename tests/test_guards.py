@@ -291,6 +291,37 @@ def test_resume_mid_run_records_whole_run_figures(tiny_bert, glora_checkpoints, 
         assert run_results["train_steps_per_second"] * run_results["train_runtime"] == pytest.approx(4, rel=2e-3)
 
 
+def test_a_checkpoint_from_before_the_resolved_trial_switch_resumes_when_its_flag_is_given(tiny_bert, glora_checkpoints,
+                                                                                          tmp_path):
+    """A checkpoint (and its folder's run_args.json) written while --trial_run was a plain switch (asked False, no
+    resolved value) resumes with --trial_run false, which resolves to what it ran; left unset (now: on, for a --max_steps run) it is refused
+    naming the flag, before anything is written."""
+    from checkpoints import SEAL_FILE, seal
+
+    data, full = glora_checkpoints
+    out = unfinished_copy(full, tmp_path / "older")
+    checkpoint = out / "checkpoint-2"
+    identity = json.loads((checkpoint / "run_identity.json").read_text())
+    assert identity["resolved"].pop("trial_run") is True and identity["training"]["trial_run"] is None
+    identity["training"]["trial_run"] = False
+    (checkpoint / "run_identity.json").write_text(json.dumps(identity))
+    progress = {k: v for k, v in json.loads((checkpoint / SEAL_FILE).read_text()).items() if k != "files"}
+    seal(checkpoint, progress)
+    run_args = json.loads((out / "run_args.json").read_text())  # the folder's record, as that version wrote it
+    run_args["resolved"].pop("trial_run")
+    run_args["training"]["trial_run"] = False
+    (out / "run_args.json").write_text(json.dumps(run_args))
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"is from another run \(--trial_run False there, None here\)"):
+        run(tiny_bert, data, "sst2", "glora", out, *RESUMED, "--resume_from_checkpoint", str(checkpoint))
+    assert snapshot(out) == before
+    results = run(tiny_bert, data, "sst2", "glora", out, *RESUMED, "--trial_run", "false",
+                  "--resume_from_checkpoint", str(checkpoint))
+    assert results["resumed_from_step"] == 2
+    assert results["train_loss"] == pytest.approx(json.loads((full / "all_results.json").read_text())["train_loss"],
+                                                  rel=1e-6)
+
+
 def test_checkpoints_record_the_run_identity(glora_checkpoints):
     _, full = glora_checkpoints
     run_args = json.loads((full / "run_args.json").read_text())
