@@ -68,10 +68,11 @@ def pin_study(study, flags: dict, arm: str) -> str | None:
     if study.get_trials(deepcopy=False, states=RAN):
         note = (f"study {study.study_name} has trials but no recorded run flags (made by an older hpo.py): recording "
                 "this command's; they are not checked against its trials.")
-    study.set_user_attr("run_flags", flags)
+    # run_flags last: a worker that opens the study meanwhile and finds them finds the arm and the id as well.
     study.set_user_attr("arm", arm)
     if "study_uid" not in recorded:
         study.set_user_attr("study_uid", uuid.uuid4().hex)
+    study.set_user_attr("run_flags", flags)
     return note
 
 

@@ -388,6 +388,35 @@ def test_study_flags_are_those_of_a_run_less_the_ones_its_runs_may_differ_in():
         pin_study(study, flags, "lora")
 
 
+def test_a_worker_opening_the_study_while_another_records_it_joins_at_every_point():
+    """Two workers started together: after each attribute the first records, a second opens the same study. It must
+    join every time (same flags, same arm); a reader that finds the run flags finds the arm with them (two workers of
+    the journal study once refused each other: 'arm None there, 'lora' now')."""
+    from search.identity import fixed_run_flags, pin_study
+
+    flags = fixed_run_flags(parse_args(["--task", "sst2", "--method", "lora", "--max_steps", "8"]), searched=())
+    study = optuna.create_study()
+    record = study.set_user_attr
+    outcomes = []
+
+    def second_worker_after(key, value):
+        record(key, value)
+        study.set_user_attr = record  # the second worker's own writes (it records too while it finds no run flags)
+        try:
+            pin_study(study, flags, "lora")
+            outcomes.append((key, "joined"))
+        except SystemExit as refused:
+            outcomes.append((key, str(refused)))
+        finally:
+            study.set_user_attr = second_worker_after
+
+    study.set_user_attr = second_worker_after
+    pin_study(study, flags, "lora")
+    study.set_user_attr = record
+    assert outcomes and all(outcome == "joined" for _, outcome in outcomes), outcomes
+    assert study.user_attrs["arm"] == "lora" and study.user_attrs["run_flags"] == flags
+
+
 SEED_SPACE = {**LR_SPACE, "per_device_train_batch_size": {"type": "categorical", "choices": [4, 8, 16, 32]}}
 
 
