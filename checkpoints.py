@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from arguments import FLAG_GROUPS, RESUME_MAY_CHANGE
-from records import write_json_atomic
+from records import recorded_trial_run, write_json_atomic
 
 IDENTITY_FILE = "run_identity.json"  # in every checkpoint: `identity_of` the run that wrote it
 SEAL_FILE = "checkpoint_complete.json"  # written last: the checkpoint's files and sizes, and the run's progress
@@ -57,13 +57,12 @@ def identity_differences(saved: dict, current: dict) -> list:
 
 def as_resolved_now(identity: dict) -> dict:
     """A saved identity with the resolved values its harness ran but did not record: `resolved.trial_run`, recorded
-    since --trial_run may be left unset, was the --trial_run flag before that, and before that flag max_steps > 0.
-    Its flags stay as saved, so a flag asked otherwise is still named."""
+    since --trial_run may be left unset, as `records.recorded_trial_run` reads an older record. Its flags stay as
+    saved, so a flag asked otherwise is still named."""
     resolved, training = identity.get("resolved"), identity.get("training")
     if not isinstance(resolved, dict) or "trial_run" in resolved or not isinstance(training, dict):
         return identity
-    ran = training["trial_run"] if "trial_run" in training else (training.get("max_steps") or 0) > 0
-    return {**identity, "resolved": {**resolved, "trial_run": bool(ran)}}
+    return {**identity, "resolved": {**resolved, "trial_run": recorded_trial_run(training, resolved)}}
 
 
 def _named_values(identity: dict):

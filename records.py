@@ -96,6 +96,12 @@ def _typed(file: str, cls, values: dict) -> dict:
 FLAG_BLOCKS = ("model", "data", "peft", "training")  # arguments.RunArguments' groups, each flag name -> value
 
 
+def recorded_trial_run(training: dict, resolved: dict) -> bool:
+    """Whether a run was a trial run (schedules that did not fit scaled into it): `resolved.trial_run`, or in a record
+    written before that was recorded, its --trial_run flag (absent, before the flag existed: off)."""
+    return bool(resolved["trial_run"] if "trial_run" in resolved else training.get("trial_run"))
+
+
 @dataclass
 class RunArgs(Record):
     """run_args.json: every flag as asked, in its group (arguments.RunArguments.asked(); `training` is
@@ -111,6 +117,10 @@ class RunArgs(Record):
     world_size: int | None = None
     hpo: dict | None = None  # how hpo.py chose the hyper-parameters (search.study.hpo_record), runs it made only
     other: dict = field(default_factory=dict)  # keys this version does not know, as read
+
+    @property
+    def trial_run(self) -> bool:
+        return recorded_trial_run(self.training, self.resolved)
 
     def to_json(self) -> dict:
         out = {name: getattr(self, name) for name in FLAG_BLOCKS}
@@ -212,7 +222,6 @@ class Results(Record):
     eval_tuning_*, train_loss, train_*_per_second, epoch, resumed_part_*)."""
 
     FILE: ClassVar[str] = RESULTS_FILE
-    REQUIRED: ClassVar[tuple] = ("task", "method", "seed", "rank_budget", "train_runtime", "trainable_params")
 
     task: str
     method: str
@@ -246,7 +255,8 @@ class Results(Record):
 
     @classmethod
     def from_json(cls, obj: dict) -> "Results":
-        missing = [key for key in cls.REQUIRED if key not in obj]
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+                   and f.name not in obj]
         if missing:
             raise RecordError(f"missing keys in {RESULTS_FILE}: {', '.join(missing)}")
         known, metrics = _known_and_other(cls, obj)

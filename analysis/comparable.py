@@ -54,7 +54,7 @@ class Setting:
             max_train_samples=row_limit(data, "max_train_samples", "all training rows"),
             tuning_split=tuning_carve(data),
             dev_rows=row_limit(data, "max_eval_samples", "all dev rows"),
-            mode=None if trial is None else (trial_mode(training, run_args.resolved) if trial else "epochs"),
+            mode=None if trial is None else (trial_mode(run_args) if trial else "epochs"),
             length=length,
         )
 
@@ -75,13 +75,11 @@ class Setting:
         return "; ".join(out)
 
 
-def trial_mode(training, resolved) -> str:
-    """A --max_steps run's mode: a trial run (--trial_run as resolved; unset, it is on for a --max_steps run) may have
-    had schedules that did not fit scaled into it, so it is never pooled with a run where it was off. Runs written
-    before the resolved value was recorded have only the flag (False before the default depended on --max_steps, and
-    absent before the flag existed: plain --max_steps runs)."""
-    trial_run = resolved["trial_run"] if "trial_run" in resolved else training.get("trial_run")
-    return "trial run (--max_steps, --trial_run)" if trial_run else "trial run (--max_steps)"
+def trial_mode(run_args) -> str:
+    """A --max_steps run's mode: a trial run (records.RunArgs.trial_run: --trial_run as resolved; unset, it is on for a
+    --max_steps run) may have had schedules that did not fit scaled into it, so it is never pooled with a run where it
+    was off."""
+    return "trial run (--max_steps, --trial_run)" if run_args.trial_run else "trial run (--max_steps)"
 
 
 def text(value):
