@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def folder_lock(output_dir, hold: bool = True):
 
 def _create(lock: Path, content: dict) -> bool:
     """The lock file with its whole content, or False if it exists: written beside it, then hard-linked (atomic)."""
-    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.tmp")
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer, threads too
     tmp.write_text(json.dumps(content))
     try:
         os.link(tmp, lock)
