@@ -331,8 +331,18 @@ class GradNormRank(TrainerCallback):
         n = self.config.calibration_steps
         if n is None or self.done:
             raise RuntimeError("GradNormRank.calibrate needs calibration_steps in its config and runs once, before training.")
+        rng = _random_state()
+        try:
+            self._calibrate(batches, loss, n)
+        finally:  # the resize's new slices drew from the stream too: restored after it
+            _set_random_state(rng)
+        logger.warning(f"GLoRA calibrated over {n} batches and allocated ranks before training: "
+                       f"{min(self.final_ranks.values())}..{max(self.final_ranks.values())}, total {sum(self.final_ranks.values())}.")
+
+    def _calibrate(self, batches, loss, n):
+        """calibrate's work: the signal over n batches, then allocate, resize (and rebuild, with an optimizer)."""
         start, signal_before = time.perf_counter(), self.overhead.signal_seconds
-        training, rng = self.peft_model.training, _random_state()
+        training = self.peft_model.training
         self.peft_model.train()
         try:
             seen = 0
@@ -346,7 +356,6 @@ class GradNormRank(TrainerCallback):
         finally:
             self.peft_model.zero_grad(set_to_none=True)
             self.peft_model.train(training)
-            _set_random_state(rng)
         if seen < n:
             raise ValueError(f"calibration_steps {n}: the batches gave only {seen}.")
         if _distributed():  # each process saw its own shard: the mean of their means, the same on every process
@@ -361,8 +370,6 @@ class GradNormRank(TrainerCallback):
             self.rebuild(resized)
         self.reallocation_step = 0
         self.overhead.resize_seconds += time.perf_counter() - start
-        logger.warning(f"GLoRA calibrated over {n} batches and allocated ranks before training: "
-                       f"{min(self.final_ranks.values())}..{max(self.final_ranks.values())}, total {sum(self.final_ranks.values())}.")
 
     # ---- phases 2-4: reallocation ----
 

@@ -319,6 +319,7 @@ class Shuffled(Signal):
         return [shares[i] for i in order]
 
 
+HOOKED_SIGNALS = tuple(Hooked.needs)  # hooks on the forward pass while the signal is collected
 CLASSES = {"lora_b": LoraGradient, "lora_ab": LoraGradient, "update_concentration": UpdateConcentration,
            "random": Random, "shuffled": Shuffled, **{name: Hooked for name in Hooked.needs}}
 
