@@ -6,35 +6,13 @@ import json
 import pytest
 import torch
 from conftest import glora_plan, trial_args, write_glue_fixture
-from peft import LoraConfig, get_peft_model
+from test_glora_signal import bert_peft  # noqa: F401  (the fixture: a tiny BERT with LoRA and two padded batches)
 
 import run_glue_peft
-from adapters import lora_layers, resolve_targets
+from adapters import lora_layers
 from gradnorm_rank import GradNormRank
 
 DAMPING = 1e-2
-
-
-@pytest.fixture
-def bert_peft(tiny_bert):
-    """A tiny BERT with LoRA (non-zero B) on four matrix kinds, in eval mode, and two padded micro-batches."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
-    targets = resolve_targets(base, ["query", "value", "ffn_in", "ffn_out"])
-    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=targets))
-    with torch.no_grad():
-        for layer in lora_layers(model).values():
-            layer.lora_B["default"].weight.normal_(0, 0.3)
-    model.eval()  # no dropout: the hooked and the explicit computations see the same function
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    texts = [["a very good movie", "the plot was awful and the actor not fine at all"],
-             ["not bad", "great great great", "poor"]]
-    batches = [tokenizer(t, padding=True, return_tensors="pt") for t in texts]
-    for batch, labels in zip(batches, ([0, 1], [1, 1, 0])):
-        batch["labels"] = torch.tensor(labels)
-    return model, batches
 
 
 def method(model, signal, **changes):
