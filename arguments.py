@@ -17,12 +17,14 @@ from transformers import HfArgumentParser, TrainingArguments
 from adapters import MATRIX_PATTERNS, METHODS
 from glue_tasks import GLUE_TASKS
 from gradnorm_rank import choices as glora_choices
+from gradnorm_rank.signals import HOOKED_SIGNALS, SHARE_SIGNALS
 from records import FLAG_BLOCKS
 
 # GLoRA's choices as its config declares them (gradnorm_rank.GradNormRankConfig); the budget unit is every method's.
 BUDGET_UNITS = glora_choices("budget_unit")
 SIGNALS = glora_choices("signal")
 SCORE_NORMS = glora_choices("score_norm")
+SHUFFLE_BASES = glora_choices("shuffle_base")
 ADAM_RULES = glora_choices("adam_rule")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -162,6 +164,30 @@ class PeftArguments:
         default=None,
         metadata={"help": "GLoRA's warm-up as a fraction of the run's optimizer steps, in (0, 1), rounded to steps "
                           "(default 1/3 when --glora_warmup_steps is not given either).", "methods": ("glora",)},
+    )
+    glora_calibration_steps: int | None = field(
+        default=None,
+        metadata={"help": "GLoRA timing: collect the signal over the first N training batches BEFORE training (no "
+                          "optimizer step), allocate and resize, then train at those ranks from step 1 for the same "
+                          "steps and in the same batch order; instead of the warm-up (not with --glora_warmup_steps or "
+                          "--glora_warmup_fraction).", "methods": ("glora",)},
+    )
+    glora_signal_seed: int = field(
+        default=0, metadata={"help": "Seed of GLoRA's null signals random and shuffled.", "methods": ("glora",)}
+    )
+    glora_shuffle_base: str = field(
+        default="lora_b",
+        metadata={"help": f"The signal --glora_signal shuffled permutes: {', '.join(SHUFFLE_BASES)}.", "methods": ("glora",)},
+    )
+    glora_signal_damping: float = field(
+        default=1e-3,
+        metadata={"help": "Relative damping of the covariances of --glora_signal whitened and kfac (> 0).",
+                  "methods": ("glora",)},
+    )
+    glora_top_r: int | None = field(
+        default=None,
+        metadata={"help": "r of --glora_signal activation_variance (default: the starting LoRA rank) and "
+                          "update_concentration (default 1).", "methods": ("glora",)},
     )
     glora_beta: float = field(
         default=0.9, metadata={"help": "GLoRA EMA coefficient of the gradient norms.", "methods": ("glora",)}
@@ -425,6 +451,28 @@ def check_steps_or_fraction(peft: PeftArguments):
                              f"steps give --{flag}.")
 
 
+def check_glora_timing(peft: PeftArguments):
+    """--glora_calibration_steps replaces the warm-up; the signal settings' ranges."""
+    measured = peft.glora_shuffle_base if peft.glora_signal == "shuffled" else peft.glora_signal
+    if peft.glora_calibration_steps is not None:
+        if peft.glora_calibration_steps < 1:
+            raise ValueError(f"--glora_calibration_steps must be >= 1 batches, got {peft.glora_calibration_steps}.")
+        given = [f for f in ("glora_warmup_steps", "glora_warmup_fraction") if getattr(peft, f) is not None]
+        if given:
+            raise ValueError(f"--glora_calibration_steps and --{given[0]} are both given: GLoRA's signal is collected "
+                             "either before training (calibration) or in a warm-up, not both.")
+        if measured == "update_concentration":
+            raise ValueError("--glora_signal update_concentration reads the trained update: it needs the warm-up, not "
+                             "--glora_calibration_steps.")
+    if measured in SHARE_SIGNALS and peft.glora_score_norm != "raw":
+        raise ValueError(f"--glora_signal {measured} gives shares, not norms: --glora_score_norm must be raw, got "
+                         f"{peft.glora_score_norm}.")
+    if not peft.glora_signal_damping > 0:
+        raise ValueError(f"--glora_signal_damping must be > 0, got {peft.glora_signal_damping}.")
+    if peft.glora_top_r is not None and peft.glora_top_r < 1:
+        raise ValueError(f"--glora_top_r must be >= 1, got {peft.glora_top_r}.")
+
+
 def check_args(args: RunArguments):
     """Errors a user can make on the command line, caught before anything is loaded."""
     data, peft, training = args.data, args.peft, args.training
@@ -436,7 +484,8 @@ def check_args(args: RunArguments):
         raise ValueError(f"Unknown --glora_signal {peft.glora_signal!r}; choose from {', '.join(SIGNALS)}.")
     for flag, value, choices in (("budget_unit", peft.budget_unit, BUDGET_UNITS),
                                  ("glora_score_norm", peft.glora_score_norm, SCORE_NORMS),
-                                 ("glora_adam_rule", peft.glora_adam_rule, ADAM_RULES)):
+                                 ("glora_adam_rule", peft.glora_adam_rule, ADAM_RULES),
+                                 ("glora_shuffle_base", peft.glora_shuffle_base, SHUFFLE_BASES)):
         if value not in choices:
             raise ValueError(f"Unknown --{flag} {value!r}; choose from {', '.join(choices)}.")
     if peft.budget_unit == "rank" and peft.param_budget is not None:
@@ -477,8 +526,10 @@ def check_args(args: RunArguments):
         )
     if peft.method == "glora" and training.load_best_model_at_end:
         raise ValueError("--load_best_model_at_end cannot reload a checkpoint from before GLoRA's resize (other shapes).")
-    if peft.glora_signal == "delta" and training.gradient_checkpointing:
-        raise ValueError("--glora_signal delta hooks the forward pass; gradient checkpointing would run it twice.")
+    if peft.glora_signal in HOOKED_SIGNALS and training.gradient_checkpointing:
+        raise ValueError(f"--glora_signal {peft.glora_signal} hooks the forward pass; gradient checkpointing would run "
+                         "it twice.")
+    check_glora_timing(peft)
     if not 0 <= data.tuning_split_fraction < 1:
         raise ValueError(f"--tuning_split_fraction must be in [0, 1), got {data.tuning_split_fraction}.")
     if data.eval_split not in ("dev", "tuning"):

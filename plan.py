@@ -70,7 +70,7 @@ class RunPlan:
         (total_step - tfinal, where its budget reaches the target); 0 for LoRA, whose shape never changes. An
         evaluation at a later step scores the adapter in its final shape (hpo.py prunes on no earlier one)."""
         if self.glora is not None:
-            return self.glora.warmup_steps
+            return self.glora.warmup_steps or 0  # calibration: the ranks are final before step 1
         if self.adalora is not None:
             return self.adalora.total_step - self.adalora.tfinal
         return 0
@@ -250,6 +250,13 @@ def check_glora_rank_cap(glora: GradNormRankConfig, unit_costs):
 
 def resolve_glora(peft, *, rank_budget: int, param_budget: int | None, total_steps: int,
                   trial_run: bool) -> GradNormRankConfig:
+    settings = dict(budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget,
+                    beta=peft.glora_beta, signal=peft.glora_signal, min_rank=peft.glora_min_rank,
+                    max_rank=peft.glora_max_rank, score_norm=peft.glora_score_norm, adam_rule=peft.glora_adam_rule,
+                    signal_seed=peft.glora_signal_seed, shuffle_base=peft.glora_shuffle_base,
+                    signal_damping=peft.glora_signal_damping, top_r=peft.glora_top_r)
+    if peft.glora_calibration_steps is not None:
+        return GradNormRankConfig(calibration_steps=peft.glora_calibration_steps, **settings)
     warmup = schedule_steps(peft, "glora_warmup_steps", total_steps)
     if warmup < 1:
         raise ValueError(f"GLoRA's warm-up ({asked_as(peft, 'glora_warmup_steps')}) is {warmup} of {total_steps} optimizer "
@@ -265,8 +272,4 @@ def resolve_glora(peft, *, rank_budget: int, param_budget: int | None, total_ste
         clamped = max(1, total_steps // 2)
         logger.warning(f"GLoRA warm-up {warmup} >= max_steps {total_steps}: trial run, reallocating at step {clamped}.")
         warmup = clamped
-    return GradNormRankConfig(
-        budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget, warmup_steps=warmup,
-        beta=peft.glora_beta, signal=peft.glora_signal, min_rank=peft.glora_min_rank, max_rank=peft.glora_max_rank,
-        score_norm=peft.glora_score_norm, adam_rule=peft.glora_adam_rule,
-    )
+    return GradNormRankConfig(warmup_steps=warmup, **settings)

@@ -247,7 +247,7 @@ def resident_bytes(m) -> dict:
     optimizer = size(v for s in m.host.optimizer.state.values() for v in s.values())
     method = 0
     if m.glora is not None:
-        method = size([m.glora.ema] + list(m.glora._delta_buffers or []))
+        method = size([m.glora.ema]) + m.glora.signal.buffer_bytes()
     if m.adalora:
         ra = m.model.base_model.rankallocator
         method = size(list(ra.ipt.values()) + list(ra.exp_avg_ipt.values()) + list(ra.exp_avg_unc.values()))

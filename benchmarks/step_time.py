@@ -55,8 +55,9 @@ def make_parser():
     p.add_argument("--batch_size", type=int, default=32, help="Sequences per step.")
     p.add_argument("--seq_len", type=int, nargs="+", default=[64], help="Sequence length(s); each gets its own table.")
     p.add_argument("--lora_r", type=int, default=8, help="LoRA rank per matrix; the budget is r x matrices for all.")
-    p.add_argument("--signals", nargs="+", default=list(choices("signal")), choices=choices("signal"),
-                   help="GLoRA signals timed in the warm-up phase.")
+    p.add_argument("--signals", nargs="+", default=["lora_b", "lora_ab", "delta"], choices=choices("signal"),
+                   help="GLoRA signals timed in the warm-up phase (default: the proposal's three; every signal's "
+                        "cost over a calibration or warm-up is in benchmarks.allocation_bench).")
     p.add_argument("--methods", nargs="+", default=None,
                    help="Subset of methods to time (lora is always included): adalora glora_<signal> glora_after.")
     p.add_argument("--warmup_iters", type=int, default=3,

@@ -8,12 +8,15 @@ Every field with a fixed set of values declares them once, as `metadata["choices
 import dataclasses
 from dataclasses import dataclass, field
 
+from .signals import NEEDS_TRAINING, NULLS, SHARE_SIGNALS, SIGNALS
+
 
 @dataclass(frozen=True, kw_only=True)
 class GradNormRankConfig:
     """When and how a LoRA adapter's ranks are re-apportioned by the EMA of each matrix's gradient norm.
 
-    `warmup_steps` is required. The budgets default to what the adapter holds when training starts (its total rank;
+    Exactly one of `warmup_steps` (the signal over the first training steps) and `calibration_steps` (the signal over
+    batches before training, no optimizer step) is required. The budgets default to what the adapter holds when training starts (its total rank;
     under `budget_unit="params"` its adapter parameters sum_k r_k (d_in + d_out)), so a uniform LoRA adapter keeps its
     size and only moves rank between matrices."""
 
@@ -32,16 +35,41 @@ class GradNormRankConfig:
         metadata={"help": "Under budget_unit params: adapter parameters over all adapted matrices (None: the "
                           "adapter's at the start)."},
     )
-    warmup_steps: int = field(
+    warmup_steps: int | None = field(
+        default=None,
         metadata={"help": "Optimizer steps of gradient-norm observation; the ranks are re-apportioned once, at the "
-                          "end of this step."},
+                          "end of this step. Or calibration_steps, not both."},
+    )
+    calibration_steps: int | None = field(
+        default=None,
+        metadata={"help": "Batches the signal is collected over BEFORE training (forward and backward, no optimizer "
+                          "step; their mean, not the EMA); the ranks are apportioned and resized before step 1 "
+                          "(GradNormRank.calibrate). Or warmup_steps, not both."},
     )
     beta: float = field(default=0.9, metadata={"help": "EMA coefficient of the gradient norms, in [0, 1)."})
     signal: str = field(
         default="lora_b",
-        metadata={"help": "Gradient signal: lora_b = ||grad B||; lora_ab = sqrt(||grad A||^2 + ||grad B||^2); delta = "
-                          "||dL/dW|| of the full matrix (forward/backward hooks during the warm-up).",
-                  "choices": ("lora_b", "lora_ab", "delta")},
+        metadata={"help": "Signal (gradnorm_rank.signals): lora_b = ||grad B||; lora_ab = sqrt(||grad A||^2 + "
+                          "||grad B||^2); delta = weight_grad = ||G|| of the full matrix's gradient (hooks while the "
+                          "signal is collected); sensitivity = sum |W * G| (GoRA); whitened = ||G C_x^-1/2||; kfac = "
+                          "||C_g^-1/2 G C_x^-1/2||; activation_variance = EVA's explained variance of the top r input "
+                          "components; update_concentration = share of ||s B A||^2 in its top r singular values; "
+                          "random, shuffled = seeded nulls.", "choices": SIGNALS},
+    )
+    signal_seed: int = field(default=0, metadata={"help": "Seed of the nulls random and shuffled."})
+    shuffle_base: str = field(
+        default="lora_b",
+        metadata={"help": "The signal whose shares `shuffled` permutes.",
+                  "choices": tuple(s for s in SIGNALS if s not in NULLS)},
+    )
+    signal_damping: float = field(
+        default=1e-3,
+        metadata={"help": "whitened, kfac: each covariance C is damped as C + signal_damping * tr(C)/d * I (> 0)."},
+    )
+    top_r: int | None = field(
+        default=None,
+        metadata={"help": "r of activation_variance (None: each matrix's starting LoRA rank, EVA's r) and of "
+                          "update_concentration (None: 1)."},
     )
     min_rank: int = field(default=1, metadata={"help": "Rank floor per matrix (peft cannot hold 0)."})
     max_rank: int | None = field(default=None, metadata={"help": "Rank cap per matrix (None: no cap but the budget)."})
@@ -49,7 +77,9 @@ class GradNormRankConfig:
         default="raw",
         metadata={"help": "What a matrix's EMA is divided by before the shares are taken: raw = nothing; per_entry "
                           "= the square root of the entries its norm is taken over (RMS); per_rank_unit = a rank "
-                          "unit's cost d_in + d_out.", "choices": ("raw", "per_entry", "per_rank_unit")},
+                          "unit's cost d_in + d_out; per_sqrt_d_in = sqrt(d_in), the d_in correction of lora_b "
+                          "(Adam grows A's rows as sqrt(d_in), and ||grad B|| = s ||G A^T|| with them; "
+                          "docs/allocation.md).", "choices": ("raw", "per_entry", "per_rank_unit", "per_sqrt_d_in")},
     )
     adam_rule: str = field(
         default="slice_bias_correction",
@@ -65,17 +95,34 @@ class GradNormRankConfig:
             if "choices" in f.metadata and value not in f.metadata["choices"]:
                 raise ValueError(f"GradNormRankConfig.{f.name} must be one of {', '.join(f.metadata['choices'])}; "
                                  f"got {value!r}.")
-        for name in ("rank_budget", "param_budget", "warmup_steps", "min_rank", "max_rank"):
+        for name in ("rank_budget", "param_budget", "warmup_steps", "calibration_steps", "min_rank", "max_rank", "top_r"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"GradNormRankConfig.{name} must be an integer >= 1"
-                                 f"{'' if name in ('warmup_steps', 'min_rank') else ' or None'}; got {value!r}.")
+                                 f"{'' if name == 'min_rank' else ' or None'}; got {value!r}.")
+        self._check_signal()
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"GradNormRankConfig.beta must be in [0, 1); got {self.beta!r}.")
         if self.max_rank is not None and self.max_rank < self.min_rank:
             raise ValueError(f"GradNormRankConfig.max_rank {self.max_rank} is below min_rank {self.min_rank}.")
         if self.budget_unit == "rank" and self.param_budget is not None:
             raise ValueError("GradNormRankConfig.param_budget counts parameters: it needs budget_unit='params'.")
+
+    def _check_signal(self):
+        """The timing (exactly one of warm-up and calibration) and the signal's settings."""
+        if (self.warmup_steps is None) == (self.calibration_steps is None):
+            raise ValueError("GradNormRankConfig needs exactly one of warmup_steps (in training) and calibration_steps "
+                             f"(before training); got warmup_steps={self.warmup_steps!r}, "
+                             f"calibration_steps={self.calibration_steps!r}.")
+        measured = self.shuffle_base if self.signal == "shuffled" else self.signal
+        if measured in NEEDS_TRAINING and self.calibration_steps is not None:
+            raise ValueError(f"GradNormRankConfig.signal {measured} reads the trained update, which calibration "
+                             "(no optimizer step) does not have: give warmup_steps instead of calibration_steps.")
+        if measured in SHARE_SIGNALS and self.score_norm != "raw":
+            raise ValueError(f"GradNormRankConfig.signal {measured} gives shares, not norms: score_norm must be raw; "
+                             f"got {self.score_norm!r}.")
+        if not self.signal_damping > 0:
+            raise ValueError(f"GradNormRankConfig.signal_damping must be > 0; got {self.signal_damping!r}.")
 
 
 def choices(name: str) -> tuple:

@@ -28,24 +28,36 @@ over accumulation and all-reduced by DDP), before clipping, divided by the fp16 
 non-finite norm leaves the EMA unchanged. The EMA starts at zero and is not bias-corrected: the bias is the same
 factor for every module, so the shares s_k = g_k / sum(g) are unaffected.
 
-Signals (`config.signal`), with their cost (measured figures: docs/benchmarks.md):
+Signals (`config.signal`): the family in `signals.py` (its docstring defines each), behind one interface. Their
+cost (measured figures: docs/benchmarks.md, docs/allocation.md):
 - `lora_b`: ||grad B||_F. One fused norm over the B gradients per step; no extra memory.
 - `lora_ab`: sqrt(||grad A||^2 + ||grad B||^2). Twice the norms of `lora_b`, still negligible.
-- `delta`: ||dL/dW||_F, the gradient of the full d_out x d_in matrix that LoRA's update adds to: sum over tokens
-  of (output gradient) (layer input)^T. Forward/backward hooks on every adapted layer compute it during the
-  warm-up only. It costs one extra d_out x d_in x tokens matmul per adapted matrix per micro-batch (about the
-  weight-gradient cost of full fine-tuning of those matrices) and a fp32 buffer as large as the adapted matrices,
-  all-reduced once per step under DDP.
+- `delta` (= `weight_grad`), `sensitivity`: from G = dL/dW, the gradient of the full d_out x d_in matrix that
+  LoRA's update adds to: sum over tokens of (output gradient) (layer input)^T. Forward/backward hooks on every
+  adapted layer compute it while the signal is collected only. It costs one extra d_out x d_in x tokens matmul per
+  adapted matrix per micro-batch (about the weight-gradient cost of full fine-tuning of those matrices) and a fp32
+  buffer as large as the adapted matrices, all-reduced once per step under DDP.
+- `whitened`, `kfac`, `activation_variance`: also d_in x d_in (and for kfac d_out x d_out) covariance buffers and a
+  Cholesky factorisation (an eigvalsh for activation_variance) per matrix per observation.
+- `update_concentration`, `random`, `shuffled`: one SVD per matrix at the allocation; nothing (or the base's cost).
+
+Timing: the in-training warm-up above (`warmup_steps`), or calibration (`calibration_steps`): `calibrate(batches,
+loss)` before training runs forward and backward over N batches with no optimizer step, takes the mean of the N
+observations (instead of the EMA), allocates and resizes, so training runs at the allocated ranks from step 1. The
+random-number state is restored afterwards, so training draws the same batches and dropout masks as without it.
+Its whole wall-clock time is the signal part of the overhead (the forward/backward passes are extra work there).
 """
 
 import dataclasses
 import json
 import os
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
@@ -60,6 +72,7 @@ from .lora_resize import (
     resize_to_ranks,
 )
 from .rank_allocation import apportion_parameters, apportion_ranks
+from .signals import make_signal
 
 logger = logging.get_logger(__name__)
 
@@ -70,10 +83,18 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _norms(params):
-    """Frobenius norms of the parameters' gradients in one fused call (0 where a gradient is missing)."""
-    grads = [p.grad if p.grad is not None else torch.zeros(1, device=p.device) for p in params]
-    return torch.stack(torch._foreach_norm(grads)).float()
+def _random_state():
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _set_random_state(state):
+    python, numpy_state, cpu, cuda = state
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 @dataclass
@@ -249,10 +270,10 @@ class GradNormRank(TrainerCallback):
         self.host = None  # set by `attach`
         self.grown = None  # lora_resize.GrownSlices, while their bias correction differs from their tensors'
         self.ddp_wrapper = None  # rebuilt after the resize; the Trainer's loop still holds the old one
-        self._delta_buffers = None
-        self._hooks = []
-        if config.signal == "delta":
-            self._install_delta_hooks()
+        # The signal's hooks (if any) stay until the resize.
+        self.signal = make_signal(config.signal, peft_model, self.layers, adapter_name, self.warmup_ranks, config,
+                                  self.overhead)
+        self.signal.install()
 
     def attach(self, host):
         """`host`: a `TrainerHost` or `LoopHost`, where `rebuild` finds and replaces the optimizer."""
@@ -280,64 +301,75 @@ class GradNormRank(TrainerCallback):
         if self.done:
             return
         start = time.perf_counter()
-        norms = self._gradient_norms().to(torch.float64) / loss_scale
+        norms = self._gradient_norms()
+        if norms is None:  # a signal read at the allocation (update_concentration, random)
+            return
+        norms = norms.to(torch.float64) / loss_scale
         finite = torch.isfinite(norms).all()
+        # Calibration: the running mean of its observations; the warm-up: the EMA.
+        beta = 1.0 - 1.0 / (self.observed_steps + 1) if self.config.calibration_steps else self.config.beta
         # torch.where instead of an `if` keeps the GPU asynchronous: no host sync per step.
-        updated = self.config.beta * self.ema + (1.0 - self.config.beta) * torch.nan_to_num(norms, nan=0.0, posinf=0.0, neginf=0.0)
+        updated = beta * self.ema + (1.0 - beta) * torch.nan_to_num(norms, nan=0.0, posinf=0.0, neginf=0.0)
         self.ema = torch.where(finite, updated, self.ema)
         self.observed_steps += finite.to(torch.int64)
         self.overhead.signal_seconds += time.perf_counter() - start
 
     def _gradient_norms(self):
-        a = self.adapter_name
-        if self.config.signal == "delta":
-            buffers = self._delta_buffers
-            if _distributed():
-                for buffer in buffers:  # DDP averages gradients; do the same for these
-                    dist.all_reduce(buffer)
-                    buffer /= dist.get_world_size()
-            norms = torch.stack(torch._foreach_norm(buffers))
-            for buffer in buffers:
-                buffer.zero_()
-            return norms
-        b_norms = _norms([layer.lora_B[a].weight for layer in self.layers.values()])
-        if self.config.signal == "lora_b":
-            return b_norms
-        a_norms = _norms([layer.lora_A[a].weight for layer in self.layers.values()])
-        return torch.sqrt(a_norms**2 + b_norms**2)
-
-    def _install_delta_hooks(self):
-        self._delta_buffers = []
-        for layer in self.layers.values():
-            base = layer.get_base_layer()
-            buffer = torch.zeros(base.out_features, base.in_features, dtype=torch.float32, device=base.weight.device)
-            self._delta_buffers.append(buffer)
-            self._hooks.append(layer.register_forward_hook(self._make_delta_hook(buffer)))
-
-    def _make_delta_hook(self, buffer):
-        def forward_hook(module, args, output):
-            if not torch.is_grad_enabled() or not output.requires_grad:
-                return
-            x = args[0].detach()
-
-            def grad_hook(grad_output):
-                start = time.perf_counter()
-                # dL/dW = sum over tokens of grad_output (d_out) outer input (d_in). Under bf16 autocast the matmul
-                # stays in bf16 (tensor cores, fp32 accumulation); fp16 would overflow with a loss scale, so fp32.
-                dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
-                g = grad_output.reshape(-1, grad_output.shape[-1]).to(dtype)
-                buffer.add_((g.T @ x.reshape(-1, x.shape[-1]).to(dtype)).float())
-                self.overhead.signal_seconds += time.perf_counter() - start
-
-            output.register_hook(grad_hook)
-
-        return forward_hook
+        """This observation's value per matrix from the signal (None if it observes nothing)."""
+        return self.signal.step_values()
 
     def _remove_hooks(self):
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
-        self._delta_buffers = None
+        self.signal.remove()
+
+    def calibrate(self, batches, loss):
+        """Calibration (config.calibration_steps = N): before training, the signal over the first N of `batches`
+        (forward with `loss(batch)`, backward, no optimizer step), then allocate and resize. Call it before the
+        optimizer exists (the Trainer's: `GradNormRankMixin.train` does) or with a host attached (its optimizer is then
+        rebuilt over the resized model). The model is in training mode meanwhile (as in the warm-up); gradients are
+        left cleared and the random-number state (torch, CUDA, numpy, python) as it was, so the training run that
+        follows draws the same batches and dropout as one without calibration."""
+        n = self.config.calibration_steps
+        if n is None or self.done:
+            raise RuntimeError("GradNormRank.calibrate needs calibration_steps in its config and runs once, before training.")
+        rng = _random_state()
+        try:
+            self._calibrate(batches, loss, n)
+        finally:  # the resize's new slices drew from the stream too: restored after it
+            _set_random_state(rng)
+        logger.warning(f"GLoRA calibrated over {n} batches and allocated ranks before training: "
+                       f"{min(self.final_ranks.values())}..{max(self.final_ranks.values())}, total {sum(self.final_ranks.values())}.")
+
+    def _calibrate(self, batches, loss, n):
+        """calibrate's work: the signal over n batches, then allocate, resize (and rebuild, with an optimizer)."""
+        start, signal_before = time.perf_counter(), self.overhead.signal_seconds
+        training = self.peft_model.training
+        self.peft_model.train()
+        try:
+            seen = 0
+            for batch in batches:
+                if seen == n:
+                    break
+                self.peft_model.zero_grad(set_to_none=True)
+                loss(batch).backward()
+                self.observe_gradients()
+                seen += 1
+        finally:
+            self.peft_model.zero_grad(set_to_none=True)
+            self.peft_model.train(training)
+        if seen < n:
+            raise ValueError(f"calibration_steps {n}: the batches gave only {seen}.")
+        if _distributed():  # each process saw its own shard: the mean of their means, the same on every process
+            dist.all_reduce(self.ema)
+            self.ema /= dist.get_world_size()
+        # Everything calibration ran is the signal's cost (the hooks' seconds inside it are not counted twice).
+        self.overhead.signal_seconds = signal_before + time.perf_counter() - start
+        start = time.perf_counter()
+        self.final_ranks = self.allocate()
+        resized = self.resize(self.final_ranks)
+        if self.host is not None and self.host.optimizer is not None:
+            self.rebuild(resized)
+        self.reallocation_step = 0
+        self.overhead.resize_seconds += time.perf_counter() - start
 
     # ---- phases 2-4: reallocation ----
 
@@ -348,7 +380,12 @@ class GradNormRank(TrainerCallback):
     def maybe_reallocate(self, step: int):
         """After optimizer step number `step` (counted from 1) and `zero_grad`: reallocate, once, when the warm-up is
         over."""
-        if not self.done and step >= self.config.warmup_steps:
+        if self.done:
+            return
+        if self.config.calibration_steps is not None:
+            raise RuntimeError("GLoRA has calibration_steps but trained a step uncalibrated: call calibrate() before "
+                               "training (GradNormRankMixin.train does).")
+        if step >= self.config.warmup_steps:
             self.reallocate(step)
 
     def reallocate(self, step: int):
@@ -432,7 +469,8 @@ class GradNormRank(TrainerCallback):
 
     def scores(self) -> dict:
         """s_k = n_k / sum(n) per module name, n_k the EMA g_k divided as config.score_norm says."""
-        normalised = [float(g) / self._norm_divisor(k) for k, g in enumerate(self.ema.cpu())]
+        values = self.signal.final_values(self.ema).cpu()
+        normalised = self.signal.permute([float(g) / self._norm_divisor(k) for k, g in enumerate(values)])
         total = sum(normalised)
         return {name: (n / total if total > 0 else 0.0) for name, n in zip(self.names, normalised)}
 
@@ -440,10 +478,9 @@ class GradNormRank(TrainerCallback):
         if self.config.score_norm == "per_rank_unit":
             return float(self.unit_costs[k])
         if self.config.score_norm == "per_entry":  # RMS of the entries the signal's norm is taken over
-            layer, rank = self.layers[self.names[k]], self.warmup_ranks[k]
-            entries = {"lora_b": layer.out_features * rank, "lora_ab": (layer.out_features + layer.in_features) * rank,
-                       "delta": layer.out_features * layer.in_features}[self.config.signal]
-            return float(entries) ** 0.5
+            return float(self.signal.entries(k)) ** 0.5
+        if self.config.score_norm == "per_sqrt_d_in":
+            return float(self.layers[self.names[k]].in_features) ** 0.5
         return 1.0
 
     def summary(self) -> dict:
@@ -451,7 +488,7 @@ class GradNormRank(TrainerCallback):
         and the seconds it spent (`MethodOverhead.record`). Per-module scores are `scores()`."""
         return {
             "signal": self.config.signal, "score_norm": self.config.score_norm, "beta": self.config.beta,
-            "warmup_steps": self.config.warmup_steps,
+            "warmup_steps": self.config.warmup_steps, **self.signal_settings(),
             "reallocation_step": self.reallocation_step, **self.overhead.record(),
         }
 
@@ -474,9 +511,14 @@ class GradNormRank(TrainerCallback):
             raise FileNotFoundError(f"{state_file} is missing: this checkpoint was not written by a GLoRA run.")
         self.load_state_dict(json.loads(state_file.read_text()))
 
+    def signal_settings(self) -> dict:
+        """The signal's timing and settings beyond the signal's name, as recorded."""
+        return {name: getattr(self.config, name) for name in
+                ("calibration_steps", "signal_seed", "shuffle_base", "signal_damping", "top_r")}
+
     def state_dict(self) -> dict:
         return {
-            "signal": self.config.signal,
+            "signal": self.config.signal, **self.signal_settings(),
             "beta": self.config.beta,
             "warmup_steps": self.config.warmup_steps,
             "rank_budget": self.config.rank_budget,

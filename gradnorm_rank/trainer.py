@@ -52,7 +52,20 @@ class GradNormRankMixin:
                 raise ValueError(f"resume_from_checkpoint=True: no checkpoint found in {self.args.output_dir}.")
         if resume_from_checkpoint and self.gradnorm_rank is not None:
             self.gradnorm_rank.load(resume_from_checkpoint)  # the checkpoint's ranks, before its weights load
+        elif self.gradnorm_rank is not None and self.gradnorm_rank.config.calibration_steps is not None:
+            self.calibrate()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def calibrate(self):
+        """calibration_steps: the signal over the first N batches of the train dataloader, before the optimizer
+        exists; the ranks are allocated and resized before step 1. The batches are the ones training then starts
+        with, in the same order (the random state is restored: the training order is that of a run without
+        calibration), each seen with the Trainer's own loss (compute_loss, its autocast), one batch per observation."""
+        def loss(batch):
+            with self.compute_loss_context_manager():
+                return self.compute_loss(self.model, self._prepare_inputs(batch))
+
+        self.gradnorm_rank.calibrate(self.get_train_dataloader(), loss)
 
 
 class GradNormRankTrainer(GradNormRankMixin, Trainer):

@@ -5,7 +5,6 @@ Trainer-level checks run run_glue_peft.main three times for one optimizer step o
 the rest drive the callback directly on small peft models.
 """
 
-import dataclasses
 import json
 import math
 
@@ -18,7 +17,10 @@ from transformers import TrainerState
 import gradnorm_rank.core
 import run_glue_peft
 from adapters import lora_layers, resolve_targets
-from gradnorm_rank import GradNormRank, LoopHost, choices
+from gradnorm_rank import GradNormRank, LoopHost
+from gradnorm_rank.signals import make_signal
+
+RECORDED = ("lora_b", "lora_ab", "delta")  # the signals record_run computes at its one observation
 
 # ---------------------------------------------------------------- recording real Trainer runs
 
@@ -47,16 +49,13 @@ def record_run(model_dir, data_dir, out, *extra):
     original_observe = GradNormRank.observe_gradients
 
     def gradient_norms(self):
-        configured = self.config
         norms = {}
-        try:
-            for signal in ("lora_b", "lora_ab"):  # non-destructive; `delta` zeroes its buffers, so it goes last
-                self.config = dataclasses.replace(configured, signal=signal)
-                norms[signal] = original_norms(self).detach().to(torch.float64)
-        finally:
-            self.config = configured
+        for signal in ("lora_b", "lora_ab"):  # non-destructive; `delta` zeroes its buffers, so it goes last
+            other = make_signal(signal, self.peft_model, self.layers, self.adapter_name, self.warmup_ranks, self.config,
+                                self.overhead)
+            norms[signal] = other.step_values().detach().to(torch.float64)
         result = original_norms(self)
-        norms[configured.signal] = result.detach().to(torch.float64)
+        norms[self.config.signal] = result.detach().to(torch.float64)
         records["norms"].append(norms)
         return result
 
@@ -104,7 +103,7 @@ def runs(nodrop_bert, tmp_path_factory):
 
 def test_runs_observe_real_gradients(runs):
     ref = runs["bs16"]
-    for signal in choices("signal"):
+    for signal in RECORDED:
         norms = ref["norms"][0][signal]
         assert norms.shape == (12,) and torch.isfinite(norms).all() and (norms > 0).all(), (signal, norms)
     # At step 1 B == 0, so A has no gradient and lora_ab equals lora_b.
@@ -132,7 +131,7 @@ def test_accumulated_step_observes_the_summed_gradient(runs):
 def test_gradient_accumulation_matches_one_double_batch(runs):
     """(a) 2 micro-batches of 8 and one batch of 16 are the same optimizer step: same norms, EMA and scores."""
     ref, acc = runs["bs16"], runs["bs8x2"]
-    for signal in choices("signal"):
+    for signal in RECORDED:
         torch.testing.assert_close(acc["norms"][0][signal], ref["norms"][0][signal], rtol=1e-4, atol=0,
                                    msg=lambda m, s=signal: f"signal {s}: {m}")
     torch.testing.assert_close(acc["ema"][0], ref["ema"][0], rtol=1e-4, atol=0)
@@ -155,7 +154,7 @@ def test_gradient_accumulation_gives_the_same_shares_and_ranks(runs):
 def test_clipping_does_not_change_the_observed_norms(runs):
     """(b) GLoRA reads the norms before clipping: max_grad_norm 1e-6 and 0 (off) record the same first step."""
     ref, clipped = runs["bs16"], runs["clipped"]
-    for signal in choices("signal"):
+    for signal in RECORDED:
         torch.testing.assert_close(clipped["norms"][0][signal], ref["norms"][0][signal], rtol=1e-6, atol=0)
     torch.testing.assert_close(clipped["ema"][0], ref["ema"][0], rtol=1e-6, atol=0)
     # ... while clipping really acted on the gradients the optimizer got: total norm 1e-6, far below the observed.
@@ -225,7 +224,7 @@ def test_non_finite_step_with_delta_signal_does_not_poison_later_steps():
     backward(model, seed=1, nan=True)  # NaN input: NaN in every delta buffer
     callback.observe_gradients()
     assert torch.equal(callback.ema, torch.zeros_like(callback.ema)) and int(callback.observed_steps) == 0
-    assert all(torch.count_nonzero(b) == 0 for b in callback._delta_buffers)  # buffers reset for the next step
+    assert all(torch.count_nonzero(s.G) == 0 for s in callback.signal.stats)  # buffers reset for the next step
 
     for layer in callback.layers.values():
         layer.get_base_layer().weight.requires_grad_(True)

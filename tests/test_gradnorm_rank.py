@@ -194,7 +194,8 @@ def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_tota
                       "method_overhead_resize_seconds": 1.0, "method_overhead_grown_slice_seconds": 2.0}
     assert record["method_overhead_seconds"] == sum(v for k, v in record.items() if k != "method_overhead_seconds")
     assert method.summary() == {"signal": "lora_b", "score_norm": "raw", "beta": 0.9, "warmup_steps": 2,
-                                "reallocation_step": 2, **record}  # what the harness writes as ranks.json's glora block
+                                "calibration_steps": None, "signal_seed": 0, "shuffle_base": "lora_b",
+                                "signal_damping": 1e-3, "top_r": None, "reallocation_step": 2, **record}  # what the harness writes as ranks.json's glora block
     state = method.state_dict()
     assert MethodOverhead.from_record(state) == method.overhead
     old = {k: v for k, v in state.items() if not k.startswith("method_overhead")} | {"hook_seconds": 3.0,
@@ -206,9 +207,11 @@ def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_tota
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"warmup_steps": 0}, "GradNormRankConfig.warmup_steps must be an integer >= 1; got 0."),
-    ({"signal": "fisher"}, "GradNormRankConfig.signal must be one of lora_b, lora_ab, delta; got 'fisher'."),
-    ({"score_norm": "l1"}, "GradNormRankConfig.score_norm must be one of raw, per_entry, per_rank_unit; got 'l1'."),
+    ({"warmup_steps": 0}, "GradNormRankConfig.warmup_steps must be an integer >= 1 or None; got 0."),
+    ({"signal": "fisher"}, "GradNormRankConfig.signal must be one of lora_b, lora_ab, delta, weight_grad, sensitivity, "
+                         "whitened, kfac, activation_variance, update_concentration, random, shuffled; got 'fisher'."),
+    ({"score_norm": "l1"}, "GradNormRankConfig.score_norm must be one of raw, per_entry, per_rank_unit, "
+                           "per_sqrt_d_in; got 'l1'."),
     ({"adam_rule": "fresh"}, "GradNormRankConfig.adam_rule must be one of slice_bias_correction, inherit_step; got "
                              "'fresh'."),
     ({"budget_unit": "tokens"}, "GradNormRankConfig.budget_unit must be one of rank, params; got 'tokens'."),
@@ -236,7 +239,8 @@ def test_mixin_refuses_deepspeed_or_fsdp_and_a_setting_of_the_wrong_type():
 
 
 def test_choices_are_declared_once_and_the_harness_flags_use_them():
-    assert gradnorm_rank.choices("signal") == ("lora_b", "lora_ab", "delta")
+    assert gradnorm_rank.choices("signal") == gradnorm_rank.signals.SIGNALS
+    assert gradnorm_rank.choices("signal")[:3] == ("lora_b", "lora_ab", "delta")
     assert (arguments.SIGNALS, arguments.SCORE_NORMS, arguments.ADAM_RULES, arguments.BUDGET_UNITS) == tuple(
         gradnorm_rank.choices(name) for name in ("signal", "score_norm", "adam_rule", "budget_unit"))
 
