@@ -194,7 +194,8 @@ def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_tota
                       "method_overhead_resize_seconds": 1.0, "method_overhead_grown_slice_seconds": 2.0}
     assert record["method_overhead_seconds"] == sum(v for k, v in record.items() if k != "method_overhead_seconds")
     assert method.summary() == {"signal": "lora_b", "score_norm": "raw", "beta": 0.9, "warmup_steps": 2,
-                                "reallocation_step": 2, **record}  # what the harness writes as ranks.json's glora block
+                                "warmup_fraction": None, "max_rank": "4x", "rank_cap": 16, "warn_share": 0.25,
+                                "reallocated": True, "reallocation_step": 2, **record}  # what the harness writes as ranks.json's glora block
     state = method.state_dict()
     assert MethodOverhead.from_record(state) == method.overhead
     old = {k: v for k, v in state.items() if not k.startswith("method_overhead")} | {"hook_seconds": 3.0,
@@ -206,7 +207,18 @@ def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_tota
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"warmup_steps": 0}, "GradNormRankConfig.warmup_steps must be an integer >= 1; got 0."),
+    ({"warmup_steps": 0}, "GradNormRankConfig.warmup_steps must be an integer >= 1 or None; got 0."),
+    ({"warmup_steps": None}, "GradNormRankConfig needs exactly one of warmup_steps and warmup_fraction; got "
+                             "warmup_steps=None, warmup_fraction=None."),
+    ({"warmup_fraction": 0.5}, "GradNormRankConfig needs exactly one of warmup_steps and warmup_fraction; got "
+                               "warmup_steps=10, warmup_fraction=0.5."),
+    ({"warmup_steps": None, "warmup_fraction": 1.0}, "GradNormRankConfig.warmup_fraction must be in (0, 1) or None; "
+                                                     "got 1.0."),
+    ({"warn_share": 1.5}, "GradNormRankConfig.warn_share must be in (0, 1] or None; got 1.5."),
+    ({"max_rank": "4"}, "GradNormRankConfig.max_rank as a multiple must be 'Kx' with K >= 1 (e.g. '4x'); got '4'."),
+    ({"max_rank": "0.5x"}, "GradNormRankConfig.max_rank as a multiple must be 'Kx' with K >= 1 (e.g. '4x'); got "
+                           "'0.5x'."),
+    ({"max_rank": 0}, "GradNormRankConfig.max_rank must be an integer >= 1, 'Kx' or None; got 0."),
     ({"signal": "fisher"}, "GradNormRankConfig.signal must be one of lora_b, lora_ab, delta; got 'fisher'."),
     ({"score_norm": "l1"}, "GradNormRankConfig.score_norm must be one of raw, per_entry, per_rank_unit; got 'l1'."),
     ({"adam_rule": "fresh"}, "GradNormRankConfig.adam_rule must be one of slice_bias_correction, inherit_step; got "
