@@ -39,8 +39,8 @@ class GradNormRankConfig:
     warmup_steps: int | None = field(
         default=None,
         metadata={"help": "Optimizer steps of gradient-norm observation; the ranks are re-apportioned once, at the "
-                          "end of this step (or warmup_fraction; exactly one of the two). It must end before the "
-                          "run's last step: once the run's length is known, a longer warm-up is an error."},
+                          "end of this step (or warmup_fraction; exactly one of the two). Once the run's length is known, a warm-up "
+                          "past it is an error, one that ends with its last step a warning."},
     )
     warmup_fraction: float | None = field(
         default=None,

@@ -322,17 +322,23 @@ class GradNormRank(TrainerCallback):
                              "total_steps=<the loop's optimizer steps>, or use warmup_steps.")
 
     def set_run_length(self, total_steps: int):
-        """Once the run's optimizer steps are known: resolve warmup_fraction, and refuse a warm-up that does not end
-        before the run's last step (the adapter would train as plain LoRA, or reallocate after its last update)."""
+        """Once the run's optimizer steps are known: resolve warmup_fraction, refuse a warm-up the run never reaches
+        (the adapter would train as plain LoRA), and warn when it ends with the run's last step (the new ranks are
+        never trained)."""
         self.total_steps = total_steps
         if self.config.warmup_fraction is not None:
             self.warmup_steps = round(self.config.warmup_fraction * total_steps)
+        if self.done:
+            return
         asked = (f"warmup_steps {self.warmup_steps}" if self.config.warmup_fraction is None
                  else f"warmup_fraction {self.config.warmup_fraction} ({self.warmup_steps} steps)")
-        if not self.done and not 1 <= self.warmup_steps < total_steps:
-            raise ValueError(f"GradNormRankConfig.{asked} does not end before the run's last optimizer step "
-                             f"({total_steps} steps): the ranks would never move while training. Give a warm-up of "
-                             f"1 to {total_steps - 1} steps, or a warmup_fraction.")
+        if not 1 <= self.warmup_steps <= total_steps:
+            raise ValueError(f"GradNormRankConfig.{asked} is never reached in a run of {total_steps} optimizer steps: "
+                             f"the ranks would never move. Give a warm-up of 1 to {max(total_steps - 1, 1)} steps, or "
+                             "a warmup_fraction.")
+        if self.warmup_steps == total_steps:
+            logger.warning(f"GradNormRankConfig.{asked} ends with the run's last optimizer step: the ranks move after "
+                           "it, and the new ranks are never trained.")
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.set_run_length(state.max_steps)

@@ -1,6 +1,6 @@
 """gradnorm_rank as a user meets it beyond the snippets: no silent no-op (a warm-up the run cannot reach, a run that
 never reallocated), the rank cap, the Trainer's log, the allocation record saved with the adapter, the callback form
-with Trainer and SFTTrainer, a non-LoRA tuner refused, and DDP's rewrap without a deprecation warning."""
+with a Trainer (with SFTTrainer: test_gradnorm_rank's callback snippet) and the norms it sees, a non-LoRA tuner refused, and DDP's rewrap without a deprecation warning."""
 
 import json
 import logging
@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 import torch
-from conftest import Tiny, minilm_path
+from conftest import Tiny
 from datasets import Dataset
 from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
-from test_gradnorm_rank import RANK, STEPS, WARMUP, check_reallocated_and_carried, tiny_llama, token_rows
+from test_gradnorm_rank import RANK, STEPS, WARMUP, check_reallocated_and_carried, token_rows
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -99,15 +99,15 @@ def test_a_warm_up_the_trainer_run_cannot_reach_fails_before_the_first_step(tmp_
         GradNormRankCallback(trainer, config)
     with pytest.raises(ValueError) as error:
         trainer.train()
-    assert str(error.value) == ("GradNormRankConfig.warmup_steps 50 does not end before the run's last optimizer step "
-                                "(4 steps): the ranks would never move while training. Give a warm-up of 1 to 3 "
-                                "steps, or a warmup_fraction.")
+    assert str(error.value) == ("GradNormRankConfig.warmup_steps 50 is never reached in a run of 4 optimizer steps: the "
+                                "ranks would never move. Give a warm-up of 1 to 3 steps, or a warmup_fraction.")
     assert trainer.state.global_step == 0
 
 
-def test_warmup_fraction_resolves_against_the_run_and_is_recorded(tmp_path):
+def test_warmup_fraction_resolves_against_the_run_and_is_recorded(tmp_path, caplog):
     """warmup_fraction 0.5 of an 8-step Trainer run reallocates at step 4 and records both; a LoopHost needs the
-    loop's length for it, and a fraction that rounds to no step at all is refused."""
+    loop's length for it; a fraction that rounds to no step, or a warm-up past the run, is refused; one that ends
+    with the run's last step is warned about."""
     trainer = GradNormRankTrainer(model=tiny_bert_classifier(), args=training_args(tmp_path),
                                   train_dataset=classification_rows(),
                                   gradnorm_rank=GradNormRankConfig(warmup_fraction=0.5))
@@ -117,10 +117,15 @@ def test_warmup_fraction_resolves_against_the_run_and_is_recorded(tmp_path):
     model = get_peft_model(Tiny(), LoraConfig(r=4, target_modules=["up", "down"]))
     with pytest.raises(ValueError, match=r"^GradNormRankConfig.warmup_fraction needs the run's length: give the LoopHost"):
         GradNormRank(model, GradNormRankConfig(warmup_fraction=0.5)).attach(loop_host(model))
-    with pytest.raises(ValueError, match=r"^GradNormRankConfig.warmup_fraction 0.01 \(0 steps\) does not end before"):
+    with pytest.raises(ValueError, match=r"^GradNormRankConfig.warmup_fraction 0.01 \(0 steps\) is never reached in "):
         GradNormRank(model, GradNormRankConfig(warmup_fraction=0.01)).attach(loop_host(model, total_steps=8))
-    with pytest.raises(ValueError, match=r"^GradNormRankConfig.warmup_steps 8 does not end before the run's last "):
+    with pytest.raises(ValueError, match=r"^GradNormRankConfig.warmup_steps 9 is never reached in a run of 8 "):
+        GradNormRank(model, GradNormRankConfig(warmup_steps=9)).attach(loop_host(model, total_steps=8))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gradnorm_rank"):
         GradNormRank(model, GradNormRankConfig(warmup_steps=8)).attach(loop_host(model, total_steps=8))
+    assert caplog.messages == ["GradNormRankConfig.warmup_steps 8 ends with the run's last optimizer step: the ranks "
+                               "move after it, and the new ranks are never trained."]
 
 
 def test_a_run_that_ends_before_its_warm_up_says_so_logs_it_and_records_it(tmp_path, caplog):
@@ -260,23 +265,6 @@ def test_callback_form_with_a_plain_trainer_reallocates_and_carries_the_optimize
     trainer.train()
     check_reallocated_and_carried(callback, trainer.model, trainer.optimizer, STEPS)
     assert len([e for e in trainer.state.log_history if "loss" in e]) == STEPS
-
-
-def test_callback_form_with_trl_sft_trainer(tmp_path):
-    """SFTTrainer adds the LoRA adapter itself; the callback is made on the trainer it built."""
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    tokenizer.eos_token = tokenizer.sep_token
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-2,
-                     logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, max_length=32,
-                     dataloader_num_workers=0)
-    trainer = SFTTrainer(model=tiny_llama(), args=args, train_dataset=Dataset.from_dict({"input_ids": token_rows(32).tolist()}),
-                         processing_class=tokenizer, peft_config=LoraConfig(r=RANK, target_modules="all-linear"))
-    callback = GradNormRankCallback(trainer, GradNormRankConfig(warmup_steps=WARMUP))
-    trainer.train()
-    check_reallocated_and_carried(callback, trainer.model, trainer.optimizer, STEPS)
 
 
 def test_callback_measures_clipped_norms_the_mixin_unclipped(tmp_path):
