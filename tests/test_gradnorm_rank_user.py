@@ -228,6 +228,27 @@ def test_the_settings_reach_a_trackers_config(tmp_path):
     assert recorded == json.loads(json.dumps(trainer.gradnorm_rank.settings()))
 
 
+def test_mlflow_and_tensorboard_callbacks_get_the_settings_through_their_own_clients():
+    """Neither is installed here: stand-ins with transformers' class names and the attributes the integrations keep
+    (MLflowCallback._ml_flow once _initialized, TensorBoardCallback.tb_writer) receive log_params / add_text; a tracker
+    not yet set up receives nothing."""
+    from types import SimpleNamespace
+
+    from gradnorm_rank import TrainerHost
+
+    calls = []
+    mlflow = SimpleNamespace(log_params=lambda params: calls.append(("mlflow", params)))
+    writer = SimpleNamespace(add_text=lambda tag, text: calls.append(("tensorboard", tag, json.loads(text))))
+    trackers = [type("MLflowCallback", (), {"_initialized": True, "_ml_flow": mlflow})(),
+                type("TensorBoardCallback", (), {"tb_writer": writer})(),
+                type("TensorBoardCallback", (), {"tb_writer": None})(),
+                type("MLflowCallback", (), {"_initialized": False, "_ml_flow": mlflow})()]
+    trainer = SimpleNamespace(callback_handler=SimpleNamespace(callbacks=trackers))
+    TrainerHost(trainer).record_settings({"warmup_steps": 4, "max_rank": "4x"})
+    assert calls == [("mlflow", {"gradnorm_rank.warmup_steps": 4, "gradnorm_rank.max_rank": "4x"}),
+                     ("tensorboard", "gradnorm_rank", {"warmup_steps": 4, "max_rank": "4x"})]
+
+
 def test_the_saved_adapter_holds_its_allocation_record_and_reloads_with_plain_peft(tmp_path):
     """trainer.save_model() writes gradnorm_rank.json beside adapter_config.json (settings, step, per-module score,
     starting and final rank, as the method has them); PeftModel.from_pretrained reloads the folder with those ranks
