@@ -198,7 +198,13 @@ class PeftArguments:
     glora_min_rank: int = field(
         default=1, metadata={"help": "GLoRA rank floor per matrix (peft cannot hold 0).", "methods": ("glora",)}
     )
-    glora_max_rank: int | None = field(default=None, metadata={"help": "GLoRA rank cap per matrix.", "methods": ("glora",)})
+    glora_max_rank: int | None = field(
+        default=None,
+        metadata={"help": "GLoRA rank cap per matrix (default: none, the proposal's; the gradnorm_rank library's own "
+                          "default is 4x the average rank, e.g. --glora_max_rank 32 at --lora_r 8). Recorded in "
+                          "run_args.json (resolved.glora.max_rank) and ranks.json (glora.rank_cap).",
+                  "methods": ("glora",)},
+    )
     glora_score_norm: str = field(
         default="raw",
         metadata={"help": f"GLoRA score normalisation (ablation): {', '.join(SCORE_NORMS)}. raw = the gradient norm "

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -73,6 +74,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     check_args(args)
     setup_logging()
+    warn_single_process_launch(PartialState().num_processes)
     set_seed(args.training.seed)
 
     raw = load_glue_data(args.data, args.model.cache_dir)
@@ -92,11 +94,18 @@ def main(argv=None):
     training_args = dataclasses.replace(training_args, resume_from_checkpoint=resume and str(resume))
     with folder_lock(plan.output_dir, hold=PartialState().is_main_process):
         replaced = prepare_output_dir(run_args, plan, training_args, args.data.overwrite_output_dir)
-        encoded = tokenize_splits(raw, tokenizer, args.data, training_args)
-        trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data,
-                                identity_of(run_args.to_json()))
-
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer = None
+        try:
+            encoded = tokenize_splits(raw, tokenizer, args.data, training_args)
+            trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data,
+                                    identity_of(run_args.to_json()))
+            cpu_start = time.process_time()
+            train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        except Exception:
+            if not resume and replaced is None and training_args.should_save and (trainer is None or trainer.state.global_step == 0):
+                forget_failed_start(plan.output_dir)
+            raise
+        train_result.metrics["train_process_cpu_seconds"] = time.process_time() - cpu_start
         trainer.save_model()  # the adapter, with its final ranks in rank_pattern
         trainer.save_state()
 
@@ -115,6 +124,15 @@ def setup_logging():
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.set_verbosity_warning()
+
+
+def warn_single_process_launch(world_size: int):
+    """`accelerate launch --cpu --num_processes N` starts ONE process (its simple launcher sets MASTER_ADDR for N > 1,
+    but no WORLD_SIZE, and runs the script once): say so rather than train N times slower without a word."""
+    asked_several = "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
+    if world_size == 1 and asked_several and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
+        logger.warning("accelerate launch --cpu --num_processes N started a single process (world size 1); for N CPU "
+                       "processes use torchrun --nproc_per_node N run_glue_peft.py ... --use_cpu True.")
 
 
 def load_model(model_args, task_name):
@@ -239,6 +257,18 @@ def prepare_output_dir(run_args, plan, training_args, overwrite: bool):
     return replaced
 
 
+def forget_failed_start(output_dir):
+    """A run that failed before its first optimizer step (e.g. at Trainer construction) in a folder that held no run:
+    its run_args.json goes (and the folder, if nothing else is in it), so the same command is not refused as an
+    unfinished run. A resume or a replacement (--overwrite_output_dir) keeps what it has."""
+    output_dir = Path(output_dir)
+    (output_dir / RUN_ARGS_FILE).unlink(missing_ok=True)
+    if output_dir.is_dir() and not any(output_dir.iterdir()):
+        output_dir.rmdir()
+    logger.warning(f"The run failed before its first optimizer step: {output_dir}/{RUN_ARGS_FILE} removed, so the same "
+                   "command can start it again.")
+
+
 def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_args, identity):
     task = GLUE_TASKS[plan.task]
     if data_args.pad_to_max_length:
@@ -263,6 +293,7 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
         callbacks=[ScheduleCheck(plan.total_steps), EvalLog(plan.output_dir, data_args.eval_split,
                                                                  plan.structure_final_step,
                                                                  resuming=bool(training_args.resume_from_checkpoint))]
+        + ([ProgressLine()] if training_args.disable_tqdm else [])
         + [hook for hook in method if not isinstance(hook, GradNormRank)],
         gradnorm_rank=next((hook for hook in method if isinstance(hook, GradNormRank)), None),
         method=method,
@@ -312,7 +343,8 @@ def write_records(metrics, model, plan, initial_ranks, method, training_args) ->
         final_rank_total=ranks.final_rank_total, adapter_params_start=ranks.adapter_params("initial_rank"),
         adapter_params_after_allocation=ranks.adapter_params("final_rank"),
         adapter_params_effective=ranks.adapter_params("effective_rank"),
-        metrics={**{key: value for key, value in metrics.items() if key != "train_runtime"}, **overhead_record(method)},
+        metrics={**{key: value for key, value in metrics.items() if key != "train_runtime"}, **overhead_record(method),
+                 **{"glora_reallocated": hook.done for hook in method if isinstance(hook, GradNormRank)}},
     )
     if training_args.should_save:
         ranks.write(plan.output_dir)
@@ -452,6 +484,23 @@ class ScheduleCheck(TrainerCallback):
         if state.global_step >= state.max_steps:
             raise RuntimeError(f"The Trainer is about to train step {state.global_step + 1} of a run of {state.max_steps} "
                                "steps (GlueTrainer._init_training_state no longer stops a resume at the run's end?).")
+
+
+class ProgressLine(TrainerCallback):
+    """With --disable_tqdm (no progress bar): one log line per logged loss, with the step, the elapsed time of this
+    process's training and the ETA of the rest at the pace so far."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = time.monotonic(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        done = state.global_step - self.first_step
+        if not state.is_world_process_zero or "loss" not in (logs or {}) or done < 1:
+            return
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / done * (state.max_steps - state.global_step)
+        logger.info(f"progress: step {state.global_step}/{state.max_steps} ({state.global_step / state.max_steps:.0%}), "
+                    f"loss {logs['loss']:.4f}, {elapsed:.0f} s elapsed, ETA {eta:.0f} s")
 
 
 def is_unfinished_run(output_dir: Path) -> bool:

@@ -6,17 +6,22 @@ Every field with a fixed set of values declares them once, as `metadata["choices
 """
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 
 from .signals import NEEDS_TRAINING, NULLS, SHARE_SIGNALS, SIGNALS
+
+CAP_FACTOR = re.compile(r"^(\d+(?:\.\d+)?)x$")  # max_rank as a multiple of the average rank: "4x"
 
 
 @dataclass(frozen=True, kw_only=True)
 class GradNormRankConfig:
     """When and how a LoRA adapter's ranks are re-apportioned by the EMA of each matrix's gradient norm.
 
-    Exactly one of `warmup_steps` (the signal over the first training steps) and `calibration_steps` (the signal over
-    batches before training, no optimizer step) is required. The budgets default to what the adapter holds when training starts (its total rank;
+    Exactly one timing is required: `warmup_steps` or `warmup_fraction` (the signal over the first training steps), or
+    `calibration_steps` (the signal over batches before training, no optimizer step). The budgets default to what
+    the adapter holds when training starts (its total rank;
     under `budget_unit="params"` its adapter parameters sum_k r_k (d_in + d_out)), so a uniform LoRA adapter keeps its
     size and only moves rank between matrices."""
 
@@ -38,13 +43,19 @@ class GradNormRankConfig:
     warmup_steps: int | None = field(
         default=None,
         metadata={"help": "Optimizer steps of gradient-norm observation; the ranks are re-apportioned once, at the "
-                          "end of this step. Or calibration_steps, not both."},
+                          "end of this step (or warmup_fraction, or calibration_steps; exactly one of the three). "
+                          "Once the run's length is known, a warm-up past it is an error, one that ends with its last step a warning."},
+    )
+    warmup_fraction: float | None = field(
+        default=None,
+        metadata={"help": "The warm-up as a fraction of the run's optimizer steps, in (0, 1), rounded to steps once the "
+                          "run's length is known (the Trainer's max_steps; LoopHost's total_steps)."},
     )
     calibration_steps: int | None = field(
         default=None,
         metadata={"help": "Batches the signal is collected over BEFORE training (forward and backward, no optimizer "
                           "step; their mean, not the EMA); the ranks are apportioned and resized before step 1 "
-                          "(GradNormRank.calibrate). Or warmup_steps, not both."},
+                          "(GradNormRank.calibrate). Or warmup_steps / warmup_fraction, not both."},
     )
     beta: float = field(default=0.9, metadata={"help": "EMA coefficient of the gradient norms, in [0, 1)."})
     signal: str = field(
@@ -72,7 +83,17 @@ class GradNormRankConfig:
                           "update_concentration (None: 1)."},
     )
     min_rank: int = field(default=1, metadata={"help": "Rank floor per matrix (peft cannot hold 0)."})
-    max_rank: int | None = field(default=None, metadata={"help": "Rank cap per matrix (None: no cap but the budget)."})
+    max_rank: int | str | None = field(
+        default="4x",
+        metadata={"help": "Rank cap per matrix: an integer; 'Kx' = K times the average rank per matrix of rank_budget "
+                          "(a uniform adapter's starting rank; the default 4x is GoRA's clamp), rounded up; None = "
+                          "no cap but the budget."},
+    )
+    warn_share: float | None = field(
+        default=0.25,
+        metadata={"help": "Warn when the reallocation gives one matrix more than this share of the budget (of the "
+                          "total rank; under budget_unit params, of the parameters), in (0, 1]; None: never."},
+    )
     score_norm: str = field(
         default="raw",
         metadata={"help": "What a matrix's EMA is divided by before the shares are taken: raw = nothing; per_entry "
@@ -95,25 +116,31 @@ class GradNormRankConfig:
             if "choices" in f.metadata and value not in f.metadata["choices"]:
                 raise ValueError(f"GradNormRankConfig.{f.name} must be one of {', '.join(f.metadata['choices'])}; "
                                  f"got {value!r}.")
-        for name in ("rank_budget", "param_budget", "warmup_steps", "calibration_steps", "min_rank", "max_rank", "top_r"):
+        for name in ("rank_budget", "param_budget", "warmup_steps", "calibration_steps", "min_rank", "top_r"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"GradNormRankConfig.{name} must be an integer >= 1"
                                  f"{'' if name == 'min_rank' else ' or None'}; got {value!r}.")
         self._check_signal()
+        for name, high_closed in (("warmup_fraction", False), ("warn_share", True)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not (0 < value < 1 or (high_closed and value == 1))):
+                raise ValueError(f"GradNormRankConfig.{name} must be in (0, 1{']' if high_closed else ')'} or None; "
+                                 f"got {value!r}.")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"GradNormRankConfig.beta must be in [0, 1); got {self.beta!r}.")
-        if self.max_rank is not None and self.max_rank < self.min_rank:
-            raise ValueError(f"GradNormRankConfig.max_rank {self.max_rank} is below min_rank {self.min_rank}.")
+        self._check_max_rank()
         if self.budget_unit == "rank" and self.param_budget is not None:
             raise ValueError("GradNormRankConfig.param_budget counts parameters: it needs budget_unit='params'.")
 
     def _check_signal(self):
         """The timing (exactly one of warm-up and calibration) and the signal's settings."""
-        if (self.warmup_steps is None) == (self.calibration_steps is None):
-            raise ValueError("GradNormRankConfig needs exactly one of warmup_steps (in training) and calibration_steps "
-                             f"(before training); got warmup_steps={self.warmup_steps!r}, "
-                             f"calibration_steps={self.calibration_steps!r}.")
+        given = [name for name in ("warmup_steps", "warmup_fraction", "calibration_steps") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("GradNormRankConfig needs exactly one of warmup_steps, warmup_fraction (in training) and "
+                             f"calibration_steps (before training); got warmup_steps={self.warmup_steps!r}, "
+                             f"warmup_fraction={self.warmup_fraction!r}, calibration_steps={self.calibration_steps!r}.")
         measured = self.shuffle_base if self.signal == "shuffled" else self.signal
         if measured in NEEDS_TRAINING and self.calibration_steps is not None:
             raise ValueError(f"GradNormRankConfig.signal {measured} reads the trained update, which calibration "
@@ -123,6 +150,25 @@ class GradNormRankConfig:
                              f"got {self.score_norm!r}.")
         if not self.signal_damping > 0:
             raise ValueError(f"GradNormRankConfig.signal_damping must be > 0; got {self.signal_damping!r}.")
+
+    def _check_max_rank(self):
+        value = self.max_rank
+        if isinstance(value, str):
+            match = CAP_FACTOR.match(value)
+            if match is None or float(match.group(1)) < 1:
+                raise ValueError(f"GradNormRankConfig.max_rank as a multiple must be 'Kx' with K >= 1 (e.g. '4x'); "
+                                 f"got {value!r}.")
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"GradNormRankConfig.max_rank must be an integer >= 1, 'Kx' or None; got {value!r}.")
+        elif value is not None and value < self.min_rank:
+            raise ValueError(f"GradNormRankConfig.max_rank {value} is below min_rank {self.min_rank}.")
+
+    def rank_cap(self, rank_budget: int, matrices: int) -> int | None:
+        """max_rank as a number of ranks for `matrices` matrices sharing `rank_budget`: 'Kx' is K times the average
+        rank, rounded up; None: no cap."""
+        if isinstance(self.max_rank, str):
+            return math.ceil(float(CAP_FACTOR.match(self.max_rank).group(1)) * rank_budget / matrices)
+        return self.max_rank
 
 
 def choices(name: str) -> tuple:

@@ -50,8 +50,10 @@ Its whole wall-clock time is the signal part of the overhead (the forward/backwa
 
 import dataclasses
 import json
+import logging
 import os
 import random
+import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -61,7 +63,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
-from transformers.utils import logging
 
 from .lora_resize import (
     GrownSlices,
@@ -74,9 +75,11 @@ from .lora_resize import (
 from .rank_allocation import apportion_parameters, apportion_ranks
 from .signals import make_signal
 
-logger = logging.get_logger(__name__)
+logger = logging.getLogger("gradnorm_rank")  # the package's logger: logging.getLogger("gradnorm_rank").setLevel(...)
 
 STATE_FILE = "glora_state.json"
+RECORD_FILE = "gradnorm_rank.json"  # the allocation record written beside adapter_config.json
+LOG_PREFIX = "gradnorm_rank/"  # the keys the method adds to the Trainer's log (state.log_history, report_to)
 
 
 def _distributed() -> bool:
@@ -169,6 +172,39 @@ class TrainerHost:
         trainer.callback_handler.optimizer = optimizer
         trainer.callback_handler.lr_scheduler = lr_scheduler
 
+    def log(self, values: dict):
+        """Into the Trainer's log: `state.log_history`, the console and every report_to integration. Called from
+        within a Trainer event, it leaves the step's own `should_log` as it was (the Trainer's on_log clears it)."""
+        should_log = self.trainer.control.should_log
+        self.trainer.log(values)
+        self.trainer.control.should_log = should_log
+
+    def record_settings(self, settings: dict):
+        """The method's settings into the config of the trackers the Trainer reports to (W&B, MLflow, TensorBoard),
+        once they are set up (from on_train_begin, after theirs)."""
+        for callback in self.trainer.callback_handler.callbacks:
+            TRACKER_CONFIG.get(type(callback).__name__, lambda callback, settings: None)(callback, settings)
+
+
+def _wandb_config(callback, settings):
+    if callback._wandb is not None and callback._wandb.run is not None:
+        callback._wandb.config.update({"gradnorm_rank": settings}, allow_val_change=True)
+
+
+def _mlflow_config(callback, settings):
+    if callback._initialized:
+        callback._ml_flow.log_params({f"gradnorm_rank.{key}": value for key, value in settings.items()})
+
+
+def _tensorboard_config(callback, settings):
+    if callback.tb_writer is not None:
+        callback.tb_writer.add_text("gradnorm_rank", json.dumps(settings, indent=1))
+
+
+# transformers' integration callbacks by class name: how each takes the method's settings into its run's config.
+TRACKER_CONFIG = {"WandbCallback": _wandb_config, "MLflowCallback": _mlflow_config,
+                  "TensorBoardCallback": _tensorboard_config}
+
 
 class LoopHost:
     """A plain PyTorch loop as the host: its optimizer and scheduler, and factories for new ones over the resized model.
@@ -176,10 +212,13 @@ class LoopHost:
     `make_optimizer()` builds the loop's optimizer (torch's Adam or AdamW: their state is what is carried over) over the
     model's parameters as they are when it is called; `make_scheduler(optimizer)` builds the same kind of scheduler
     (the old one's state is loaded into it). The reallocation replaces both, so the loop reads `host.optimizer` and
-    `host.lr_scheduler` afresh every step. The calls, per optimizer step, in the Trainer's order:
+    `host.lr_scheduler` afresh every step. `total_steps`: the loop's optimizer steps, if known (needed by
+    `warmup_fraction`; a warm-up that does not end before it is refused at `attach`). `log`: a callable that takes
+    the method's figures as a dict (e.g. `wandb.log`); None: the `gradnorm_rank` logger alone. The calls, per
+    optimizer step, in the Trainer's order:
 
         grn = GradNormRank(peft_model, GradNormRankConfig(warmup_steps=W))
-        grn.attach(host := LoopHost(optimizer, scheduler, make_optimizer, make_scheduler))
+        grn.attach(host := LoopHost(optimizer, scheduler, make_optimizer, make_scheduler, total_steps=len(batches)))
         for step, batch in enumerate(batches, start=1):     # step: optimizer steps taken, counted from 1
             peft_model(**batch).loss.backward()             # every micro-batch of the step
             grn.observe_gradients()                         # after the last backward, before clipping (fp16: the
@@ -190,11 +229,13 @@ class LoopHost:
             host.lr_scheduler.step()
             host.optimizer.zero_grad()
             grn.maybe_reallocate(step)                      # gradients zeroed: at step W the ranks move
+        grn.finish(step)                                    # says (and records) a run that never reallocated
     """
 
-    def __init__(self, optimizer, lr_scheduler, make_optimizer, make_scheduler):
+    def __init__(self, optimizer, lr_scheduler, make_optimizer, make_scheduler, total_steps=None, log=None):
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.make_optimizer, self.make_scheduler = make_optimizer, make_scheduler
+        self.total_steps, self._log = total_steps, log
         self.wrapped_model = None
 
     def new_optimizer(self):
@@ -209,16 +250,23 @@ class LoopHost:
     def install(self, optimizer, lr_scheduler, wrapped_model):
         self.optimizer, self.lr_scheduler, self.wrapped_model = optimizer, lr_scheduler, wrapped_model
 
+    def log(self, values: dict):
+        if self._log is not None:
+            self._log(values)
+
 
 def rewrap_ddp(old, module):
     """A DDP wrapper over the resized model with the old wrapper's settings (its constructor syncs weights)."""
+    # torch >= 2.13 names the buffer sync forward_sync_buffers (broadcast_buffers warns as deprecated); older, broadcast_buffers
+    buffer_sync = ({"forward_sync_buffers": old.forward_sync_buffers} if hasattr(old, "forward_sync_buffers")
+                   else {"broadcast_buffers": old.broadcast_buffers})
     new = torch.nn.parallel.DistributedDataParallel(
         module,
         device_ids=old.device_ids,
         output_device=old.output_device,
         process_group=old.process_group,
         bucket_cap_mb=old.bucket_bytes_cap / 2**20,
-        broadcast_buffers=old.broadcast_buffers,
+        **buffer_sync,
         find_unused_parameters=old.find_unused_parameters,
         gradient_as_bucket_view=old.gradient_as_bucket_view,
         static_graph=old.static_graph,
@@ -231,16 +279,20 @@ def rewrap_ddp(old, module):
 class GradNormRank(TrainerCallback):
     """Signal, EMA, allocation, resize, optimizer rebuild and checkpoint state of one run.
 
-    `peft_model`: a peft model with LoRA layers; `config`: a `GradNormRankConfig` (its budgets, if None, become what
-    the adapter holds now). Public entries: `attach(host)` once the optimizer exists; `training_step` (or
+    `peft_model`: a peft model with a LoRA adapter; `config`: a `GradNormRankConfig` (its budgets, if None, become
+    what the adapter holds now). Public entries: `attach(host)` once the optimizer exists; `set_run_length(steps)`
+    once the run's length is known (the Trainer's on_train_begin; LoopHost's total_steps); `training_step` (or
     `observe_gradients` from a plain loop) every step; `maybe_reallocate(step)` after every step (the Trainer reaches
-    it through `on_step_end`), which calls `reallocate(step)` at the end of the warm-up; `save`/`load` around
-    checkpoints. Fails at construction if the budget cannot give every matrix `min_rank` or exceeds the caps.
+    it through `on_step_end`), which calls `reallocate(step)` at the end of the warm-up; `finish(step)` at the end
+    (on_train_end); `save`/`load` around checkpoints. Fails at construction on a model without a LoRA adapter (an
+    AdaLoRA model included) and if the budget cannot give every matrix `min_rank` or exceeds the caps. The model's
+    `save_pretrained` also writes the allocation record, RECORD_FILE, beside adapter_config.json.
     """
 
     def __init__(self, peft_model, config, adapter_name="default"):
         self.peft_model = peft_model
         self.adapter_name = adapter_name
+        _check_lora_adapter(peft_model, adapter_name)
         self.layers = lora_layers(peft_model)
         self.names = list(self.layers)
         if not self.layers:
@@ -252,8 +304,9 @@ class GradNormRank(TrainerCallback):
             config, rank_budget=config.rank_budget or sum(self.warmup_ranks),
             param_budget=config.param_budget or (sum(r * c for r, c in zip(self.warmup_ranks, self.unit_costs))
                                                  if config.budget_unit == "params" else None))
+        self.rank_cap = config.rank_cap(config.rank_budget, len(self.names))  # max_rank resolved; None: uncapped
         self.max_ranks = [
-            min(layer.in_features, layer.out_features, config.max_rank or config.rank_budget) for layer in self.layers.values()
+            min(layer.in_features, layer.out_features, self.rank_cap or config.rank_budget) for layer in self.layers.values()
         ]
         if config.budget_unit == "params":
             self.max_ranks = [min(cap, config.param_budget // c) for cap, c in zip(self.max_ranks, self.unit_costs)]
@@ -264,6 +317,9 @@ class GradNormRank(TrainerCallback):
         self.ema = torch.zeros(len(self.names), dtype=torch.float64, device=device)
         self.observed_steps = torch.zeros((), dtype=torch.int64, device=device)  # finite steps only
         self.done = False
+        self.finished = False  # finish() ran: the end of training was seen
+        self.warmup_steps = config.warmup_steps  # warmup_fraction: resolved by set_run_length
+        self.total_steps = None  # the run's optimizer steps, once known
         self.final_ranks = None
         self.reallocation_step = None
         self.overhead = MethodOverhead()  # seconds of signal, resize and grown-slice correction
@@ -274,10 +330,42 @@ class GradNormRank(TrainerCallback):
         self.signal = make_signal(config.signal, peft_model, self.layers, adapter_name, self.warmup_ranks, config,
                                   self.overhead)
         self.signal.install()
+        _write_record_on_save(peft_model, self)
 
     def attach(self, host):
-        """`host`: a `TrainerHost` or `LoopHost`, where `rebuild` finds and replaces the optimizer."""
+        """`host`: a `TrainerHost` or `LoopHost`, where `rebuild` finds and replaces the optimizer (and the LoopHost's
+        `total_steps`, if given, is the run's length: `set_run_length`)."""
         self.host = host
+        if getattr(host, "total_steps", None) is not None:
+            self.set_run_length(host.total_steps)
+        elif self.config.warmup_fraction is not None and isinstance(host, LoopHost):  # a Trainer's length comes at on_train_begin
+            raise ValueError("GradNormRankConfig.warmup_fraction needs the run's length: give the LoopHost "
+                             "total_steps=<the loop's optimizer steps>, or use warmup_steps.")
+
+    def set_run_length(self, total_steps: int):
+        """Once the run's optimizer steps are known: resolve warmup_fraction, refuse a warm-up the run never reaches
+        (the adapter would train as plain LoRA), and warn when it ends with the run's last step (the new ranks are
+        never trained)."""
+        self.total_steps = total_steps
+        if self.config.warmup_fraction is not None:
+            self.warmup_steps = round(self.config.warmup_fraction * total_steps)
+        if self.done or self.config.calibration_steps is not None:
+            return
+        asked = (f"warmup_steps {self.warmup_steps}" if self.config.warmup_fraction is None
+                 else f"warmup_fraction {self.config.warmup_fraction} ({self.warmup_steps} steps)")
+        if not 1 <= self.warmup_steps <= total_steps:
+            raise ValueError(f"GradNormRankConfig.{asked} is never reached in a run of {total_steps} optimizer steps: "
+                             f"the ranks would never move. Give a warm-up of 1 to {max(total_steps - 1, 1)} steps, or "
+                             "a warmup_fraction.")
+        if self.warmup_steps == total_steps:
+            logger.warning(f"GradNormRankConfig.{asked} ends with the run's last optimizer step: the ranks move after "
+                           "it, and the new ranks are never trained.")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.set_run_length(state.max_steps)
+        self.host.record_settings(self.settings())
+        self.host.log({LOG_PREFIX + key: value for key, value in self.settings().items()
+                       if isinstance(value, (int, float)) and not isinstance(value, bool)})
 
     # ---- phase 1: signal ----
 
@@ -336,7 +424,7 @@ class GradNormRank(TrainerCallback):
             self._calibrate(batches, loss, n)
         finally:  # the resize's new slices drew from the stream too: restored after it
             _set_random_state(rng)
-        logger.warning(f"GLoRA calibrated over {n} batches and allocated ranks before training: "
+        logger.warning(f"gradnorm_rank calibrated over {n} batches and allocated ranks before training: "
                        f"{min(self.final_ranks.values())}..{max(self.final_ranks.values())}, total {sum(self.final_ranks.values())}.")
 
     def _calibrate(self, batches, loss, n):
@@ -376,6 +464,11 @@ class GradNormRank(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         # Gradients were zeroed just before this event: a clean moment to change the parameters.
         self.maybe_reallocate(state.global_step)
+        if state.global_step >= state.max_steps:
+            self.finish(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.finish(state.global_step)  # a run stopped early (e.g. by EarlyStoppingCallback)
 
     def maybe_reallocate(self, step: int):
         """After optimizer step number `step` (counted from 1) and `zero_grad`: reallocate, once, when the warm-up is
@@ -385,8 +478,23 @@ class GradNormRank(TrainerCallback):
         if self.config.calibration_steps is not None:
             raise RuntimeError("GLoRA has calibration_steps but trained a step uncalibrated: call calibrate() before "
                                "training (GradNormRankMixin.train does).")
-        if step >= self.config.warmup_steps:
+        if step >= self.warmup_steps:
             self.reallocate(step)
+
+    def finish(self, step: int):
+        """At the end of training, after the last step (`step`): log the outcome; a run that ended before its warm-up
+        did is said (a warning), logged and recorded (`summary()["reallocated"]` False): its adapter trained as plain
+        LoRA with its starting ranks."""
+        if self.finished:
+            return
+        self.finished = True
+        if not self.done:
+            logger.warning(f"gradnorm_rank did not reallocate: the run ended at step {step}, before the warm-up of "
+                           f"{self.warmup_steps} steps was over; the adapter trained as plain LoRA with its starting "
+                           "ranks.")
+        if self.host is not None:
+            self.host.log({LOG_PREFIX + "reallocated": int(self.done),
+                           **{LOG_PREFIX + key: value for key, value in self.overhead.record().items()}})
 
     def reallocate(self, step: int):
         """Allocate -> resize -> rebuild, once. Call between optimizer steps, with gradients zeroed."""
@@ -398,11 +506,38 @@ class GradNormRank(TrainerCallback):
         self.rebuild(resized)
         self.reallocation_step = step
         self.overhead.resize_seconds += time.perf_counter() - start
-        grown = sum(r.new_rank > r.old_rank for r in resized)
+        self._report_reallocation(step, resized)
+
+    def _report_reallocation(self, step, resized):
+        """The reallocation in the `gradnorm_rank` log (one line: the ranks' spread, the top matrices, the seconds)
+        and in the host's log (the Trainer's: LOG_PREFIX keys); a warning if one matrix took more than warn_share."""
+        ranks = sorted(self.final_ranks.values())
+        top = sorted(self.final_ranks.items(), key=lambda item: -item[1])[:3]
         logger.warning(
-            f"GLoRA reallocated ranks at step {step}: {len(resized)} layers resized ({grown} grown), "
-            f"ranks {min(self.final_ranks.values())}..{max(self.final_ranks.values())}, total {sum(self.final_ranks.values())}."
-        )
+            f"gradnorm_rank reallocated ranks at step {step}: {len(resized)} of {len(ranks)} matrices resized "
+            f"({sum(r.new_rank > r.old_rank for r in resized)} grown); ranks min {ranks[0]}, median "
+            f"{statistics.median(ranks):g}, max {ranks[-1]}, total {sum(ranks)}; top: "
+            f"{', '.join(f'{name} {rank}' for name, rank in top)}; {self.overhead.resize_seconds:.2f} s.")
+        shares = self.budget_shares()
+        name, share = max(shares.items(), key=lambda item: item[1])
+        if self.config.warn_share is not None and share > self.config.warn_share:
+            logger.warning(f"gradnorm_rank gave {name} {share:.0%} of the {self.config.budget_unit} budget (rank "
+                           f"{self.final_ranks[name]}), more than warn_share {self.config.warn_share:g}; a lower "
+                           f"max_rank (now {self.config.max_rank!r}: {self.rank_cap}) caps it.")
+        self.host.log({
+            LOG_PREFIX + "reallocation_step": step, LOG_PREFIX + "rank_min": ranks[0],
+            LOG_PREFIX + "rank_median": statistics.median(ranks), LOG_PREFIX + "rank_max": ranks[-1],
+            LOG_PREFIX + "rank_total": sum(ranks), LOG_PREFIX + "matrices_resized": len(resized),
+            LOG_PREFIX + "max_budget_share": share,
+            **{LOG_PREFIX + key: value for key, value in self.overhead.record().items()},
+        })
+
+    def budget_shares(self) -> dict:
+        """Each matrix's share of the budget after the reallocation: r_k / rank_budget, or under budget_unit params
+        r_k (d_in + d_out) / the parameters the ranks spend."""
+        costs = [1] * len(self.names) if self.config.budget_unit == "rank" else self.unit_costs
+        spent = [self.final_ranks[name] * cost for name, cost in zip(self.names, costs)]
+        return {name: value / sum(spent) for name, value in zip(self.names, spent)}
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.after_optimizer_step()
@@ -483,13 +618,29 @@ class GradNormRank(TrainerCallback):
             return float(self.layers[self.names[k]].in_features) ** 0.5
         return 1.0
 
+    def settings(self) -> dict:
+        """The config as this run resolved it, JSON-ready: its fields, warmup_steps resolved from warmup_fraction, the
+        budgets from the adapter, and `rank_cap`, max_rank in ranks (None: uncapped)."""
+        return {**dataclasses.asdict(self.config), "warmup_steps": self.warmup_steps, "rank_cap": self.rank_cap}
+
     def summary(self) -> dict:
-        """What the method did, JSON-ready: the signal settings, the warm-up, the step it reallocated at (None before)
-        and the seconds it spent (`MethodOverhead.record`). Per-module scores are `scores()`."""
+        """What the method did, JSON-ready: the signal settings, the warm-up, the rank cap, whether and at which step
+        it reallocated (`reallocated` False: it never did, the adapter trained as plain LoRA) and the seconds it
+        spent (`MethodOverhead.record`). Per-module scores are `scores()`."""
         return {
             "signal": self.config.signal, "score_norm": self.config.score_norm, "beta": self.config.beta,
-            "warmup_steps": self.config.warmup_steps, **self.signal_settings(),
-            "reallocation_step": self.reallocation_step, **self.overhead.record(),
+            "warmup_steps": self.warmup_steps, "warmup_fraction": self.config.warmup_fraction, **self.signal_settings(),
+            "max_rank": self.config.max_rank, "rank_cap": self.rank_cap, "warn_share": self.config.warn_share,
+            "reallocated": self.done, "reallocation_step": self.reallocation_step, **self.overhead.record(),
+        }
+
+    def allocation_record(self) -> dict:
+        """RECORD_FILE's content: the settings, the step, and per module its score, starting and current rank."""
+        return {
+            "settings": self.settings(), "reallocated": self.done, "reallocation_step": self.reallocation_step,
+            **self.overhead.record(),
+            "modules": {name: {"score": score, "initial_rank": initial, "rank": int(self.layers[name].r[self.adapter_name])}
+                        for (name, score), initial in zip(self.scores().items(), self.warmup_ranks)},
         }
 
     # ---- checkpointing ----
@@ -520,7 +671,7 @@ class GradNormRank(TrainerCallback):
         return {
             "signal": self.config.signal, **self.signal_settings(),
             "beta": self.config.beta,
-            "warmup_steps": self.config.warmup_steps,
+            "warmup_steps": self.warmup_steps,
             "rank_budget": self.config.rank_budget,
             "budget_unit": self.config.budget_unit,
             "param_budget": self.config.param_budget,
@@ -553,3 +704,34 @@ class GradNormRank(TrainerCallback):
             self.reallocation_step = state["reallocation_step"]
             self.resize(self.final_ranks)
 
+
+
+def _check_lora_adapter(peft_model, adapter_name):
+    """One line for a model the method cannot resize: no peft adapter of that name, or a peft tuner other than LoRA
+    (AdaLoRA's layers hold their A and B as bare Parameters, and it masks ranks itself)."""
+    configs = getattr(peft_model, "peft_config", None)
+    if not isinstance(configs, dict) or adapter_name not in configs:
+        raise ValueError(f"GradNormRank needs a peft model with a LoRA adapter {adapter_name!r} (get_peft_model with a "
+                         f"LoraConfig); {type(peft_model).__name__} has none.")
+    peft_type = getattr(configs[adapter_name].peft_type, "value", configs[adapter_name].peft_type)
+    if peft_type != "LORA":
+        raise ValueError(f"GradNormRank resizes LoRA adapters only; adapter {adapter_name!r} is {peft_type} "
+                         f"({type(configs[adapter_name]).__name__}): build it with a peft LoraConfig.")
+
+
+def _write_record_on_save(peft_model, method):
+    """Make `peft_model.save_pretrained` (the Trainer's save_model and checkpoints included) also write `method`'s
+    allocation record, RECORD_FILE, beside the adapter's adapter_config.json; the folder still loads with plain peft.
+    The latest GradNormRank built on the model is the one recorded."""
+    save_pretrained = type(peft_model).save_pretrained.__get__(peft_model)
+
+    def save_with_record(save_directory, *args, **kwargs):
+        save_pretrained(save_directory, *args, **kwargs)
+        selected = kwargs.get("selected_adapters")
+        if kwargs.get("is_main_process", True) and (selected is None or method.adapter_name in selected):
+            folder = Path(save_directory)
+            if method.adapter_name != "default":
+                folder = folder / method.adapter_name  # peft's folder for a named adapter
+            (folder / RECORD_FILE).write_text(json.dumps(method.allocation_record(), indent=1))
+
+    peft_model.save_pretrained = save_with_record

@@ -5,7 +5,9 @@
 
     trainer = MyTrainer(model=peft_model, args=..., train_dataset=..., gradnorm_rank=GradNormRankConfig(warmup_steps=100))
 
-The mixin makes the three calls the method needs from the Trainer: every micro-batch goes through
+Use the mixin where you write the Trainer class; for a trainer instance built by code you do not control, use
+`GradNormRankCallback(trainer, config)` (callback.py), which sees only what callbacks see: clipped gradients, one
+process. The mixin makes the three calls the method needs from the Trainer: every micro-batch goes through
 `GradNormRank.training_step` (the gradient norms, read before clipping), the reallocation runs from the callback's
 `on_step_end` through a `TrainerHost` (the Trainer's own optimizer and scheduler are rebuilt), and a resume loads the
 checkpoint's `glora_state.json` before the Trainer loads the checkpoint's weights, which have the reallocated ranks.

@@ -31,16 +31,19 @@ mkdir -p "$ROOT"
 for method in lora adalora glora; do
   out="$ROOT/$method"
   echo "== $method: training (log: $out.log)"
-  # Progress: the Trainer's loss line every 10 steps.
+  # Progress: a line every 10 steps (step, loss, elapsed, ETA), and GLoRA's reallocation.
   if ! "$PY" run_glue_peft.py "${FLAGS[@]}" "${EXTRA[@]}" --method "$method" --output_dir "$out" 2>&1 \
-      | tee "$out.log" | grep --line-buffered "^{'loss'"; then
+      | tee "$out.log" | grep --line-buffered -E "progress: step|reallocated ranks|did not reallocate" \
+      | sed -u -E 's/^[0-9-]+ [0-9:,]+ [A-Z]+ [^ ]+: /   /'; then
     [ -f "$out/all_results.json" ] || { echo "FAILED: $method; the end of $out.log:"; tail -n 20 "$out.log"; exit 1; }
   fi
-  "$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); print(f\"   dev accuracy {r['eval_accuracy']:.4f}, training {r['train_runtime']:.0f} s\")" \
+  "$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); print(f\"   dev accuracy {r['eval_accuracy']:.4f}, training {r['train_runtime']:.0f} s wall-clock, {r['train_process_cpu_seconds']:.0f} s CPU\")" \
     "$out/all_results.json"
 done
 
 echo "== comparison ($ROOT/comparison)"
 "$PY" compare_runs.py "$ROOT" --out_dir "$ROOT/comparison"
+echo "Note: 'overhead vs LoRA' compares the wall-clock of runs made one after another: on a shared or busy machine it is"
+echo "noise-bound (CPU seconds are in each all_results.json); docs/benchmarks.md measures step costs side by side."
 echo "Table: $ROOT/comparison/comparison.md; figures: $ROOT/comparison/*.png; runs: $ROOT/<method>/ (docs/outputs.md)"
 echo "Wall-clock: $(( $(date +%s) - start )) s"

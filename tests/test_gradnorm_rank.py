@@ -1,6 +1,7 @@
-"""The gradnorm_rank package as a user meets it: README.md's snippets run exactly as written there (any Trainer, TRL's
-SFTTrainer, a plain PyTorch loop, saving / reloading / merging the resized adapter) on tiny random models, its
-config's checks, and an install outside the repository that imports without the harness."""
+"""The gradnorm_rank package as a user meets it: docs/library.md's snippets run exactly as written there (any Trainer,
+TRL's SFTTrainer, the callback form, a plain PyTorch loop, saving / reloading / merging the resized adapter) on tiny
+random models, README.md's one snippet is docs/library.md's, its config's checks, and an install outside the
+repository that imports without the harness."""
 
 import json
 import math
@@ -23,13 +24,14 @@ from gradnorm_rank import GradNormRankConfig, GradNormRankMixin, lora_layers
 
 SNIPPET = re.compile(r"<!-- snippet: (\w+) -->\n```python\n(.*?)```", re.S)
 WARMUP, STEPS, RANK = 4, 8, 4  # the snippets reallocate after optimizer step 4; every adapter starts at rank 4
+LIBRARY_DOC = ROOT / "docs" / "library.md"
 
 
 def run_snippet(name, **context) -> dict:
-    """Execute README.md's snippet `name` in a namespace holding `context` (what the README says the user has)."""
-    snippets = dict(SNIPPET.findall((ROOT / "README.md").read_text()))
+    """Execute docs/library.md's snippet `name` in a namespace holding `context` (what the page says the user has)."""
+    snippets = dict(SNIPPET.findall(LIBRARY_DOC.read_text()))
     namespace = dict(context)
-    exec(compile(snippets[name], f"README.md snippet {name}", "exec"), namespace)
+    exec(compile(snippets[name], f"docs/library.md snippet {name}", "exec"), namespace)
     return namespace
 
 
@@ -63,13 +65,14 @@ def check_reallocated_and_carried(method, peft_model, optimizer, steps):
         assert state[p]["exp_avg"].shape == p.shape and float(state[p]["step"]) == steps
 
 
-def test_readme_holds_the_four_snippets():
-    assert sorted(name for name, _ in SNIPPET.findall((ROOT / "README.md").read_text())) == ["loop", "save", "trainer",
-                                                                                            "trl"]
+def test_the_library_page_holds_the_five_snippets_and_the_readme_shows_its_trainer_snippet():
+    snippets = SNIPPET.findall(LIBRARY_DOC.read_text())
+    assert sorted(name for name, _ in snippets) == ["callback", "loop", "save", "trainer", "trl"]
+    assert SNIPPET.findall((ROOT / "README.md").read_text()) == [("trainer", dict(snippets)["trainer"])]
 
 
 def test_trainer_snippet_reallocates_and_keeps_training(tmp_path):
-    """README's Trainer snippet on a tiny BERT classifier."""
+    """The Trainer snippet on a tiny BERT classifier."""
     from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
     torch.manual_seed(0)
@@ -89,26 +92,42 @@ def test_trainer_snippet_reallocates_and_keeps_training(tmp_path):
 
 
 def test_trl_sft_trainer_snippet_reallocates_carries_the_optimizer_and_keeps_training(tmp_path):
-    """README's TRL snippet: SFTTrainer adds the LoRA adapter to a tiny random Llama, the mixin reallocates."""
-    from transformers import AutoTokenizer
-    from trl import SFTConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())  # only pads here: the data is already token ids
-    tokenizer.eos_token = tokenizer.sep_token
-    dataset = Dataset.from_dict({"input_ids": token_rows(32).tolist()})
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-2,
-                     logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, max_length=32,
-                     dataloader_num_workers=0)
-    trainer = run_snippet("trl", model=tiny_llama(), args=args, dataset=dataset, tokenizer=tokenizer)["trainer"]
+    """The TRL snippet: SFTTrainer adds the LoRA adapter to a tiny random Llama, the mixin reallocates."""
+    trainer = run_snippet("trl", model=tiny_llama(), **sft_context(tmp_path))["trainer"]
     assert isinstance(trainer.model, PeftModel) and len(lora_layers(trainer.model)) == 14  # 7 matrices x 2 layers
     check_reallocated_and_carried(trainer.gradnorm_rank, trainer.model, trainer.optimizer, STEPS)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert trainer.state.global_step == STEPS and len(losses) == STEPS and all(map(math.isfinite, losses))
 
 
+def test_callback_snippet_on_an_sft_trainer_it_did_not_subclass(tmp_path):
+    """The callback snippet: GradNormRankCallback on the SFTTrainer as built, which reallocates and carries the
+    optimizer over as the mixin does."""
+    namespace = run_snippet("callback", model=tiny_llama(), **sft_context(tmp_path))
+    trainer, callback = namespace["trainer"], namespace["callback"]
+    assert type(trainer).__name__ == "SFTTrainer" and callback in trainer.callback_handler.callbacks
+    check_reallocated_and_carried(callback, trainer.model, trainer.optimizer, STEPS)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert trainer.state.global_step == STEPS and len(losses) == STEPS and all(map(math.isfinite, losses))
+
+
+def sft_context(tmp_path) -> dict:
+    """What the TRL snippets say the user has: `args` (an SFTConfig), `dataset` and `tokenizer`."""
+    from transformers import AutoTokenizer
+    from trl import SFTConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())  # only pads here: the data is already token ids
+    tokenizer.eos_token = tokenizer.sep_token
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-2,
+                     logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, max_length=32,
+                     dataloader_num_workers=0)
+    return {"args": args, "dataset": Dataset.from_dict({"input_ids": token_rows(32).tolist()}), "tokenizer": tokenizer}
+
+
 def test_plain_loop_snippet_then_the_adapter_saves_reloads_and_merges(tmp_path, monkeypatch):
-    """README's plain-loop snippet on a tiny random Llama, then its save snippet: the reloaded adapter has the same
-    ranks and the same logits as the trained model, and merge_and_unload gives those logits too (fp32 noise)."""
+    """The plain-loop snippet on a tiny random Llama, then the save snippet: the reloaded adapter has the same ranks
+    and the same logits as the trained model, merge_and_unload gives those logits too (fp32 noise), and the folder
+    holds the allocation record with those ranks."""
     base_model_path = tmp_path / "base"
     tiny_llama().save_pretrained(base_model_path)
     from transformers import AutoModelForCausalLM
@@ -149,6 +168,9 @@ def test_plain_loop_snippet_then_the_adapter_saves_reloads_and_merges(tmp_path, 
         torch.testing.assert_close(merged(input_ids=probe).logits, trained, rtol=1e-5, atol=1e-5)
     saved = json.loads((tmp_path / "my_adapter" / "adapter_config.json").read_text())
     assert len(saved["rank_pattern"]) == len(seen["ranks"])
+    record = json.loads((tmp_path / "my_adapter" / gradnorm_rank.RECORD_FILE).read_text())
+    assert {name: m["rank"] for name, m in record["modules"].items()} == seen["ranks"]
+    assert record["reallocated"] is True and record["reallocation_step"] == WARMUP
 
 
 def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_total(monkeypatch):
@@ -194,8 +216,10 @@ def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_tota
                       "method_overhead_resize_seconds": 1.0, "method_overhead_grown_slice_seconds": 2.0}
     assert record["method_overhead_seconds"] == sum(v for k, v in record.items() if k != "method_overhead_seconds")
     assert method.summary() == {"signal": "lora_b", "score_norm": "raw", "beta": 0.9, "warmup_steps": 2,
-                                "calibration_steps": None, "signal_seed": 0, "shuffle_base": "lora_b",
-                                "signal_damping": 1e-3, "top_r": None, "reallocation_step": 2, **record}  # what the harness writes as ranks.json's glora block
+                                "warmup_fraction": None, "calibration_steps": None, "signal_seed": 0,
+                                "shuffle_base": "lora_b", "signal_damping": 1e-3, "top_r": None, "max_rank": "4x",
+                                "rank_cap": 16, "warn_share": 0.25, "reallocated": True, "reallocation_step": 2,
+                                **record}  # what the harness writes as ranks.json's glora block
     state = method.state_dict()
     assert MethodOverhead.from_record(state) == method.overhead
     old = {k: v for k, v in state.items() if not k.startswith("method_overhead")} | {"hook_seconds": 3.0,
@@ -208,6 +232,19 @@ def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_tota
 
 @pytest.mark.parametrize("changes, message", [
     ({"warmup_steps": 0}, "GradNormRankConfig.warmup_steps must be an integer >= 1 or None; got 0."),
+    ({"warmup_steps": None}, "GradNormRankConfig needs exactly one of warmup_steps, warmup_fraction (in training) "
+                             "and calibration_steps (before training); got warmup_steps=None, warmup_fraction=None, "
+                             "calibration_steps=None."),
+    ({"warmup_fraction": 0.5}, "GradNormRankConfig needs exactly one of warmup_steps, warmup_fraction (in training) "
+                               "and calibration_steps (before training); got warmup_steps=10, warmup_fraction=0.5, "
+                               "calibration_steps=None."),
+    ({"warmup_steps": None, "warmup_fraction": 1.0}, "GradNormRankConfig.warmup_fraction must be in (0, 1) or None; "
+                                                     "got 1.0."),
+    ({"warn_share": 1.5}, "GradNormRankConfig.warn_share must be in (0, 1] or None; got 1.5."),
+    ({"max_rank": "4"}, "GradNormRankConfig.max_rank as a multiple must be 'Kx' with K >= 1 (e.g. '4x'); got '4'."),
+    ({"max_rank": "0.5x"}, "GradNormRankConfig.max_rank as a multiple must be 'Kx' with K >= 1 (e.g. '4x'); got "
+                           "'0.5x'."),
+    ({"max_rank": 0}, "GradNormRankConfig.max_rank must be an integer >= 1, 'Kx' or None; got 0."),
     ({"signal": "fisher"}, "GradNormRankConfig.signal must be one of lora_b, lora_ab, delta, weight_grad, sensitivity, "
                          "whitened, kfac, activation_variance, update_concentration, random, shuffled; got 'fisher'."),
     ({"score_norm": "l1"}, "GradNormRankConfig.score_norm must be one of raw, per_entry, per_rank_unit, "

@@ -653,6 +653,9 @@ def test_quickstart_tiny_mode(tiny_bert, glue_dir, tmp_path):
     for method in ("lora", "adalora", "glora"):
         assert f"== {method}: training" in done.stdout
         assert (root / method / "all_results.json").is_file()
-    assert done.stdout.count("{'loss'") == 6 and done.stdout.count("dev accuracy") == 3
+    assert done.stdout.count("progress: step") == 6 and done.stdout.count("dev accuracy") == 3
+    assert "   progress: step 2/2 (100%), loss " in done.stdout and done.stdout.count(" s elapsed, ETA ") == 6
+    assert done.stdout.count("gradnorm_rank reallocated ranks at step 1:") == 1  # GLoRA's, shown (half of 2 steps)
+    assert done.stdout.count(" s CPU") == 3 and "noise-bound" in done.stdout
     assert "| sst2 |" in done.stdout and "GLoRA" in (root / "comparison" / "comparison.md").read_text()
     assert list((root / "comparison").glob("*.png")) and f"figures: {root}/comparison/*.png" in done.stdout

@@ -64,8 +64,10 @@ def test_a_run_records_each_fact_once_and_compare_runs_reads_it(tiny_bert, glue_
     assert returned == written[RESULTS_FILE]
     assert set(written["ranks.json"]) == {"initial_scaling", "modules", "glora"}  # no identity, no totals
     assert "num_adapted_matrices" not in written[RESULTS_FILE]
-    assert set(written["ranks.json"]["glora"]) == {"signal", "score_norm", "beta", "warmup_steps", "reallocation_step",
-                                                   *MethodOverhead().record()}
+    assert set(written["ranks.json"]["glora"]) == {"signal", "score_norm", "beta", "warmup_steps", "warmup_fraction",
+                                                   "calibration_steps", "signal_seed", "shuffle_base",
+                                                   "signal_damping", "top_r", "max_rank", "rank_cap", "warn_share", "reallocated",
+                                                   "reallocation_step", *MethodOverhead().record()}
     ranks, results = RankRecord.read(out), Results.read(out)
     assert ranks.other == {} and results.arm == "glora_params" and results.budget_unit == "params"
     modules = written["ranks.json"]["modules"].values()

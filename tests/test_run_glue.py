@@ -103,7 +103,7 @@ def test_max_steps_2_runs_every_method_with_its_default_fractions_unscaled(tiny_
     if method == "glora":
         assert resolved["glora"]["warmup_steps"] == 1
         glora = json.loads((out / "ranks.json").read_text())["glora"]
-        assert glora["reallocation_step"] == 1 and "GLoRA reallocated ranks at step 1: " in caplog.text
+        assert glora["reallocation_step"] == 1 and "gradnorm_rank reallocated ranks at step 1: " in caplog.text
         # signal at step 1, the resize after it, the grown slices' correction at step 2; the total is their sum
         assert all(part > 0 for part in parts) and results["method_overhead_seconds"] == pytest.approx(sum(parts))
         assert {k: v for k, v in glora.items() if k.startswith("method_overhead")} == {
@@ -132,7 +132,7 @@ def test_readme_trial_run_works_as_written_with_the_proposals_lr_warmup(tiny_ber
     with caplog.at_level(logging.INFO):
         results = run_glue_peft.main([*offline, *flags])
     assert "LR warm-up 1000 >= max_steps 2: trial run, warming up over 0 steps." in caplog.text
-    assert "GLoRA reallocated ranks at step 1: " in caplog.text
+    assert "gradnorm_rank reallocated ranks at step 1: " in caplog.text
     run_args = json.loads((tmp_path / "out" / "run_args.json").read_text())
     assert (run_args["peft"]["method"], run_args["data"]["task"], run_args["data"]["max_eval_samples"]) == ("glora",
                                                                                                           "mnli", 64)
