@@ -188,3 +188,53 @@ def test_the_readout_model_predicts_the_frozen_affine_readout(tiny_bert):
         assert torch.allclose(out.loss, mse, atol=1e-5)
         assert (out.token_mask is not None) == planting.per_token
         assert not [n for n, p in model.named_parameters() if "readout" in n]  # a buffer, never trained
+
+
+BUILD_TRAINER = run_glue_peft.build_trainer
+
+
+def recorded_arm(monkeypatch, model_dir, data, out, *extra, task="sst2"):
+    """(the input ids of every training batch, in order; the trainable head's initial weights) of one run."""
+    batches, head = [], {}
+
+    def recording_build(model, *args, **kwargs):
+        head.update({n: p.detach().clone() for n, p in model.named_parameters()
+                     if p.requires_grad and "lora_" not in n})
+        trainer = BUILD_TRAINER(model, *args, **kwargs)
+        collate = trainer.data_collator
+
+        def recording_collate(features):
+            batch = collate(features)
+            if trainer.model.training:
+                batches.append(batch["input_ids"].clone())
+            return batch
+
+        trainer.data_collator = recording_collate
+        return trainer
+
+    monkeypatch.setattr(run_glue_peft, "build_trainer", recording_build)
+    run_glue_peft.main(trial_args(model_dir, data, task, "lora", out, "--num_train_epochs", "2", *extra))
+    return batches, head
+
+
+def test_arms_of_one_seed_see_the_same_batches_and_start_from_the_same_head(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    """Common random numbers: uniform LoRA and an oracle --rank_pattern (whose adapters draw other amounts of random
+    numbers at initialisation) train on the same batches in the same order, epoch after epoch, from the same initial
+    classifier; another seed changes both."""
+    from adapters import MATRIX_PATTERNS, resolve_targets
+    from transformers import AutoModelForSequenceClassification
+
+    data = glue_dir("sst2")
+    targets = resolve_targets(AutoModelForSequenceClassification.from_pretrained(tiny_bert), list(MATRIX_PATTERNS))
+    pattern = tmp_path / "oracle.json"
+    pattern.write_text(json.dumps({name: 7 if i % 2 else 1 for i, name in enumerate(targets)}))  # 48 in all, as lora
+    lora = recorded_arm(monkeypatch, tiny_bert, data, tmp_path / "lora")
+    oracle = recorded_arm(monkeypatch, tiny_bert, data, tmp_path / "oracle", "--rank_pattern", str(pattern))
+    other_seed = recorded_arm(monkeypatch, tiny_bert, data, tmp_path / "seed", "--seed", "7")
+    assert len(lora[0]) == 2 * 8 and lora[1] and set(lora[1]) == set(oracle[1])  # 64 rows / 8: two epochs
+    for first, second in zip(lora[0], oracle[0], strict=True):
+        assert torch.equal(first, second)
+    for name in lora[1]:
+        assert torch.equal(lora[1][name], oracle[1][name]), name
+    assert any(not torch.equal(a, b) for a, b in zip(lora[0], other_seed[0]))
+    assert any(not torch.equal(lora[1][n], other_seed[1][n]) for n in lora[1])
