@@ -264,3 +264,29 @@ def test_two_arms_of_a_planting_are_compared_by_seed(tiny_bert, plantings, tmp_p
     assert sig["verdict"] == "too few seeds (< 3 per method)"
     assert any("a vector-label task (planted): the examples bootstrap" in note for note in sig["notes"])
     assert table.loc["oracle", "p_paired_t_vs_lora"] == pytest.approx(sig["p_paired_t"])
+
+
+def test_a_study_tunes_a_planting_on_its_tuning_split(tiny_bert, plantings, tmp_path):
+    """hpo.py on --task planted: the trial scores the held-out tuning rows (eval_tuning_r2) and never dev; the study's
+    value is that R^2. (The search stage only: a final run is run_glue_peft.py on dev, tested above.)"""
+    import optuna
+    from optuna.trial import TrialState
+
+    import hpo
+    from search.study import make_storage
+
+    study_dir, final_root = tmp_path / "study", tmp_path / "final"
+    flags = trial_args(tiny_bert, plantings["features"], "planted", "lora", "unused")
+    for name in ("--output_dir", "--learning_rate", "--per_device_train_batch_size"):  # set or searched by hpo.py
+        at = flags.index(name)
+        del flags[at:at + 2]
+    hpo.main([str(ROOT / "configs" / "search" / "cpu_lr_batch.yaml"), *flags, "--n_trials", "1", "--max_steps", "2",
+              "--study_dir", str(study_dir), "--final_root", str(final_root), "--stage", "search",
+              "--tuning_split_fraction", "0.25", "--sampler_seed", "0"])
+    (trial,) = (study_dir / "trials").iterdir()
+    scored = json.loads((trial / "all_results.json").read_text())
+    assert "eval_tuning_r2" in scored and "eval_tuning_pearson" in scored and "eval_r2" not in scored
+    assert sorted(p.name for p in trial.glob("predictions_*")) == ["predictions_tuning.csv", "predictions_tuning.npz"]
+    assert len(pd.read_csv(trial / "predictions_tuning.csv")) == 12  # a quarter of the 48 training rows
+    (done,) = optuna.load_study(study_name="planted_lora", storage=make_storage(str(study_dir / "study.journal"))).trials
+    assert done.state == TrialState.COMPLETE and done.value == pytest.approx(scored["eval_tuning_r2"])
