@@ -16,6 +16,7 @@ import torch
 from peft import AdaLoraConfig, LoraConfig, TaskType
 from transformers import TrainerCallback
 
+from glue_tasks import GLUE_TASKS
 from gradnorm_rank import MethodOverhead, lora_layers, pattern_key
 from records import ModuleRanks, RankRecord
 
@@ -81,7 +82,8 @@ def head_modules(model) -> list:
 def build_peft_config(plan):
     """The peft config of the plan's method. GLoRA starts as uniform LoRA; `gradnorm_rank.GradNormRank` re-apportions."""
     common = dict(
-        task_type=TaskType.SEQ_CLS,
+        # The planted control's model has no classifier: peft's plain PeftModel, whose forward passes every input on.
+        task_type=None if GLUE_TASKS[plan.task].is_vector else TaskType.SEQ_CLS,
         target_modules=list(plan.targets),
         modules_to_save=list(plan.head),
         lora_dropout=plan.lora_dropout,

@@ -45,7 +45,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    task: str = field(metadata={"help": f"GLUE task: one of {', '.join(GLUE_TASKS)}."})
+    task: str = field(metadata={"help": f"GLUE task: one of {', '.join(GLUE_TASKS)} (planted: the planted control, "
+                                        "with --dataset_dir a folder of data.make_planted; docs/planted.md)."})
     dataset_name: str = field(default="nyu-mll/glue", metadata={"help": "Hub dataset with GLUE's configs and schema."})
     dataset_dir: str | None = field(
         default=None,
@@ -521,6 +522,9 @@ def check_args(args: RunArguments):
         raise ValueError(f"--glora_min_rank must be >= 1 (a LoRA layer cannot have rank 0), got {peft.glora_min_rank}.")
     if peft.glora_max_rank is not None and peft.glora_max_rank < peft.glora_min_rank:
         raise ValueError(f"--glora_max_rank must be >= --glora_min_rank {peft.glora_min_rank}, got {peft.glora_max_rank}.")
+    if GLUE_TASKS[data.task].is_vector and (data.train_file or not data.dataset_dir):
+        raise ValueError(f"--task {data.task} reads a planting folder written by data.make_planted: give --dataset_dir "
+                         "OUT (not --train_file/--validation_file).")
     if (data.train_file is None) != (data.validation_file is None):
         raise ValueError("Give both --train_file and --validation_file, or neither.")
     if data.task == "mnli" and data.validation_file and not data.validation_mismatched_file:

@@ -23,13 +23,22 @@ class EvalSplit:
 class GlueTask:
     name: str
     text_keys: tuple  # one or two text columns
-    num_labels: int  # 1 = regression
+    num_labels: int  # 1 = regression; 0 = a vector of K outputs per example (the planted control, K from its folder)
     main_metrics: tuple  # what a table ranks by (combined_score = their mean)
     eval_splits: tuple = (EvalSplit("validation"),)
 
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
+
+    @property
+    def is_vector(self) -> bool:
+        """A label of K numbers per example (or per token) and no class: the planted control (planted_task.py)."""
+        return self.num_labels == 0
+
+    @property
+    def is_classification(self) -> bool:
+        return self.num_labels >= 2
 
     @property
     def split_names(self) -> tuple:
@@ -60,6 +69,8 @@ GLUE_TASKS = {
         GlueTask("sst2", ("sentence",), 2, ("accuracy",)),
         GlueTask("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearmanr")),
         GlueTask("wnli", ("sentence1", "sentence2"), 2, ("accuracy",)),
+        # Not GLUE: the planted control of data/make_planted.py (--task planted --dataset_dir OUT), scored by R^2.
+        GlueTask("planted", ("sentence",), 0, ("r2",)),
     )
 }
 
@@ -68,7 +79,9 @@ def glue_metrics(task: str, predictions, labels) -> dict:
     """GLUE metrics for one task. `predictions` are logits (classification) or scores (STS-B)."""
     spec = GLUE_TASKS[task]
     predictions, labels = np.asarray(predictions), np.asarray(labels)
-    if spec.is_regression:
+    if spec.is_vector:
+        result = vector_metrics(predictions, labels)
+    elif spec.is_regression:
         scores = predictions.reshape(-1).astype(np.float64)
         labels = labels.reshape(-1).astype(np.float64)
         if np.ptp(scores) == 0 or np.ptp(labels) == 0:
@@ -88,3 +101,23 @@ def glue_metrics(task: str, predictions, labels) -> dict:
             result["f1"] = float(f1_score(labels, classes, pos_label=1, average="binary", zero_division=0.0))
     result["combined_score"] = float(np.mean([result[m] for m in spec.main_metrics]))
     return result
+
+
+def vector_metrics(predictions, labels) -> dict:
+    """The planted control's metrics on (rows, K) arrays, one row per example (target features) or per real token
+    (token_features, pooled over every example's tokens): the mean over the K outputs of R^2 = 1 - SSE / SST (about
+    the output's own mean over the rows) and of Pearson's r. An output that is constant over the rows (SST 0, or
+    constant predictions for r) counts 0, as GLUE's regression metric does, so that runs compare."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    if predictions.shape != labels.shape or predictions.ndim != 2:
+        raise ValueError(f"vector metrics need two (rows, K) arrays of one shape, got {predictions.shape} and "
+                         f"{labels.shape}")
+    centred_y = labels - labels.mean(0)
+    centred_p = predictions - predictions.mean(0)
+    sst = (centred_y ** 2).sum(0)
+    sse = ((labels - predictions) ** 2).sum(0)
+    spread = np.sqrt(sst * (centred_p ** 2).sum(0))
+    r2 = np.where(sst > 0, 1 - sse / np.where(sst > 0, sst, 1), 0.0)
+    pearson = np.where(spread > 0, (centred_y * centred_p).sum(0) / np.where(spread > 0, spread, 1), 0.0)
+    return {"r2": float(r2.mean()), "pearson": float(pearson.mean())}

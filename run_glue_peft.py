@@ -63,6 +63,16 @@ from glue_data import load_glue_data, tokenize_splits
 from glue_tasks import GLUE_TASKS, glue_metrics
 from gradnorm_rank import GradNormRank, GradNormRankMixin, MethodOverhead
 from plan import resolve_plan
+from planted_task import (
+    ReadoutModel,
+    VectorLabelCollator,
+    check_labels,
+    check_planting,
+    check_token_counts,
+    read_planting,
+    real_outputs,
+    write_predictions,
+)
 from records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, Results, RunArgs
 from run_folder import discard_replaced, folder_lock, move_aside
 
@@ -75,13 +85,23 @@ def main(argv=None):
     check_args(args)
     setup_logging()
     warn_single_process_launch(PartialState().num_processes)
-    set_seed(args.training.seed)
+    planting = read_planting(args.data.dataset_dir) if GLUE_TASKS[args.data.task].is_vector else None
 
     raw = load_glue_data(args.data, args.model.cache_dir)
-    model, tokenizer = load_model(args.model, args.data.task)
+    if planting:
+        check_labels(raw, planting)
+    # Common random numbers across arms: the head's initial weights are drawn right after seeding, before any
+    # method's adapter draws its own, and the training order comes from the seed alone (data_seed), so that every
+    # arm of one seed starts from the same head and sees the same batches.
+    set_seed(args.training.seed)
+    model, tokenizer = load_model(args.model, args.data.task, planting)
+    if planting:
+        check_planting(planting, model, args.data.max_seq_length)
+        check_token_counts(raw, tokenizer, planting)
     targets = resolve_targets(model, args.peft.target_modules)
     plan = resolve_plan(args, targets, unit_costs(model, targets), head_modules(model), len(raw["train"]))
-    training_args = dataclasses.replace(args.training, output_dir=plan.output_dir, warmup_steps=plan.lr_warmup_steps)
+    training_args = dataclasses.replace(args.training, output_dir=plan.output_dir, warmup_steps=plan.lr_warmup_steps,
+                                        data_seed=data_seed(args.training))
 
     model = get_peft_model(model, build_peft_config(plan))
     initial_ranks = current_ranks(model)
@@ -98,7 +118,7 @@ def main(argv=None):
         try:
             encoded = tokenize_splits(raw, tokenizer, args.data, training_args)
             trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data,
-                                    identity_of(run_args.to_json()))
+                                    identity_of(run_args.to_json()), planting)
             cpu_start = time.process_time()
             train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         except Exception:
@@ -110,7 +130,8 @@ def main(argv=None):
         trainer.save_state()
 
         results = trainer.whole_run_metrics(train_result.metrics)
-        results.update(evaluate_and_write_predictions(trainer, raw, encoded, plan, training_args, args.data.eval_split))
+        results.update(evaluate_and_write_predictions(trainer, raw, encoded, plan, training_args, args.data.eval_split,
+                                                      planting))
         results = write_records(results, model, plan, initial_ranks, method, training_args)
         if training_args.should_save:
             discard_replaced(replaced)
@@ -135,16 +156,25 @@ def warn_single_process_launch(world_size: int):
                        "processes use torchrun --nproc_per_node N run_glue_peft.py ... --use_cpu True.")
 
 
-def load_model(model_args, task_name):
-    """The pretrained encoder with a fresh classification head for the task, and its tokenizer."""
+def data_seed(training_args) -> int:
+    """The seed of the training order: --data_seed, else --seed. Given to the Trainer explicitly, so that the order
+    never depends on what drew from the global RNG before the sampler (a method's adapter initialisation)."""
+    return training_args.seed if training_args.data_seed is None else training_args.data_seed
+
+
+def load_model(model_args, task_name, planting=None):
+    """The pretrained encoder with a fresh classification head for the task (for the planted control: with the
+    planting's frozen read-out instead, planted_task.ReadoutModel), and its tokenizer."""
     task = GLUE_TASKS[task_name]
     with hub_errors_named("--model_name_or_path", model_args.model_name_or_path):
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path, num_labels=task.num_labels, finetuning_task=task_name, cache_dir=model_args.cache_dir
-        )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir
-        )
+        if planting:
+            model = ReadoutModel.load(model_args.model_name_or_path, planting, cache_dir=model_args.cache_dir)
+        else:
+            config = AutoConfig.from_pretrained(model_args.model_name_or_path, num_labels=task.num_labels,
+                                                finetuning_task=task_name, cache_dir=model_args.cache_dir)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir
+            )
     tokenizer_flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
     with hub_errors_named(tokenizer_flag, model_args.tokenizer_name or model_args.model_name_or_path):
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir)
@@ -269,14 +299,20 @@ def forget_failed_start(output_dir):
                    "command can start it again.")
 
 
-def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_args, identity):
+def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_args, identity, planting=None):
     task = GLUE_TASKS[plan.task]
-    if data_args.pad_to_max_length:
+    multiple = 8 if training_args.fp16 or training_args.bf16 else None
+    if planting:
+        collator = VectorLabelCollator(tokenizer, planting, data_args.pad_to_max_length, pad_to_multiple_of=multiple)
+    elif data_args.pad_to_max_length:
         collator = default_data_collator
     else:
-        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None)
+        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
     def compute_metrics(prediction):
+        if planting:  # one row per example or per real token
+            predicted, labels, _ = real_outputs(prediction.predictions, prediction.label_ids, planting.per_token)
+            return glue_metrics(plan.task, predicted, labels)
         return glue_metrics(plan.task, prediction.predictions, prediction.label_ids)
 
     # --eval_split tuning: every evaluation scores the held-out tuning split (metrics eval_tuning_*), for hpo.py's
@@ -301,15 +337,20 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
     )
 
 
-def evaluate_and_write_predictions(trainer, raw, encoded, plan, training_args, eval_split="dev") -> dict:
-    """Metrics of every dev split, and its per-example predictions as predictions_<split>.csv; under --eval_split
-    tuning those of the tuning split alone (eval_tuning_*, predictions_tuning.csv): a trial never reads dev."""
+def evaluate_and_write_predictions(trainer, raw, encoded, plan, training_args, eval_split="dev", planting=None) -> dict:
+    """Metrics of every dev split, and its per-example predictions as predictions_<split>.csv (the planted control:
+    planted_task.write_predictions); under --eval_split tuning those of the tuning split alone (eval_tuning_*,
+    predictions_tuning.csv): a trial never reads dev."""
     task = GLUE_TASKS[plan.task]
     results = {}
     for split, prefix, suffix in final_eval_splits(task, eval_split):
         output = trainer.predict(encoded[split], metric_key_prefix=prefix)
         results.update({f"{k}{suffix}": v for k, v in output.metrics.items()})
         if not training_args.should_save:
+            continue
+        if planting:
+            write_predictions(plan.output_dir, split, raw[split]["idx"], raw[split]["label"], output.predictions,
+                              output.label_ids, planting.per_token)
             continue
         if not np.allclose(output.label_ids.reshape(-1), np.asarray(raw[split]["label"], dtype=float), atol=1e-6):
             raise RuntimeError(f"{split}: predictions are not in dataset order; predictions_{split}.csv would "

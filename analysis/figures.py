@@ -335,7 +335,7 @@ def fig_confusion(groups, out_dir):
     """One sheet per arm of each comparable group: counts (seeds summed) and row-normalised, per dev split."""
     written = []
     for (task, budget, group, arm), g in groups.items():
-        if GLUE_TASKS[task].is_regression:
+        if not GLUE_TASKS[task].is_classification:
             continue
         sheets, used = summed_confusion(g)
         several_budgets = len({k.budget for k in groups if (k.task, k.arm) == (task, arm)}) > 1

@@ -455,6 +455,9 @@ def bootstrap_set_aside(runs):
 
 def read_predictions(run):
     """The predictions files as written, or (None, reason)."""
+    if GLUE_TASKS[run.task].is_vector:
+        return None, ("a vector-label task (planted): the examples bootstrap resamples GLUE's scalar metrics only; its "
+                      "arms are compared by the per-seed tests (Welch, paired t)")
     out = {}
     for split in sorted({metric_split(run.task, m)[0] for m in MAIN_METRICS[run.task]}):
         path = run.path / f"predictions_{split}.csv"

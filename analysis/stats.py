@@ -115,6 +115,25 @@ def welch(a, b):
 
 
 @dataclass
+class PairedT:
+    n: int  # seeds both arms ran
+    t: float
+    p: float
+
+
+def paired_t(a, b, seeds_a, seeds_b):
+    """The paired t-test (two-sided) on the per-seed differences A - B over the seeds both arms ran: with common
+    random numbers (the same data order and head per seed) a seed's runs share their luck, which the difference
+    removes; nan (the tables' header says why) if fewer than 2 seeds are shared or the differences do not vary."""
+    by_seed_b = dict(zip(seeds_b, b))
+    diffs = np.array([x - by_seed_b[s] for s, x in zip(seeds_a, a) if s in by_seed_b], float)
+    if len(diffs) < 2 or np.ptp(diffs) <= 1e-12 * max(1.0, float(np.abs(diffs).max())):  # equal up to rounding
+        return PairedT(len(diffs), NAN, NAN)
+    r = stats.ttest_1samp(diffs, 0.0)
+    return PairedT(len(diffs), float(r.statistic), float(r.pvalue))
+
+
+@dataclass
 class Comparison:
     """Arm A vs arm B in one comparable group of a task and rank budget (A - B). Field order = the output columns."""
     task: str
@@ -151,6 +170,11 @@ class Comparison:
     group: str = ""  # the comparable group's tag (GroupKey.group)
     method_a: str = ""
     method_b: str = ""
+    # beside Welch: the paired t-test on the per-seed differences over the seeds both arms ran (paired_t)
+    n_paired_t: int = 0
+    t_paired_t: float = NAN
+    p_paired_t: float = NAN
+    sig_paired_t: bool = False
 
 
 def verdict(n_a, n_b, hier, w, alpha):
@@ -201,6 +225,7 @@ def compare(ga, gb, preds, n_bootstrap, seed, alpha):
     """One Comparison of group A vs group B. preds(run) -> (predictions or None, why not)."""
     notes = []
     w = welch(ga.scores, gb.scores)
+    pt = paired_t(ga.scores, gb.scores, ga.seeds, gb.seeds)
     if w.note:
         notes.append(w.note)
     with_preds = {}
@@ -243,7 +268,8 @@ def compare(ga, gb, preds, n_bootstrap, seed, alpha):
         hier_n_a=len(runs_a), hier_n_b=len(runs_b), delta_hier=hier.delta, hier_ci_low=hier.ci_low,
         hier_ci_high=hier.ci_high, p_hier=hier.p, sig_hier=bool(hier.p < alpha),
         verdict=verdict(n_a, n_b, hier, w, alpha), capacity=unequal_capacity([ga, gb]),
-        group=ga.group, method_a=ga.method, method_b=gb.method)
+        group=ga.group, method_a=ga.method, method_b=gb.method,
+        n_paired_t=pt.n, t_paired_t=pt.t, p_paired_t=pt.p, sig_paired_t=bool(pt.p < alpha))
 
 
 def significance(groups, n_bootstrap=2000, seed=0, alpha=0.05):

@@ -55,6 +55,7 @@ def group_row(g, lora, ada, sig, boot):
     s = sig.get((g.task, g.budget, g.group, g.arm, lora.arm)) if lora else None
     row["p_boot_vs_lora"], row["p_welch_vs_lora"] = (s.p_boot, s.p_welch) if s else (NAN, NAN)
     row["p_hier_vs_lora"], row["verdict_vs_lora"] = (s.p_hier, s.verdict) if s else (NAN, "")
+    row["p_paired_t_vs_lora"], row["n_paired_t_vs_lora"] = (s.p_paired_t, s.n_paired_t) if s else (NAN, 0)
     if g.method == "glora" and lora and ada:
         row.update(share_columns(share_of_gain(lora.scores, ada.scores, g.scores, **boot)),
                    share_capacity=unequal_capacity([lora, ada, g]), share_adalora_arm=ada.arm)
@@ -226,14 +227,14 @@ def fmt_ci(lo, hi):
 def significance_table(sig, alpha):
     level = f"{1 - alpha:.0%}"
     headers = ["task", "R_total", "A vs B", "seeds (A, B)", "Δ score A−B", f"seeds+examples bootstrap {level} CI",
-               "p seeds+examples", "p Welch", f"verdict at α = {alpha}", "capacity",
+               "p seeds+examples", "p Welch", "p paired t (seeds)", f"verdict at α = {alpha}", "capacity",
                "per-seed diagnostic: paired seeds", f"examples-only {level} CI", "p examples-only", "p per seed"]
     body = []
     for s in sig:
         per_seed = ", ".join(f"s{k}: {fmt_p(p, alpha)}" for k, p in zip(s.paired_seeds, s.p_boot_per_seed)) or "—"
         body.append([place(s.task, s.group), s.budget, pair_name(s), f"{s.n_a}, {s.n_b}",
                      f"{s.delta * 100:+.2f}", fmt_ci(s.hier_ci_low, s.hier_ci_high), fmt_p(s.p_hier, alpha),
-                     fmt_p(s.p_welch, alpha), s.verdict, s.capacity or "equal", len(s.paired_seeds), fmt_ci(s.boot_ci_low, s.boot_ci_high),
+                     fmt_p(s.p_welch, alpha), f"{fmt_p(s.p_paired_t, alpha)} ({s.n_paired_t})", s.verdict, s.capacity or "equal", len(s.paired_seeds), fmt_ci(s.boot_ci_low, s.boot_ci_high),
                      fmt_p(s.p_boot, alpha), per_seed])
     notes = [f"- {place(s.task, s.group)} {pair_name(s)}: {n}" for s in sig for n in s.notes]
     return md_table(headers, body), notes
@@ -295,7 +296,9 @@ def render_markdown(rows, sig, skipped, warn, alpha, n_bootstrap, seed, tuning_w
              f"correction). **Verdict:** the seeds+examples (hierarchical) bootstrap: {n_bootstrap} resamples, each "
              f"drawing each method's seeds with replacement and one resample of dev examples (matched by idx) for all "
              f"runs (bootstrap seed {seed}); with fewer than {MIN_SEEDS} seeds per method it reads 'too few seeds'. "
-             f"Welch: t-test over per-seed scores, beside it. The examples-only paired bootstrap (seed-paired runs, "
+             f"Welch: t-test over per-seed scores, beside it; paired t: the t-test of the per-seed differences over the seeds "
+             f"both arms ran (common random numbers: a seed's arms see the same batches and start from the same head), n/a "
+             f"where they share fewer than 2 seeds or the differences do not vary. The examples-only paired bootstrap (seed-paired runs, "
              f"same example resamples, seeds not resampled) is a per-seed diagnostic: it ignores seed-to-seed "
              f"variance and is not a verdict. GLUE avg: mean task score over the tasks "
              f"every method has; its seeds = the fewest of any task, its train time = mean per task (so its overhead "

@@ -2,7 +2,9 @@
 (arm - lora) / (oracle - lora) on mean scores (the task score compare_runs ranks by: records.Results.score, the mean
 of the task's main metrics), with the seed-bootstrap interval of analysis.stats.share_of_gain (the oracle in
 AdaLoRA's place there: no interval unless the oracle beats LoRA in at least 97.5 % of the resamples). First, oracle
-vs lora over every seed present: Welch's t-test and, since both arms ran the same seeds, a t-test paired by seed.
+vs lora over every seed present: Welch's t-test and, since both arms ran the same seeds (common random numbers: the
+same batches and head per seed), the t-test paired by seed (analysis.stats.paired_t, as compare_runs.py reports it);
+each arm's row has its own paired t against lora.
 
     python -m launch.oracle_share FINAL_DIR [ARM ...]      # default arms: glora_params adalora_params
 """
@@ -10,9 +12,7 @@ vs lora over every seed present: Welch's t-test and, since both arms ran the sam
 import sys
 from pathlib import Path
 
-from scipy.stats import ttest_ind, ttest_rel
-
-from analysis.stats import share_of_gain
+from analysis.stats import paired_t, share_of_gain, welch
 from glue_tasks import GLUE_TASKS
 from records import RESULTS_FILE, Results
 
@@ -34,11 +34,12 @@ def main(final_dir, arms):
           f"{100 * sum(oracle) / len(oracle):.2f}; oracle - lora {100 * (sum(oracle) / len(oracle) - sum(lora) / len(lora)):+.2f}")
     paired = sorted(set(by_seed["lora"]) & set(by_seed["oracle"]))
     diffs = [by_seed["oracle"][s] - by_seed["lora"][s] for s in paired]
-    print(f"oracle vs lora over all seeds: Welch p {ttest_ind(oracle, lora, equal_var=False).pvalue:.3f}; paired by seed "
-          f"({len(paired)} seeds, differences {', '.join(f'{100 * d:+.2f}' for d in diffs)}): t-test p "
-          f"{ttest_rel([by_seed['oracle'][s] for s in paired], [by_seed['lora'][s] for s in paired]).pvalue:.3f}")
-    print("| arm | seeds | mean score (x100) | arm - lora | oracle - lora | share of the oracle's gain | 95% interval | note |")
-    print("|---|---|---|---|---|---|---|---|")
+    pair = paired_versus_lora(by_seed["oracle"], by_seed["lora"])
+    print(f"oracle vs lora over all seeds: Welch p {welch(oracle, lora).p:.3g}; paired by seed ({pair.n} seeds, "
+          f"differences {', '.join(f'{100 * d:+.2f}' for d in diffs)}): t {pair.t:.3g}, p {pair.p:.3g}")
+    print("| arm | seeds | mean score (x100) | arm - lora | oracle - lora | share of the oracle's gain | 95% interval | "
+          "note | paired t vs lora: p (seeds) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for arm in arms:  # on the seeds that lora, the oracle and the arm all ran
         runs = seed_scores(final_dir, arm)
         seeds = sorted(set(runs) & set(paired))
@@ -47,8 +48,15 @@ def main(final_dir, arms):
         s = share_of_gain(base, best, own)
         interval = f"[{s.ci_low:.2f}, {s.ci_high:.2f}]" if s.ci_low is not None else "none"
         share = f"{s.share:.2f}" if s.share is not None else "undefined"
+        own_pair = paired_versus_lora(runs, by_seed["lora"])
         print(f"| {arm} | {','.join(map(str, seeds))} | {100 * sum(own) / len(own):.2f} | {100 * s.glora_gain:+.2f} | "
-              f"{100 * s.adalora_gain:+.2f} | {share} | {interval} | {s.note.replace('AdaLoRA', 'oracle')} |")
+              f"{100 * s.adalora_gain:+.2f} | {share} | {interval} | {s.note.replace('AdaLoRA', 'oracle')} | "
+              f"{own_pair.p:.3g} ({own_pair.n}) |")
+
+
+def paired_versus_lora(arm: dict, lora: dict):
+    """analysis.stats.PairedT of an arm's {seed: score} against lora's, over the seeds both ran."""
+    return paired_t(list(arm.values()), list(lora.values()), list(arm), list(lora))
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:] or ["glora_params", "adalora_params"])

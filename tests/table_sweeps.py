@@ -9,6 +9,9 @@ same sweeps (OLD_RUNS: run folders a real run wrote at that commit, tests/data/o
 comparison.json were made again when the method overhead got one name (hook_seconds_mean became
 method_overhead_seconds_mean, beside its signal/resize/grown_slice parts); with that column renamed back and the
 parts dropped they were checked equal to a15be9c's. comparison.md and comparison_significance.csv are a15be9c's.
+All four were made again when the seed-paired t-test was added (issue 26): with its columns dropped (n_paired_t,
+t_paired_t, p_paired_t, sig_paired_t; the table's p_paired_t_vs_lora, n_paired_t_vs_lora), comparison.md's
+"p paired t (seeds)" column and its header sentence removed, they were checked equal to the files before.
 """
 
 import contextlib

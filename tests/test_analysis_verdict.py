@@ -10,7 +10,7 @@ import compare_runs as cr
 from analysis import metrics
 from analysis.bootstrap import hierarchical_bootstrap, paired_bootstrap
 from analysis.figures import summed_confusion
-from analysis.power import minimum_detectable_difference, seeds_needed
+from analysis.power import largest_sd, minimum_detectable_difference, seeds_needed
 from analysis.runs import aggregate, load_runs
 from analysis.stats import share_of_gain
 from analysis.tables import fmt_share, share_columns
@@ -122,3 +122,14 @@ def test_power_known_values():
     assert n == 16
     assert minimum_detectable_difference(1.0, seeds_needed(0.5, 1.0)) <= 0.5 < minimum_detectable_difference(
         1.0, seeds_needed(0.5, 1.0) - 1)
+
+
+def test_paired_power_known_values():
+    """Seed-paired (df n - 1, σ_d / sqrt(n)): t_{0.995, 5} = 4.03214 and t_{0.8, 5} = 0.91954 (tables)."""
+    assert minimum_detectable_difference(1.5, 6, alpha=0.01, paired=True) == pytest.approx(
+        (4.03214 + 0.91954) * 1.5 / 6 ** 0.5, rel=1e-4)
+    # power 0.5: an observed 3 points reaches p = 0.01 at n = 6 when σ_d <= 3 sqrt(6) / 4.03214
+    assert largest_sd(3, 6, alpha=0.01, power=0.5, paired=True) == pytest.approx(3 * 6 ** 0.5 / 4.03214, rel=1e-4)
+    assert largest_sd(3, 6, alpha=0.01, paired=True) == pytest.approx(3 * 6 ** 0.5 / (4.03214 + 0.91954), rel=1e-4)
+    assert seeds_needed(3, 1.48, alpha=0.01, paired=True) == 6 < seeds_needed(3, 1.5, alpha=0.01, paired=True)
+    assert minimum_detectable_difference(1.0, 6, paired=True) < minimum_detectable_difference(1.0, 6)

@@ -208,3 +208,26 @@ def test_oracle_share_is_the_arms_gain_over_the_oracles(tmp_path, capsys):
     assert "paired by seed (3 seeds, differences +10.00, +10.00, +10.00)" in out
     row = next(line for line in out.splitlines() if line.startswith("| glora_params"))
     assert "| 1,2,3 | 77.00 | +5.00 | +10.00 | 0.50 |" in row  # (77 - 72) / (82 - 72)
+    assert row.endswith("| nan (3) |")  # equal differences: no paired t
+
+
+def test_oracle_share_pairs_the_arms_by_seed(tmp_path, capsys):
+    """The paired t-test over the seeds both arms ran (seed 4 of the oracle has no lora twin), as scipy's ttest_rel."""
+    from scipy.stats import ttest_rel
+
+    from launch import oracle_share
+
+    scores = {"lora": {1: 0.70, 2: 0.75, 3: 0.71}, "oracle": {1: 0.74, 2: 0.77, 3: 0.76, 4: 0.90},
+              "glora_params": {1: 0.72, 2: 0.74, 3: 0.74}}
+    for arm, values in scores.items():
+        for seed, value in values.items():
+            Results(task="stsb", method="lora", arm=arm, seed=seed, rank_budget=8, train_runtime=1.0,
+                    trainable_params=1, metrics={"eval_combined_score": value}).write(
+                        (tmp_path / f"{arm}_seed{seed}").mkdir() or tmp_path / f"{arm}_seed{seed}")
+    oracle_share.main(tmp_path, ["glora_params"])
+    out = capsys.readouterr().out
+    expected = ttest_rel([0.74, 0.77, 0.76], [0.70, 0.75, 0.71])
+    assert f"paired by seed (3 seeds, differences +4.00, +2.00, +5.00): t {expected.statistic:.3g}, p " \
+           f"{expected.pvalue:.3g}" in out
+    row = next(line for line in out.splitlines() if line.startswith("| glora_params"))
+    assert row.endswith(f"| {ttest_rel([0.72, 0.74, 0.74], [0.70, 0.75, 0.71]).pvalue:.3g} (3) |")

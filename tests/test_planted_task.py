@@ -1,0 +1,292 @@
+"""--task planted (planted_task.py): a vector-label planting trains, evaluates, resumes, is compared and tuned through
+the harness's own paths; its metrics equal a hand computation; bad folders are refused in one line before training."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT, trial_args
+from peft import PeftModel
+from planted_fixture import write_planted_fixture
+from safetensors.torch import load_file, save_file
+from scipy.stats import pearsonr
+from sklearn.metrics import r2_score
+from transformers import AutoModel, AutoTokenizer
+
+import run_glue_peft
+from glue_tasks import vector_metrics
+from planted_task import Planting, ReadoutModel, read_planting
+
+TARGETS = ("features", "token_features")
+
+
+@pytest.fixture(scope="module")
+def plantings(tiny_bert, tmp_path_factory):
+    root = tmp_path_factory.mktemp("plantings")
+    return {target: write_planted_fixture(root / target, tiny_bert, target=target) for target in TARGETS}
+
+
+def run(model_dir, folder, out, *extra, method="lora"):
+    return run_glue_peft.main(trial_args(model_dir, folder, "planted", method, out, "--learning_rate", "1e-3", *extra))
+
+
+def reloaded_outputs(model_dir, folder, out) -> np.ndarray:
+    """The saved adapter on a fresh base encoder, with the planting's read-out applied by hand to its last hidden
+    state ([CLS], or every real token): (rows, K) over the dev split, in order."""
+    planting = read_planting(folder)
+    model = PeftModel.from_pretrained(ReadoutModel(AutoModel.from_pretrained(model_dir), planting), out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sentences = pd.read_parquet(folder / "planted" / "validation.parquet")["sentence"].tolist()
+    batch = tokenizer(sentences, truncation=True, max_length=32, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.get_base_model().bert(**batch).last_hidden_state.double()
+    hidden = hidden[batch["attention_mask"].bool()] if planting.per_token else hidden[:, 0]
+    return (hidden @ planting.weight.T + planting.bias).numpy()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_vector_label_task_trains_evaluates_and_its_metrics_equal_a_hand_computation(tiny_bert, plantings, tmp_path,
+                                                                                        target):
+    folder, out = plantings[target], tmp_path / "out"
+    results = run(tiny_bert, folder, out, "--max_steps", "4")
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["task"] == "planted" and saved["trainable_params_head"] == 0  # no trainable head: the read-out is frozen
+    assert saved["trainable_params"] == saved["trainable_params_adapter"] == saved["adapter_params_start"]
+    # The written outputs are the saved adapter's, read out by hand, one row per example or real token, in order.
+    written = np.load(out / "predictions_validation.npz")
+    dev = pd.read_parquet(folder / "planted" / "validation.parquet")
+    labels = np.concatenate([np.reshape(label, (-1, 3)) for label in dev["label"]])
+    assert np.allclose(written["label"], labels, atol=1e-6)
+    assert np.allclose(written["prediction"], reloaded_outputs(tiny_bert, folder, out), atol=1e-4)
+    tokens = [len(label) // 3 for label in dev["label"]]
+    assert written["example"].tolist() == [i for i, n in enumerate(tokens) for _ in range(n)]
+    # Mean over the K outputs of R^2 and of Pearson r (sklearn, scipy), pooled over rows: eval_r2, eval_pearson.
+    y, p = labels, written["prediction"].astype(np.float64)
+    assert saved["eval_r2"] == pytest.approx(r2_score(y, p, multioutput="uniform_average"), abs=1e-4)
+    assert saved["eval_pearson"] == pytest.approx(np.mean([pearsonr(y[:, k], p[:, k])[0] for k in range(3)]), abs=1e-4)
+    assert saved["eval_combined_score"] == saved["eval_r2"] == results["eval_r2"]
+    # The CSV: one line per example with its MSE over its outputs and tokens.
+    table = pd.read_csv(out / "predictions_validation.csv")
+    assert table["idx"].tolist() == dev["idx"].tolist() and table["n_rows"].tolist() == tokens
+    per_row = ((y - p) ** 2).mean(1)
+    assert np.allclose(table["mse"], [per_row[written["example"] == i].mean() for i in range(len(dev))], rtol=1e-5)
+
+
+def test_vector_metrics_by_hand():
+    labels = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 5.0]])
+    predictions = np.array([[1.0, 1.0], [3.0, 1.0], [2.0, 1.0]])
+    # output 0: mean 2, SST 2, SSE 0 + 1 + 1 = 2 -> R^2 0; r = cov / sd: centred (-1, 0, 1) and (-1, 1, 0) -> 1 / 2
+    # output 1: mean 2, SST 4 + 1 + 9 = 14, SSE 1 + 0 + 16 = 17 -> R^2 -3/14; constant prediction -> r counts 0
+    metrics = vector_metrics(predictions, labels)
+    assert metrics["r2"] == pytest.approx((0 - 3 / 14) / 2)
+    assert metrics["pearson"] == pytest.approx((0.5 + 0) / 2)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_resumed_vector_label_run_ends_where_the_uninterrupted_one_did(tiny_bert, plantings, tmp_path, target):
+    common = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3"]
+    full = tmp_path / "full"
+    finished = run(tiny_bert, plantings[target], full, *common)
+    resumed = run(tiny_bert, plantings[target], tmp_path / "resumed", *common, "--resume_from_checkpoint",
+                  str(full / "checkpoint-3"))
+    reference, weights = load_file(full / "adapter_model.safetensors"), load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    assert reference.keys() == weights.keys()
+    for key in reference:
+        assert torch.equal(reference[key], weights[key]), key
+    assert resumed["eval_r2"] == finished["eval_r2"] and resumed["train_loss"] == pytest.approx(finished["train_loss"])
+    assert resumed["resumed_from_step"] == 3
+
+
+def rewrite_label(folder, split, row, label):
+    path = folder / "planted" / f"{split}.parquet"
+    frame = pd.read_parquet(path)
+    labels = frame["label"].tolist()
+    labels[row] = label
+    frame["label"] = labels
+    frame.to_parquet(path, index=False)
+
+
+def edit_truth(folder, **changes):
+    path = folder / "ground_truth.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def edit_update(folder, **tensors):
+    path = folder / "planted_update.safetensors"
+    saved = load_file(path)
+    saved.update(tensors)
+    save_file({k: v for k, v in saved.items() if v is not None}, str(path))
+
+
+BAD_FOLDERS = {
+    "no ground truth": (lambda f: (f / "ground_truth.json").unlink(), "no ground_truth.json; --task planted reads"),
+    "scalar planting": (lambda f: edit_truth(f, task="sst2", target="class"), "task 'sst2', target 'class'"),
+    "no num_outputs": (lambda f: edit_truth(f, num_outputs=None), "num_outputs must be a whole number >= 1, got None"),
+    "no read-out file": (lambda f: (f / "planted_update.safetensors").unlink(), "no planted_update.safetensors"),
+    "no read-out": (lambda f: edit_update(f, **{"readout.weight": None}), "lacks readout.weight"),
+    "K differs": (lambda f: edit_truth(f, num_outputs=4), r"readout.weight \(3, 32\) .* do not fit num_outputs 4"),
+    "other model": (lambda f: edit_update(f, **{"readout.weight": torch.zeros(3, 48, dtype=torch.float64)}),
+                    "reads 48 features, the model's hidden size is 32"),
+    "unknown matrix": (lambda f: edit_truth(f, planted={"bert.encoder.layer.7.output.dense": {}}),
+                       "planted matrix bert.encoder.layer.7.output.dense is no module of this model"),
+    "other length": (lambda f: edit_truth(f, max_seq_length=64), "--max_seq_length 32: .* at max_seq_length 64"),
+    "label length": (lambda f: rewrite_label(f, "validation", 2, [0.0] * 4),
+                     "validation row 2: label has 4 values, expected num_outputs 3"),
+    "label text": (lambda f: rewrite_label(f, "train", 1, None), "train row 1: label None is not a list of numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FOLDERS))
+def test_a_bad_planting_folder_is_refused_in_one_line_before_training(tiny_bert, plantings, tmp_path, case):
+    folder = tmp_path / "planting"
+    shutil.copytree(plantings["features"], folder)
+    spoil, message = BAD_FOLDERS[case]
+    spoil(folder)
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as caught:
+        run(tiny_bert, folder, tmp_path / "out", "--max_steps", "2")
+    assert "\n" not in str(caught.value) and not (tmp_path / "out").exists()  # nothing written, nothing trained
+
+
+def test_token_labels_that_do_not_follow_the_tokens_are_refused(tiny_bert, plantings, tmp_path):
+    folder = tmp_path / "planting"
+    shutil.copytree(plantings["token_features"], folder)
+    label = pd.read_parquet(folder / "planted" / "train.parquet")["label"][5].tolist()
+    rewrite_label(folder, "train", 5, label + [0.0] * 3)  # one token too many
+    tokens = len(label) // 3
+    with pytest.raises(ValueError, match=f"train row 5: label has {len(label) + 3} values, the sentence has {tokens} "
+                                         f"tokens x num_outputs 3 = {len(label)}"):
+        run(tiny_bert, folder, tmp_path / "out", "--max_steps", "2")
+    assert not (tmp_path / "out").exists()
+
+
+def test_task_planted_needs_a_dataset_dir(tiny_bert, tmp_path):
+    flags = trial_args(tiny_bert, tmp_path, "planted", "lora", tmp_path / "out")
+    at = flags.index("--dataset_dir")
+    with pytest.raises(ValueError, match="--task planted reads a planting folder .*: give --dataset_dir OUT"):
+        run_glue_peft.main(flags[:at] + flags[at + 2:])
+
+
+def test_the_readout_model_predicts_the_frozen_affine_readout(tiny_bert):
+    """Target features: W h_[CLS] + b; per token: W h_t + b with the attention mask beside; the MSE over real tokens."""
+    weight, bias = torch.randn(2, 32, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    encoder = AutoModel.from_pretrained(tiny_bert).eval()
+    batch = AutoTokenizer.from_pretrained(tiny_bert)(["the plot", "a very good movie"], padding=True, return_tensors="pt")
+    hidden = encoder(**batch).last_hidden_state.detach()
+    for target in TARGETS:
+        planting = Planting("x", target, 2, 32, weight, bias, ())
+        model = ReadoutModel(AutoModel.from_pretrained(tiny_bert), planting).eval()
+        labels = torch.randn(2, hidden.shape[1], 2) if planting.per_token else torch.randn(2, 2)
+        out = model(**batch, labels=labels)
+        h = hidden if planting.per_token else hidden[:, 0]
+        expected = h @ weight.float().T + bias.float()
+        assert torch.allclose(out.logits, expected, atol=1e-5)
+        real = batch["attention_mask"].bool()
+        mse = ((expected - labels)[real] ** 2).mean() if planting.per_token else ((expected - labels) ** 2).mean()
+        assert torch.allclose(out.loss, mse, atol=1e-5)
+        assert (out.token_mask is not None) == planting.per_token
+        assert not [n for n, p in model.named_parameters() if "readout" in n]  # a buffer, never trained
+
+
+BUILD_TRAINER = run_glue_peft.build_trainer
+
+
+def recorded_arm(monkeypatch, model_dir, data, out, *extra, task="sst2"):
+    """(the input ids of every training batch, in order; the trainable head's initial weights) of one run."""
+    batches, head = [], {}
+
+    def recording_build(model, *args, **kwargs):
+        head.update({n: p.detach().clone() for n, p in model.named_parameters()
+                     if p.requires_grad and "lora_" not in n})
+        trainer = BUILD_TRAINER(model, *args, **kwargs)
+        collate = trainer.data_collator
+
+        def recording_collate(features):
+            batch = collate(features)
+            if trainer.model.training:
+                batches.append(batch["input_ids"].clone())
+            return batch
+
+        trainer.data_collator = recording_collate
+        return trainer
+
+    monkeypatch.setattr(run_glue_peft, "build_trainer", recording_build)
+    run_glue_peft.main(trial_args(model_dir, data, task, "lora", out, "--num_train_epochs", "2", *extra))
+    return batches, head
+
+
+def test_arms_of_one_seed_see_the_same_batches_and_start_from_the_same_head(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    """Common random numbers: uniform LoRA and an oracle --rank_pattern (whose adapters draw other amounts of random
+    numbers at initialisation) train on the same batches in the same order, epoch after epoch, from the same initial
+    classifier; another seed changes both."""
+    from adapters import MATRIX_PATTERNS, resolve_targets
+    from transformers import AutoModelForSequenceClassification
+
+    data = glue_dir("sst2")
+    targets = resolve_targets(AutoModelForSequenceClassification.from_pretrained(tiny_bert), list(MATRIX_PATTERNS))
+    pattern = tmp_path / "oracle.json"
+    pattern.write_text(json.dumps({name: 7 if i % 2 else 1 for i, name in enumerate(targets)}))  # 48 in all, as lora
+    lora = recorded_arm(monkeypatch, tiny_bert, data, tmp_path / "lora")
+    oracle = recorded_arm(monkeypatch, tiny_bert, data, tmp_path / "oracle", "--rank_pattern", str(pattern))
+    other_seed = recorded_arm(monkeypatch, tiny_bert, data, tmp_path / "seed", "--seed", "7")
+    assert len(lora[0]) == 2 * 8 and lora[1] and set(lora[1]) == set(oracle[1])  # 64 rows / 8: two epochs
+    for first, second in zip(lora[0], oracle[0], strict=True):
+        assert torch.equal(first, second)
+    for name in lora[1]:
+        assert torch.equal(lora[1][name], oracle[1][name]), name
+    assert any(not torch.equal(a, b) for a, b in zip(lora[0], other_seed[0]))
+    assert any(not torch.equal(lora[1][n], other_seed[1][n]) for n in lora[1])
+
+
+def test_two_arms_of_a_planting_are_compared_by_seed(tiny_bert, plantings, tmp_path):
+    """lora and the oracle pattern x seeds 1, 2 of a tiny token_features planting: compare_runs' table holds the mean
+    R^2 of each arm, and beside Welch the paired t of the per-seed differences (scipy's ttest_rel); no verdict at
+    2 seeds, and the examples bootstrap is said not to apply."""
+    import compare_runs
+    from scipy.stats import ttest_ind, ttest_rel
+
+    folder, root = plantings["token_features"], tmp_path / "runs"
+    arms = {"lora": [], "oracle": ["--rank_pattern", str(folder / "oracle_pattern.json"), "--arm", "oracle"]}
+    r2 = {arm: [run(tiny_bert, folder, root / f"{arm}_seed{seed}", "--max_steps", "3", "--seed", str(seed),
+                    *flags)["eval_r2"] for seed in (1, 2)] for arm, flags in arms.items()}
+    assert compare_runs.main([str(root), "--out_dir", str(tmp_path / "cmp"), "--n_bootstrap", "50",
+                              "--no_learning_curves"]) == 0
+    table = pd.read_csv(tmp_path / "cmp" / "comparison.csv").set_index("arm")
+    for arm, values in r2.items():
+        assert table.loc[arm, "task"] == "planted" and table.loc[arm, "main_metrics"] == "r2"
+        assert table.loc[arm, "r2_mean"] == pytest.approx(np.mean(values)) == table.loc[arm, "score_mean"]
+    (sig,) = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["significance"]
+    assert (sig["a"], sig["b"], sig["n_paired_t"]) == ("oracle", "lora", 2)
+    assert sig["p_paired_t"] == pytest.approx(ttest_rel(r2["oracle"], r2["lora"]).pvalue)
+    assert sig["p_welch"] == pytest.approx(ttest_ind(r2["oracle"], r2["lora"], equal_var=False).pvalue)
+    assert sig["verdict"] == "too few seeds (< 3 per method)"
+    assert any("a vector-label task (planted): the examples bootstrap" in note for note in sig["notes"])
+    assert table.loc["oracle", "p_paired_t_vs_lora"] == pytest.approx(sig["p_paired_t"])
+
+
+def test_a_study_tunes_a_planting_on_its_tuning_split(tiny_bert, plantings, tmp_path):
+    """hpo.py on --task planted: the trial scores the held-out tuning rows (eval_tuning_r2) and never dev; the study's
+    value is that R^2. (The search stage only: a final run is run_glue_peft.py on dev, tested above.)"""
+    import optuna
+    from optuna.trial import TrialState
+
+    import hpo
+    from search.study import make_storage
+
+    study_dir, final_root = tmp_path / "study", tmp_path / "final"
+    flags = trial_args(tiny_bert, plantings["features"], "planted", "lora", "unused")
+    for name in ("--output_dir", "--learning_rate", "--per_device_train_batch_size"):  # set or searched by hpo.py
+        at = flags.index(name)
+        del flags[at:at + 2]
+    hpo.main([str(ROOT / "configs" / "search" / "cpu_lr_batch.yaml"), *flags, "--n_trials", "1", "--max_steps", "2",
+              "--study_dir", str(study_dir), "--final_root", str(final_root), "--stage", "search",
+              "--tuning_split_fraction", "0.25", "--sampler_seed", "0"])
+    (trial,) = (study_dir / "trials").iterdir()
+    scored = json.loads((trial / "all_results.json").read_text())
+    assert "eval_tuning_r2" in scored and "eval_tuning_pearson" in scored and "eval_r2" not in scored
+    assert sorted(p.name for p in trial.glob("predictions_*")) == ["predictions_tuning.csv", "predictions_tuning.npz"]
+    assert len(pd.read_csv(trial / "predictions_tuning.csv")) == 12  # a quarter of the 48 training rows
+    (done,) = optuna.load_study(study_name="planted_lora", storage=make_storage(str(study_dir / "study.journal"))).trials
+    assert done.state == TrialState.COMPLETE and done.value == pytest.approx(scored["eval_tuning_r2"])
