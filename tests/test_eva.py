@@ -139,3 +139,12 @@ def test_a_study_of_arm_eva_and_compare_runs_show_the_arm(tiny_bert, glue_dir, t
     assert compare_runs.main([str(final_root), "--no_figures", "--n_bootstrap", "10"]) == 0
     table = (final_root / "comparison" / "comparison.md").read_text()
     assert "EVA (eva_rho1)" in table and "LoRA" in table
+
+
+def test_eva_rho_names_the_arm_so_a_study_may_not_search_it(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("run: {method: eva}\noptuna: {n_trials: 1, search_space: {eva_rho: {type: categorical, "
+                     "choices: [1, 2]}}}\n")
+    with pytest.raises(SystemExit, match="search_space.eva_rho names the arm"):
+        hpo.main([str(space), "--task", "sst2", "--study_dir", str(tmp_path / "study")])
+    assert not (tmp_path / "study").exists()
