@@ -254,6 +254,7 @@ def prepare_output_dir(run_args, plan, training_args, overwrite: bool):
 
 
 def data_collator(tokenizer, data_args, training_args):
+    """How training batches are collated (the Trainer's, and EVA's batches before it)."""
     if data_args.pad_to_max_length:
         return default_data_collator
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None)
