@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import torch
-from peft import AdaLoraConfig, LoraConfig, TaskType
+from peft import AdaLoraConfig, EvaConfig, LoraConfig, TaskType
 from transformers import TrainerCallback
 
 from glue_tasks import GLUE_TASKS
 from gradnorm_rank import MethodOverhead, lora_layers, pattern_key
 from records import ModuleRanks, RankRecord
 
-METHODS = ("lora", "adalora", "glora")  # the three arms of the comparison, in the order tables show them
+METHODS = ("lora", "adalora", "glora", "eva")  # the arms of the comparison, in the order tables show them
 
 # The six matrices of a transformer layer that the AdaLoRA paper adapts, as regexes on the module
 # path after `.layer.<i>.`. Covers BERT-style (query/key/value) and DeBERTa-v2/v3 (query_proj, ...)
@@ -80,7 +80,8 @@ def head_modules(model) -> list:
 
 
 def build_peft_config(plan):
-    """The peft config of the plan's method. GLoRA starts as uniform LoRA; `gradnorm_rank.GradNormRank` re-apportions."""
+    """The peft config of the plan's method. GLoRA starts as uniform LoRA; `gradnorm_rank.GradNormRank` re-apportions.
+    EVA starts as uniform LoRA with B = 0; `eva_init.EvaInit` sets its ranks and A before training."""
     common = dict(
         # The planted control's model has no classifier: peft's plain PeftModel, whose forward passes every input on.
         task_type=None if GLUE_TASKS[plan.task].is_vector else TaskType.SEQ_CLS,
@@ -89,12 +90,15 @@ def build_peft_config(plan):
         lora_dropout=plan.lora_dropout,
     )
     if plan.adalora is None:
-        patterns = {}
+        extra = {}
         if plan.rank_pattern is not None:  # fixed ranks, each at the uniform start's scaling (GLoRA's rule)
             scaling = plan.lora_alpha / plan.lora_r
-            patterns = dict(rank_pattern={pattern_key(name): r for name, r in plan.rank_pattern.ranks},
-                            alpha_pattern={pattern_key(name): scaling * r for name, r in plan.rank_pattern.ranks})
-        return LoraConfig(r=plan.lora_r, lora_alpha=plan.lora_alpha, **patterns, **common)
+            extra = dict(rank_pattern={pattern_key(name): r for name, r in plan.rank_pattern.ranks},
+                         alpha_pattern={pattern_key(name): scaling * r for name, r in plan.rank_pattern.ranks})
+        if plan.eva is not None:  # sequence labels are per example, not per token: no label mask
+            extra = dict(init_lora_weights="eva",
+                         eva_config=EvaConfig(rho=plan.eva.rho, tau=plan.eva.tau, use_label_mask=False))
+        return LoraConfig(r=plan.lora_r, lora_alpha=plan.lora_alpha, **extra, **common)
     # AdaLoraPlan's fields are AdaLoraConfig's schedule arguments, by name.
     return AdaLoraConfig(**dataclasses.asdict(plan.adalora), **common)
 
@@ -154,12 +158,14 @@ def rank_record(peft_model, plan, initial_ranks) -> RankRecord:
     modules = {}
     final = current_ranks(peft_model, count_masked=True)
     effective = effective_ranks(peft_model)
-    for name, layer in lora_layers(peft_model).items():
+    layers = lora_layers(peft_model)
+    for name in plan.targets:
         layer_index, matrix = module_matrix(name)
-        base = layer.get_base_layer()
+        # EVA removes the adapter of a matrix it gives rank 0: the plain Linear is left, at rank 0.
+        base = layers[name].get_base_layer() if name in layers else peft_model.base_model.model.get_submodule(name)
         modules[name] = ModuleRanks(layer=layer_index, matrix=matrix, d_in=base.in_features, d_out=base.out_features,
-                                    initial_rank=initial_ranks[name], final_rank=final[name],
-                                    effective_rank=effective[name])
+                                    initial_rank=initial_ranks[name], final_rank=final.get(name, 0),
+                                    effective_rank=effective.get(name, 0))
     # The scaling every method starts with: peft's LoRA alpha / r (GLoRA's resize keeps it), AdaLoRA alpha / init_r.
     scaling = plan.adalora.lora_alpha / plan.adalora.init_r if plan.adalora else plan.lora_alpha / plan.lora_r
     return RankRecord(modules=modules, initial_scaling=scaling)

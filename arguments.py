@@ -30,6 +30,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Schedule points a user gives either in optimizer steps or as a fraction of the run, each with its own flag so that a
 # value never changes meaning: {steps flag: (fraction flag, the fraction used when neither is given)}.
+EVA_DEFAULT_RHO = 2.0  # peft's EvaConfig default
 STEPS_OR_FRACTION = {"tinit": ("tinit_fraction", 0.1), "tfinal": ("tfinal_fraction", 0.2),
                      "glora_warmup_steps": ("glora_warmup_fraction", 1 / 3)}
 
@@ -92,7 +93,10 @@ class DataArguments:
 @dataclass
 class PeftArguments:
     method: str = field(default="lora", metadata={"help": f"One of {', '.join(METHODS)}."})
-    lora_r: int = field(default=8, metadata={"help": "Rank of every adapted matrix for LoRA (GLoRA's start)."})
+    lora_r: int = field(
+        default=8, metadata={"help": "Rank of every adapted matrix for LoRA (GLoRA's and EVA's start: their budget is "
+                                     "lora_r x matrices)."}
+    )
     lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: scaling = alpha / r."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
     target_modules: list[str] = field(
@@ -220,6 +224,25 @@ class PeftArguments:
                           "ablation: bias correction then never applies to them, and their first update is about "
                           "3.2x a fresh Adam's after a 12,000-step warm-up).",
                   "methods": ("glora",)},
+    )
+    eva_rho: float = field(
+        default=EVA_DEFAULT_RHO,
+        metadata={"help": "EVA (peft's EvaConfig rho, >= 1): a matrix may get up to round(rho x lora_r) of the budget "
+                          "lora_r x matrices, ranked by the explained variance of its inputs; 1: every matrix keeps "
+                          "lora_r (no redistribution). Default: peft's 2.", "methods": ("eva",)},
+    )
+    eva_tau: float = field(
+        default=0.99,
+        metadata={"help": "EVA (peft's EvaConfig tau, in [0, 1]): a matrix's SVD has converged when its components' "
+                          "cosine similarity between two consecutive batches reaches tau (peft's default).",
+                  "methods": ("eva",)},
+    )
+    eva_max_batches: int = field(
+        default=200,
+        metadata={"help": "EVA: at most this many forward passes over training batches (in dataset order, from the "
+                          "first; the training batch size; peft's first pass, which finds matrices that share inputs, "
+                          "included) before its SVD must have converged; more is an error.",
+                  "methods": ("eva",)},
     )
     adalora_alpha_parity: bool = field(
         default=True,
@@ -480,6 +503,20 @@ def check_glora_timing(peft: PeftArguments):
         raise ValueError(f"--glora_top_r must be >= 1, got {peft.glora_top_r}.")
 
 
+def check_eva(peft: PeftArguments):
+    """EVA's flags: peft's own ranges (EvaConfig), and a rank budget, since EVA redistributes ranks."""
+    if peft.eva_rho < 1:
+        raise ValueError(f"--eva_rho must be >= 1 (1: no redistribution), got {peft.eva_rho:g}.")
+    if not 0 <= peft.eva_tau <= 1:
+        raise ValueError(f"--eva_tau is a cosine similarity threshold in [0, 1], got {peft.eva_tau:g}.")
+    if peft.eva_max_batches < 3:
+        raise ValueError(f"--eva_max_batches must be >= 3 (peft's pass that finds shared inputs, then two SVD steps "
+                         f"to compare), got {peft.eva_max_batches}.")
+    if peft.method == "eva" and peft.budget_unit != "rank":
+        raise ValueError(f"--method eva redistributes ranks (peft's EVA), not parameters: --budget_unit "
+                         f"{peft.budget_unit} is not supported with it.")
+
+
 def check_args(args: RunArguments):
     """Errors a user can make on the command line, caught before anything is loaded."""
     data, peft, training = args.data, args.peft, args.training
@@ -518,6 +555,7 @@ def check_args(args: RunArguments):
                          "epochs is never a trial).")
     if not 0.0 <= peft.glora_beta < 1.0:
         raise ValueError(f"--glora_beta must be in [0, 1), got {peft.glora_beta}.")
+    check_eva(peft)
     if peft.glora_min_rank < 1:
         raise ValueError(f"--glora_min_rank must be >= 1 (a LoRA layer cannot have rank 0), got {peft.glora_min_rank}.")
     if peft.glora_max_rank is not None and peft.glora_max_rank < peft.glora_min_rank:

@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from arguments import STEPS_OR_FRACTION
+from arguments import EVA_DEFAULT_RHO, STEPS_OR_FRACTION
 from gradnorm_rank import GradNormRankConfig
 from rank_pattern import RankPattern, resolve_rank_pattern
 
@@ -33,6 +33,17 @@ class AdaLoraPlan:
     beta2: float
     orth_reg_weight: float
     total_step: int
+
+
+@dataclass(frozen=True)
+class EvaPlan:
+    """peft's EvaConfig as this run sets it (eva_init.py), and the batches its SVD reads: the training set's, in
+    dataset order from its first, batch_size examples each, at most max_batches forward passes."""
+
+    rho: float  # each matrix may get up to round(rho x lora_r) ranks; 1: no redistribution
+    tau: float  # cosine similarity of consecutive SVD components at which a matrix's SVD has converged
+    max_batches: int
+    batch_size: int  # --per_device_train_batch_size
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class RunPlan:
     adalora: AdaLoraPlan | None = None
     glora: GradNormRankConfig | None = None  # GLoRA's settings, its budgets resolved
     rank_pattern: RankPattern | None = None  # LoRA's fixed per-matrix ranks (--rank_pattern)
+    eva: EvaPlan | None = None  # EVA's settings (--method eva)
 
     @property
     def num_matrices(self) -> int:
@@ -143,7 +155,7 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     if peft.rank_pattern:
         pattern = resolve_rank_pattern(peft.rank_pattern, list(targets), list(unit_costs), rank_budget=peft.rank_budget,
                                        param_budget=peft.param_budget)
-    adalora = glora = None
+    adalora = glora = eva = None
     if peft.method == "adalora":
         adalora = resolve_adalora(peft, rank_budget=rank_budget, param_budget=param_budget, unit_costs=unit_costs,
                                   total_steps=total_steps, trial_run=trial_run)
@@ -151,21 +163,26 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
         glora = resolve_glora(peft, rank_budget=rank_budget, param_budget=param_budget, total_steps=total_steps,
                               trial_run=trial_run)
         check_glora_rank_cap(glora, unit_costs)
+    if peft.method == "eva":
+        eva = EvaPlan(rho=peft.eva_rho, tau=peft.eva_tau, max_batches=peft.eva_max_batches,
+                      batch_size=training.per_device_train_batch_size)
     plan = RunPlan(
-        task=args.data.task, method=peft.method, arm=peft.arm or arm_label(peft.method, peft.budget_unit, pattern),
+        task=args.data.task, method=peft.method, arm=peft.arm or arm_label(peft.method, peft.budget_unit, pattern, peft.eva_rho),
         output_dir="", targets=tuple(targets), unit_costs=tuple(unit_costs),
         head=tuple(head), budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget,
         lora_r=peft.lora_r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_steps,
         lr_warmup_steps=resolve_lr_warmup(training.warmup_steps, total_steps, trial_run), world_size=world_size,
-        trial_run=trial_run, adalora=adalora, glora=glora, rank_pattern=pattern,
+        trial_run=trial_run, adalora=adalora, glora=glora, rank_pattern=pattern, eva=eva,
     )
     output_dir = training.output_dir or f"outputs/{plan.task}/{plan.arm}_{plan.budget_label}_seed{training.seed}"
     return dataclasses.replace(plan, output_dir=output_dir)
 
 
-def arm_label(method: str, budget_unit: str, pattern: RankPattern | None) -> str:
-    """The default arm: `glora`, `glora_params`, `lora_pattern-1a2b3c4d` (the pattern file's sha256 prefix)."""
-    return method + ("_params" if budget_unit == "params" else "") + (f"_pattern-{pattern.sha256[:8]}" if pattern else "")
+def arm_label(method: str, budget_unit: str, pattern: RankPattern | None, eva_rho: float = EVA_DEFAULT_RHO) -> str:
+    """The default arm: `glora`, `glora_params`, `lora_pattern-1a2b3c4d` (the pattern file's sha256 prefix); `eva` at
+    peft's default rho, `eva_rho1` (`eva_rho1.5`) at another."""
+    label = method + ("_params" if budget_unit == "params" else "") + (f"_pattern-{pattern.sha256[:8]}" if pattern else "")
+    return label + (f"_rho{eva_rho:g}" if method == "eva" and eva_rho != EVA_DEFAULT_RHO else "")
 
 
 def resolve_lr_warmup(warmup: float, total_steps: int, trial_run: bool) -> float:
@@ -188,6 +205,9 @@ def resolve_rank_budget(peft, num_matrices: int) -> int:
     if peft.method == "lora" and budget != uniform and not peft.rank_pattern:
         raise ValueError(f"LoRA spends lora_r x matrices = {uniform}; --rank_budget {budget} differs (with "
                          "--rank_pattern it is the pattern's cap).")
+    if peft.method == "eva" and budget != uniform:
+        raise ValueError(f"EVA redistributes peft's budget lora_r x matrices = {uniform}; --rank_budget {budget} differs: "
+                         "give --lora_r instead.")
     if peft.method == "adalora" and budget % num_matrices:
         raise ValueError(f"AdaLoRA needs a budget divisible by the {num_matrices} matrices; got {budget}.")
     return budget

@@ -177,13 +177,14 @@ class ModuleRanks:
 class RankRecord(Record):
     """ranks.json: per adapted matrix (module path without peft's prefix, in model order) its ModuleRanks; the LoRA
     scaling every matrix starts with; the block of the run's own method (run_glue_peft.add_method_block: GLoRA's
-    summary and scores, AdaLoRA's schedule)."""
+    summary and scores, AdaLoRA's schedule, EVA's settings and cost)."""
 
     FILE: ClassVar[str] = RANKS_FILE
     modules: dict  # module path -> ModuleRanks
     initial_scaling: float | None = None  # alpha / r (AdaLoRA: alpha / init_r)
     glora: dict | None = None
     adalora: dict | None = None
+    eva: dict | None = None
     other: dict = field(default_factory=dict)  # keys this version does not know (an older record's identity), as read
 
     def adapter_params(self, rank: str = "final_rank") -> int:
@@ -196,7 +197,8 @@ class RankRecord(Record):
 
     def to_json(self) -> dict:
         out = {"initial_scaling": self.initial_scaling, "modules": {n: m.to_json() for n, m in self.modules.items()}}
-        out.update({name: block for name, block in (("glora", self.glora), ("adalora", self.adalora)) if block})
+        out.update({name: block for name, block in (("glora", self.glora), ("adalora", self.adalora), ("eva", self.eva))
+                    if block})
         return {**out, **self.other}
 
     @classmethod

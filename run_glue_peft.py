@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fine-tune an encoder on a GLUE task with LoRA, AdaLoRA or GLoRA at the same rank budget.
+"""Fine-tune an encoder on a GLUE task with LoRA, AdaLoRA, GLoRA or EVA at the same rank budget.
 
     accelerate launch run_glue_peft.py --method glora --task mnli
     accelerate launch run_glue_peft.py configs/glora_mnli.yaml --max_steps 2 --max_eval_samples 64
@@ -58,6 +58,7 @@ from checkpoints import (
     read_progress,
     unseal,
 )
+from eva_init import EvaInit
 from eval_log import EvalLog
 from glue_data import load_glue_data, tokenize_splits
 from glue_tasks import GLUE_TASKS, glue_metrics
@@ -117,6 +118,7 @@ def main(argv=None):
         trainer = None
         try:
             encoded = tokenize_splits(raw, tokenizer, args.data, training_args)
+            initialise_eva(method, encoded, tokenizer, args.data, training_args, planting)
             trainer = build_trainer(model, tokenizer, encoded, plan, training_args, method, args.data,
                                     identity_of(run_args.to_json()), planting)
             cpu_start = time.process_time()
@@ -194,12 +196,24 @@ def hub_errors_named(flag, name):
 
 
 def method_hooks(peft_model, plan) -> list:
-    """The method's own training-loop hooks: AdaLoRA's budget schedule, or GLoRA; none for LoRA."""
+    """The method's own training-loop hooks: AdaLoRA's budget schedule, GLoRA, or EVA's initialisation and its ranks
+    in checkpoints; none for LoRA."""
     if plan.adalora is not None:
         return [AdaLoraCallback(peft_model, plan.adalora)]
     if plan.glora is not None:
         return [GradNormRank(peft_model, plan.glora)]
+    if plan.eva is not None:
+        return [EvaInit(peft_model, plan)]
     return []
+
+
+def initialise_eva(method, encoded, tokenizer, data_args, training_args, planting=None):
+    """EVA's ranks and lora_A from the training batches, before the Trainer is built (which seeds itself, so the
+    training data order is untouched); a resume instead builds the checkpoint's ranks (`EvaInit.load`)."""
+    for hook in method:
+        if isinstance(hook, EvaInit) and not training_args.resume_from_checkpoint:
+            hook.initialise(encoded["train"], data_collator(tokenizer, data_args, training_args, planting),
+                            tokenizer.model_input_names)
 
 
 def run_args_of(args, plan) -> RunArgs:
@@ -299,15 +313,18 @@ def forget_failed_start(output_dir):
                    "command can start it again.")
 
 
-def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_args, identity, planting=None):
-    task = GLUE_TASKS[plan.task]
+def data_collator(tokenizer, data_args, training_args, planting=None):
+    """How training batches are collated (the Trainer's, and EVA's batches before it)."""
     multiple = 8 if training_args.fp16 or training_args.bf16 else None
     if planting:
-        collator = VectorLabelCollator(tokenizer, planting, data_args.pad_to_max_length, pad_to_multiple_of=multiple)
-    elif data_args.pad_to_max_length:
-        collator = default_data_collator
-    else:
-        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+        return VectorLabelCollator(tokenizer, planting, data_args.pad_to_max_length, pad_to_multiple_of=multiple)
+    if data_args.pad_to_max_length:
+        return default_data_collator
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+
+
+def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_args, identity, planting=None):
+    task = GLUE_TASKS[plan.task]
 
     def compute_metrics(prediction):
         if planting:  # one row per example or per real token
@@ -324,7 +341,7 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
         train_dataset=encoded["train"],
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        data_collator=collator,
+        data_collator=data_collator(tokenizer, data_args, training_args, planting),
         compute_metrics=compute_metrics,
         callbacks=[ScheduleCheck(plan.total_steps), EvalLog(plan.output_dir, data_args.eval_split,
                                                                  plan.structure_final_step,
@@ -397,7 +414,8 @@ def write_records(metrics, model, plan, initial_ranks, method, training_args) ->
 
 def add_method_block(ranks: RankRecord, hook):
     """ranks.json's block of the run's method: GLoRA's summary (gradnorm_rank.GradNormRank.summary) and each module's
-    score, or AdaLoRA's schedule (adapters.AdaLoraCallback.add_to_record)."""
+    score, AdaLoRA's schedule (adapters.AdaLoraCallback.add_to_record) or EVA's settings and cost
+    (eva_init.EvaInit.add_to_record)."""
     if isinstance(hook, GradNormRank):
         for name, score in hook.scores().items():
             ranks.modules[name].score = score
@@ -408,7 +426,8 @@ def add_method_block(ranks: RankRecord, hook):
 
 def overhead_record(method) -> dict:
     """all_results.json's method overhead, named as gradnorm_rank.MethodOverhead names it: GLoRA's total and its
-    signal, resize and grown-slice parts; AdaLoRA's total (its parts null); LoRA, which has no method hook, 0 s."""
+    signal, resize and grown-slice parts; AdaLoRA's and EVA's totals (their parts null); LoRA, which has no method hook,
+    0 s."""
     records = [hook.overhead.record() if isinstance(hook, GradNormRank) else hook.overhead_record() for hook in method]
     if len(records) > 1:
         raise RuntimeError(f"{len(records)} method hooks: all_results.json records the overhead of one.")

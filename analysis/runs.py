@@ -24,7 +24,7 @@ from run_folder import REPLACED_SUFFIX
 MAIN_METRICS = {task: spec.main_metric_keys() for task, spec in GLUE_TASKS.items()}
 TASK_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]  # the usual GLUE order
 METHOD_ORDER = list(METHODS)
-METHOD_NAMES = {"lora": "LoRA", "adalora": "AdaLoRA", "glora": "GLoRA"}
+METHOD_NAMES = {"lora": "LoRA", "adalora": "AdaLoRA", "glora": "GLoRA", "eva": "EVA"}
 
 
 def note(msg):
@@ -35,7 +35,7 @@ def method_name(m):
     return METHOD_NAMES.get(m, m)
 
 
-def method_key(m):  # sort key: lora, adalora, glora, then anything else alphabetically
+def method_key(m):  # sort key: lora, adalora, glora, eva, then anything else alphabetically
     return (METHOD_ORDER.index(m), "") if m in METHOD_ORDER else (len(METHOD_ORDER), m)
 
 

@@ -4,12 +4,12 @@
 # TASK override the file's values. PYTHON (default python3) runs `accelerate launch` (`-m accelerate.commands.launch`:
 # your accelerate config, several GPUs).
 #
-#   launch/run.sh METHOD TASK [run flags...]        # METHOD lora|adalora|glora, TASK mnli|sst2|rte
+#   launch/run.sh METHOD TASK [run flags...]        # METHOD lora|adalora|glora|eva, TASK mnli|sst2|rte
 #   PRESET=proposal launch/run.sh glora mnli --seed 1 --max_steps 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-USAGE="usage: launch/run.sh METHOD TASK [run flags...] (METHOD lora|adalora|glora, TASK mnli|sst2|rte;"
+USAGE="usage: launch/run.sh METHOD TASK [run flags...] (METHOD lora|adalora|glora|eva, TASK mnli|sst2|rte;"
 USAGE+=" PRESET unset, proposal or equal_params)"
 [ $# -ge 2 ] || { echo "$USAGE" >&2; exit 2; }
 CONFIG="configs/${PRESET:+$PRESET/}$1_$2.yaml"

@@ -26,7 +26,7 @@ from arguments import STUDY_MAY_DIFFER, parse_args
 from plan import arm_label
 from rank_pattern import RankPattern, read_rank_pattern_file
 
-ARM_FLAGS = ("task", "method", "budget_unit", "rank_pattern", "arm")  # what names the study: never searched
+ARM_FLAGS = ("task", "method", "budget_unit", "rank_pattern", "eva_rho", "arm")  # what names the study: never searched
 RAN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 SHOWN = 4  # differences named in one refusal line
 
@@ -51,7 +51,7 @@ def arm_of(peft) -> str:
     if peft.rank_pattern:
         ranks, source, sha256 = read_rank_pattern_file(peft.rank_pattern)
         pattern = RankPattern(path=str(peft.rank_pattern), sha256=sha256, source=source, ranks=tuple(ranks.items()))
-    return peft.arm or arm_label(peft.method, peft.budget_unit, pattern)
+    return peft.arm or arm_label(peft.method, peft.budget_unit, pattern, peft.eva_rho)
 
 
 def pin_study(study, flags: dict, arm: str) -> str | None:

@@ -136,3 +136,29 @@ class Tiny(torch.nn.Module):
 
     def forward(self, x):
         return self.down(torch.tanh(self.up(x)))
+
+
+@pytest.fixture
+def bert_peft(tiny_bert):
+    """A tiny BERT with LoRA (B drawn, not zero) on query, value, ffn_in and ffn_out, in eval mode, and two padded
+    labelled batches."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from adapters import lora_layers, resolve_targets
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    targets = resolve_targets(base, ["query", "value", "ffn_in", "ffn_out"])
+    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=targets))
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B["default"].weight.normal_(0, 0.3)
+    model.eval()  # no dropout: the explicit and the hooked gradients come from the same function
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    texts = [["a very good movie", "the plot was awful and the actor not fine at all"],
+             ["not bad", "great great great", "poor"]]
+    batches = [tokenizer(t, padding=True, return_tensors="pt") for t in texts]
+    for batch, labels in zip(batches, ([0, 1], [1, 1, 0])):
+        batch["labels"] = torch.tensor(labels)
+    return model, batches

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from conftest import WORDS
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer
 
 from adapters import MATRIX_PATTERNS, resolve_targets
-from conftest import WORDS
 
 PLANTED = ("encoder.layer.0.attention.self.value", "encoder.layer.1.intermediate.dense")
 

@@ -16,7 +16,7 @@ from transformers import TrainerState
 
 import gradnorm_rank.core
 import run_glue_peft
-from adapters import lora_layers, resolve_targets
+from adapters import lora_layers
 from gradnorm_rank import GradNormRank, LoopHost
 from gradnorm_rank.signals import make_signal
 
@@ -241,27 +241,6 @@ def test_loss_scale_is_divided_out():
     n = b_grad_norms(callback)
     callback.observe_gradients(loss_scale=1024.0)
     torch.testing.assert_close(callback.ema, 0.1 * n / 1024.0, rtol=1e-6, atol=0)
-
-
-@pytest.fixture
-def bert_peft(tiny_bert):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
-    targets = resolve_targets(base, ["query", "value", "ffn_in", "ffn_out"])
-    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=targets))
-    with torch.no_grad():
-        for layer in lora_layers(model).values():
-            layer.lora_B["default"].weight.normal_(0, 0.3)
-    model.eval()  # no dropout: the explicit and the hooked gradients come from the same function
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    texts = [["a very good movie", "the plot was awful and the actor not fine at all"],
-             ["not bad", "great great great", "poor"]]
-    batches = [tokenizer(t, padding=True, return_tensors="pt") for t in texts]
-    for batch, labels in zip(batches, ([0, 1], [1, 1, 0])):
-        batch["labels"] = torch.tensor(labels)
-    return model, batches
 
 
 def test_delta_signal_is_the_frobenius_norm_of_dL_dW(bert_peft):

@@ -221,8 +221,9 @@ def test_arms_of_one_seed_see_the_same_batches_and_start_from_the_same_head(tiny
     """Common random numbers: uniform LoRA and an oracle --rank_pattern (whose adapters draw other amounts of random
     numbers at initialisation) train on the same batches in the same order, epoch after epoch, from the same initial
     classifier; another seed changes both."""
-    from adapters import MATRIX_PATTERNS, resolve_targets
     from transformers import AutoModelForSequenceClassification
+
+    from adapters import MATRIX_PATTERNS, resolve_targets
 
     data = glue_dir("sst2")
     targets = resolve_targets(AutoModelForSequenceClassification.from_pretrained(tiny_bert), list(MATRIX_PATTERNS))
@@ -244,8 +245,9 @@ def test_two_arms_of_a_planting_are_compared_by_seed(tiny_bert, plantings, tmp_p
     """lora and the oracle pattern x seeds 1, 2 of a tiny token_features planting: compare_runs' table holds the mean
     R^2 of each arm, and beside Welch the paired t of the per-seed differences (scipy's ttest_rel); no verdict at
     2 seeds, and the examples bootstrap is said not to apply."""
-    import compare_runs
     from scipy.stats import ttest_ind, ttest_rel
+
+    import compare_runs
 
     folder, root = plantings["token_features"], tmp_path / "runs"
     arms = {"lora": [], "oracle": ["--rank_pattern", str(folder / "oracle_pattern.json"), "--arm", "oracle"]}

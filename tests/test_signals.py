@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import glora_plan, trial_args, write_glue_fixture
 from peft import LoraConfig, get_peft_model
-from test_glora_signal import bert_peft  # noqa: F401  (the fixture: a tiny BERT with LoRA and two padded batches)
 
 import run_glue_peft
 from adapters import lora_layers
