@@ -143,6 +143,7 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     if peft.rank_pattern:
         pattern = resolve_rank_pattern(peft.rank_pattern, list(targets), list(unit_costs), rank_budget=peft.rank_budget,
                                        param_budget=peft.param_budget)
+        rank_budget, param_budget = pattern_budgets(peft, pattern, unit_costs, rank_budget, param_budget)
     adalora = glora = None
     if peft.method == "adalora":
         adalora = resolve_adalora(peft, rank_budget=rank_budget, param_budget=param_budget, unit_costs=unit_costs,
@@ -191,6 +192,17 @@ def resolve_rank_budget(peft, num_matrices: int) -> int:
     if peft.method == "adalora" and budget % num_matrices:
         raise ValueError(f"AdaLoRA needs a budget divisible by the {num_matrices} matrices; got {budget}.")
     return budget
+
+
+def pattern_budgets(peft, pattern: RankPattern, unit_costs, rank_budget: int, param_budget: int | None) -> tuple:
+    """(R_total, parameter budget) of a --rank_pattern run: what the pattern spends, unless --rank_budget (or under
+    --budget_unit params --param_budget) is given, which caps it (resolve_rank_pattern refused a pattern above it) and
+    is recorded. Under --budget_unit params R_total stays the uniform start's, as for every method (what compare_runs
+    groups a parameter-budget comparison by). A pattern is never recorded at a budget it does not spend or exceeds."""
+    ranks = [rank for _, rank in pattern.ranks]
+    if peft.budget_unit == "params":
+        return rank_budget, peft.param_budget or sum(r * c for r, c in zip(ranks, unit_costs))
+    return peft.rank_budget or sum(ranks), param_budget
 
 
 def resolve_param_budget(peft, unit_costs) -> int | None:
