@@ -151,6 +151,7 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     if peft.method == "glora":
         glora = resolve_glora(peft, rank_budget=rank_budget, param_budget=param_budget, total_steps=total_steps,
                               trial_run=trial_run)
+        check_glora_floor(glora, unit_costs)
         check_glora_rank_cap(glora, unit_costs)
     plan = RunPlan(
         task=args.data.task, method=peft.method, arm=peft.arm or arm_label(peft.method, peft.budget_unit, pattern),
@@ -244,6 +245,20 @@ def resolve_adalora(peft, *, rank_budget: int, param_budget: int | None, unit_co
         lora_alpha=lora_alpha, init_r=init_r, target_r=target_r, tinit=tinit, tfinal=tfinal, deltaT=peft.deltaT,
         beta1=peft.beta1, beta2=peft.beta2, orth_reg_weight=peft.orth_reg_weight, total_step=total_steps,
     )
+
+
+def check_glora_floor(glora: GradNormRankConfig, unit_costs):
+    """The budget must give every matrix --glora_min_rank: R_total >= min_rank x matrices, or under --budget_unit
+    params the parameters of min_rank on every matrix."""
+    least, n = glora.min_rank, len(unit_costs)
+    if glora.budget_unit == "rank" and glora.rank_budget < least * n:
+        raise ValueError(f"--rank_budget {glora.rank_budget} is below GLoRA's floor: --glora_min_rank {least} on each of "
+                         f"the {n} matrices needs R_total >= {least * n}; give a larger --rank_budget or a smaller "
+                         "--glora_min_rank.")
+    if glora.budget_unit == "params" and glora.param_budget < least * sum(unit_costs):
+        raise ValueError(f"--param_budget {glora.param_budget} is below GLoRA's floor: --glora_min_rank {least} on each of "
+                         f"the {n} matrices costs {least} x sum(d_in + d_out) = {least * sum(unit_costs)} parameters; "
+                         "give a larger --param_budget or a smaller --glora_min_rank.")
 
 
 def check_glora_rank_cap(glora: GradNormRankConfig, unit_costs):

@@ -676,6 +676,25 @@ def test_run_identity_and_study_flags_cover_the_new_flags():
                                                  "--glora_warmup_fraction 0.25 there, None here"]
 
 
+@pytest.mark.parametrize("flags, line", [
+    (["--rank_budget", "11"], "--rank_budget 11 is below GLoRA's floor: --glora_min_rank 1 on each of the 12 matrices "
+                              "needs R_total >= 12; give a larger --rank_budget or a smaller --glora_min_rank."),
+    (["--rank_budget", "23", "--glora_min_rank", "2"], "--rank_budget 23 is below GLoRA's floor: --glora_min_rank 2 on "
+                                                       "each of the 12 matrices needs R_total >= 24; give a larger "
+                                                       "--rank_budget or a smaller --glora_min_rank."),
+    (["--budget_unit", "params", "--param_budget", "767"],
+     "--param_budget 767 is below GLoRA's floor: --glora_min_rank 1 on each of the 12 matrices costs 1 x sum(d_in + "
+     "d_out) = 768 parameters; give a larger --param_budget or a smaller --glora_min_rank."),
+])
+def test_a_glora_budget_below_its_floor_is_refused_naming_the_flags(flags, line):
+    from plan import resolve_plan
+
+    args = parse_args(["--task", "sst2", "--method", "glora", "--max_steps", "8", *flags])
+    with pytest.raises(ValueError) as refused:
+        resolve_plan(args, [f"m{i}" for i in range(12)], [64] * 12, (), num_train_examples=64)
+    assert str(refused.value) == line
+
+
 def test_a_changed_rank_pattern_is_refused_naming_what_differs_not_the_whole_pattern_twice():
     """The same --rank_pattern path with one module's rank changed: the refusal names the file's hash and that
     module's rank, not the pattern's every module twice."""
