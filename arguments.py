@@ -113,8 +113,10 @@ class PeftArguments:
         default=None,
         metadata={"help": "LoRA with fixed per-matrix ranks from step 0: a JSON file, either a run's ranks.json (its "
                           "final_rank per module is replayed) or {module path: rank} naming every adapted matrix. "
-                          "Every matrix keeps the scaling lora_alpha / lora_r (GLoRA's rule). With --rank_budget or "
-                          "--param_budget the pattern must not exceed it.", "methods": ("lora",)},
+                          "Every matrix keeps the scaling lora_alpha / lora_r (GLoRA's rule). Its budget is what it spends (R_total: "
+                          "the sum of its ranks; under --budget_unit params: its parameters), unless --rank_budget or "
+                          "--param_budget is given: then the pattern must not exceed it, and it is the recorded "
+                          "budget.", "methods": ("lora",)},
     )
     budget_unit: str = field(
         default="rank",
@@ -391,6 +393,14 @@ def whole_steps(flag: str):
 
     parse.__name__ = "whole steps"
     return parse
+
+
+def canonical_targets(matrix_types) -> list:
+    """--target_modules as the set of matrix types it names, in MATRIX_PATTERNS' order: a run adapts every matrix of
+    each named type in model order (adapters.resolve_targets), so `value query` and `query value query` are the same
+    run. Run and study identities compare this form."""
+    order = list(MATRIX_PATTERNS)
+    return sorted(set(matrix_types), key=lambda name: (order.index(name) if name in order else len(order), name))
 
 
 def flag_fields() -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from arguments import FLAG_GROUPS, RESUME_MAY_CHANGE
+from arguments import FLAG_GROUPS, RESUME_MAY_CHANGE, canonical_targets
 from records import recorded_trial_run, write_json_atomic
 
 IDENTITY_FILE = "run_identity.json"  # in every checkpoint: `identity_of` the run that wrote it
@@ -25,6 +25,7 @@ SEAL_FILE = "checkpoint_complete.json"  # written last: the checkpoint's files a
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 REQUIRED_FILES = ("adapter_model.safetensors", "trainer_state.json", IDENTITY_FILE)  # a checkpoint of any method
 NO_PROGRESS = {"global_step": 0, "train_runtime": 0.0, "train_loss_sum": 0.0}
+SHOWN_DIFFERENCES = 6  # differences named in one refusal line
 
 
 # ---- identity: what a resume may not change ----
@@ -46,13 +47,21 @@ def identity_of(run_args: dict) -> dict:
 
 
 def identity_differences(saved: dict, current: dict) -> list:
-    """'--flag THERE there, HERE here' for every flag that differs; the resolved plan's differences only when no
-    flag differs (they follow from the flags, or say that the data or model changed under the same flags)."""
-    there, here = dict(_named_values(as_resolved_now(saved))), dict(_named_values(current))
+    """'--flag THERE there, HERE here' for every flag that differs; the resolved plan's and the data's differences
+    only when no flag differs (they follow from the flags, or say that the data or model changed under the same
+    flags). A nested value is compared leaf by leaf, so that a difference names what changed in it (`data_fingerprint.
+    train.sha256`, one module's rank of a pattern), not the whole value twice; at most SHOWN_DIFFERENCES are named.
+    An identity saved before the data's content was recorded is compared without it (its data paths still are)."""
+    saved = as_resolved_now(saved)
+    if "data_fingerprint" not in saved:
+        current = {key: value for key, value in current.items() if key != "data_fingerprint"}
+    there, here = dict(_named_values(saved)), dict(_named_values(current))
     names = list(here) + [name for name in there if name not in here]
     differing = [name for name in names if there.get(name, "(absent)") != here.get(name, "(absent)")]
-    flags = [name for name in differing if name.startswith("--")]
-    return [f"{name} {there.get(name, '(absent)')} there, {here.get(name, '(absent)')} here" for name in flags or differing]
+    flags = [name for name in differing if name.startswith("--")] or differing
+    lines = [f"{name} {there.get(name, '(absent)')} there, {here.get(name, '(absent)')} here"
+             for name in flags[:SHOWN_DIFFERENCES]]
+    return lines + ([f"and {len(flags) - SHOWN_DIFFERENCES} more"] if len(flags) > SHOWN_DIFFERENCES else [])
 
 
 def as_resolved_now(identity: dict) -> dict:
@@ -68,11 +77,26 @@ def as_resolved_now(identity: dict) -> dict:
 def _named_values(identity: dict):
     for key, value in identity.items():
         if key in FLAG_GROUPS and isinstance(value, dict):
-            yield from ((f"--{flag}", v) for flag, v in value.items())
+            for flag, v in value.items():
+                yield f"--{flag}", canonical_targets(v) if flag == "target_modules" and isinstance(v, list) else v
         elif key == "resolved" and isinstance(value, dict):
-            yield from ((f"resolved {name}", v) for name, v in value.items())
+            for name, v in value.items():
+                yield from _leaves(f"resolved {name}", v)
         else:
-            yield key, value
+            yield from _leaves(key, value)
+
+
+def _leaves(name: str, value):
+    """(name.key..., leaf) of a nested value: objects by key, lists of [name, value] pairs (a rank pattern's ranks)
+    by their names; any other value is a leaf."""
+    if isinstance(value, list) and value and all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+                                                 for v in value):
+        value = dict(value)
+    if isinstance(value, dict) and value:
+        for key, v in value.items():
+            yield from _leaves(f"{name}.{key}", v)
+    else:
+        yield name, value
 
 
 # ---- the seal: a checkpoint is complete when every file is in place ----

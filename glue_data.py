@@ -1,6 +1,8 @@
 """GLUE data for one run: the train and dev splits from the hub or from local files, checked against the task
 table, cut to --max_*_samples, and tokenised."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import datasets
@@ -30,6 +32,23 @@ def load_glue_data(data_args, cache_dir=None) -> datasets.DatasetDict:
         if "idx" not in raw[split].column_names:
             raw[split] = raw[split].add_column("idx", list(range(len(raw[split]))))
     return raw
+
+
+def data_fingerprint(raw, task_name) -> dict:
+    """The content of the data a run trains and evaluates on, after every row selection (--max_*_samples, the tuning
+    split): per split its row count and the sha256 of its rows in order, each row the JSON list of the task's texts
+    and label (what the model sees; other columns are not). run_args.json records it: it is part of the run's
+    identity (a resume on data changed at the same path is refused) and of compare_runs' comparable group (where the
+    data was read from is not)."""
+    columns = list(GLUE_TASKS[task_name].text_keys) + ["label"]
+    fingerprint = {}
+    for split, ds in raw.items():
+        digest = hashlib.sha256()
+        for batch in ds.select_columns(columns).with_format("arrow").iter(batch_size=10_000):
+            values = [batch.column(c).to_pylist() for c in columns]
+            digest.update("".join(json.dumps(row) + "\n" for row in zip(*values)).encode())
+        fingerprint[split] = {"rows": len(ds), "sha256": digest.hexdigest()}
+    return fingerprint
 
 
 def data_files(data_args) -> dict | None:

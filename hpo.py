@@ -43,7 +43,15 @@ from search.pruning import PRUNERS, PRUNING_RATE_MARGIN, PruningSettings, judged
 from search.report import progress_line, summary, write_outputs
 from search.sampler import check_sampler_seed, make_sampler, sampler_record
 from search.space import load_search_config, sample
-from search.study import counted_trials, hpo_record, open_study, run_worker, shown_storage, storage_location
+from search.study import (
+    check_study_has_its_trials,
+    counted_trials,
+    hpo_record,
+    open_study,
+    run_worker,
+    shown_storage,
+    storage_location,
+)
 from search.trial import TrialFailed, run_trial
 
 SET_BY_HPO = ("output_dir", "tuning_split_fraction", "tuning_split_max", "eval_split", "hpo_record")
@@ -131,6 +139,7 @@ def main(argv=None):
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = storage_location(hpo.storage, study_dir)
     study = open_study(name, storage, search.direction, pruning_settings(hpo), hpo.heartbeat_interval, hpo.grace_period)
+    check_study_has_its_trials(study, study_dir)
     flags = fixed_run_flags(run_args, search.space)
     note = pin_study(study, flags, arm)
     seed, search_note = pin_search(study, sampler_record(), hpo.sampler_seed, pruning_settings(hpo).record())

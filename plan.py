@@ -155,6 +155,7 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     if peft.rank_pattern:
         pattern = resolve_rank_pattern(peft.rank_pattern, list(targets), list(unit_costs), rank_budget=peft.rank_budget,
                                        param_budget=peft.param_budget)
+        rank_budget, param_budget = pattern_budgets(peft, pattern, unit_costs, rank_budget, param_budget)
     adalora = glora = eva = None
     if peft.method == "adalora":
         adalora = resolve_adalora(peft, rank_budget=rank_budget, param_budget=param_budget, unit_costs=unit_costs,
@@ -162,6 +163,7 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     if peft.method == "glora":
         glora = resolve_glora(peft, rank_budget=rank_budget, param_budget=param_budget, total_steps=total_steps,
                               trial_run=trial_run)
+        check_glora_floor(glora, unit_costs)
         check_glora_rank_cap(glora, unit_costs)
     if peft.method == "eva":
         eva = EvaPlan(rho=peft.eva_rho, tau=peft.eva_tau, max_batches=peft.eva_max_batches,
@@ -213,6 +215,17 @@ def resolve_rank_budget(peft, num_matrices: int) -> int:
     return budget
 
 
+def pattern_budgets(peft, pattern: RankPattern, unit_costs, rank_budget: int, param_budget: int | None) -> tuple:
+    """(R_total, parameter budget) of a --rank_pattern run: what the pattern spends, unless --rank_budget (or under
+    --budget_unit params --param_budget) is given, which caps it (resolve_rank_pattern refused a pattern above it) and
+    is recorded. Under --budget_unit params R_total stays the uniform start's, as for every method (what compare_runs
+    groups a parameter-budget comparison by). A pattern is never recorded at a budget it does not spend or exceeds."""
+    ranks = [rank for _, rank in pattern.ranks]
+    if peft.budget_unit == "params":
+        return rank_budget, peft.param_budget or sum(r * c for r, c in zip(ranks, unit_costs))
+    return peft.rank_budget or sum(ranks), param_budget
+
+
 def resolve_param_budget(peft, unit_costs) -> int | None:
     """Under --budget_unit params: the adapter parameters to spend (default: what uniform LoRA at lora_r spends)."""
     if peft.budget_unit != "params":
@@ -252,6 +265,20 @@ def resolve_adalora(peft, *, rank_budget: int, param_budget: int | None, unit_co
         lora_alpha=lora_alpha, init_r=init_r, target_r=target_r, tinit=tinit, tfinal=tfinal, deltaT=peft.deltaT,
         beta1=peft.beta1, beta2=peft.beta2, orth_reg_weight=peft.orth_reg_weight, total_step=total_steps,
     )
+
+
+def check_glora_floor(glora: GradNormRankConfig, unit_costs):
+    """The budget must give every matrix --glora_min_rank: R_total >= min_rank x matrices, or under --budget_unit
+    params the parameters of min_rank on every matrix."""
+    least, n = glora.min_rank, len(unit_costs)
+    if glora.budget_unit == "rank" and glora.rank_budget < least * n:
+        raise ValueError(f"--rank_budget {glora.rank_budget} is below GLoRA's floor: --glora_min_rank {least} on each of "
+                         f"the {n} matrices needs R_total >= {least * n}; give a larger --rank_budget or a smaller "
+                         "--glora_min_rank.")
+    if glora.budget_unit == "params" and glora.param_budget < least * sum(unit_costs):
+        raise ValueError(f"--param_budget {glora.param_budget} is below GLoRA's floor: --glora_min_rank {least} on each of "
+                         f"the {n} matrices costs {least} x sum(d_in + d_out) = {least * sum(unit_costs)} parameters; "
+                         "give a larger --param_budget or a smaller --glora_min_rank.")
 
 
 def check_glora_rank_cap(glora: GradNormRankConfig, unit_costs):

@@ -116,6 +116,9 @@ class RunArgs(Record):
     resolved: dict = field(default_factory=dict)
     world_size: int | None = None
     hpo: dict | None = None  # how hpo.py chose the hyper-parameters (search.study.hpo_record), runs it made only
+    # {split: {"rows", "sha256"}} of the rows trained and evaluated on (glue_data.data_fingerprint); None: a record
+    # written before it was recorded
+    data_fingerprint: dict | None = None
     other: dict = field(default_factory=dict)  # keys this version does not know, as read
 
     @property
@@ -125,8 +128,9 @@ class RunArgs(Record):
     def to_json(self) -> dict:
         out = {name: getattr(self, name) for name in FLAG_BLOCKS}
         out.update(resolved=self.resolved, world_size=self.world_size)
-        if self.hpo is not None:
-            out["hpo"] = self.hpo
+        for name in ("hpo", "data_fingerprint"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return {**out, **self.other}
 
     @classmethod

@@ -60,7 +60,7 @@ from checkpoints import (
 )
 from eva_init import EvaInit
 from eval_log import EvalLog
-from glue_data import load_glue_data, tokenize_splits
+from glue_data import data_fingerprint, load_glue_data, tokenize_splits
 from glue_tasks import GLUE_TASKS, glue_metrics
 from gradnorm_rank import GradNormRank, GradNormRankMixin, MethodOverhead
 from plan import resolve_plan
@@ -75,7 +75,7 @@ from planted_task import (
     write_predictions,
 )
 from records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, Results, RunArgs
-from run_folder import discard_replaced, folder_lock, move_aside
+from run_folder import REPLACED_SUFFIX, discard_replaced, folder_lock, move_aside, sibling
 
 logger = logging.getLogger(__name__)
 TRAIN_FIGURES = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss")
@@ -110,7 +110,7 @@ def main(argv=None):
     logger.info(f"{plan.arm} ({plan.method}): {plan.num_matrices} adapted matrices, R_total {plan.rank_budget}, "
                 f"{trainable_parameters(model, plan.head)}")
 
-    run_args = run_args_of(args, plan)
+    run_args = run_args_of(args, plan, data_fingerprint(raw, args.data.task))
     resume = check_resume(run_args, plan, training_args)
     training_args = dataclasses.replace(training_args, resume_from_checkpoint=resume and str(resume))
     with folder_lock(plan.output_dir, hold=PartialState().is_main_process):
@@ -216,10 +216,12 @@ def initialise_eva(method, encoded, tokenizer, data_args, training_args, plantin
                             tokenizer.model_input_names)
 
 
-def run_args_of(args, plan) -> RunArgs:
-    """run_args.json: what was asked and what it resolved to (and, for runs chosen by hpo.py, its `hpo` block)."""
+def run_args_of(args, plan, fingerprint: dict) -> RunArgs:
+    """run_args.json: what was asked, what it resolved to, the content of the data (glue_data.data_fingerprint), and
+    for runs chosen by hpo.py its `hpo` block."""
     hpo = json.loads(Path(args.data.hpo_record).read_text()) if args.data.hpo_record else None
-    return RunArgs(**args.asked(), resolved=plan.resolved(), world_size=plan.world_size, hpo=hpo)
+    return RunArgs(**args.asked(), resolved=plan.resolved(), world_size=plan.world_size, hpo=hpo,
+                   data_fingerprint=fingerprint)
 
 
 def check_resume(run_args, plan, training_args) -> Path | None:
@@ -277,12 +279,14 @@ def prepare_output_dir(run_args, plan, training_args, overwrite: bool):
                          f"--resume_from_checkpoint {resume} continues from: drop --overwrite_output_dir to continue "
                          "the run there.")
     if finished and not overwrite:
-        raise FileExistsError(f"{output_dir} holds a finished run; pass --overwrite_output_dir or another --output_dir.")
+        raise FileExistsError(f"{output_dir} holds a finished run; pass --overwrite_output_dir or another --output_dir"
+                              f"{replaced_note(output_dir)}.")
     if unfinished and not (resume or overwrite):
         newest = newest_complete_checkpoint(output_dir)
         how = f"--resume_from_checkpoint {newest} to continue it, or " if newest else ""
         raise FileExistsError(f"{output_dir} holds an unfinished run (no all_results.json{incomplete_note(output_dir)}): "
-                              f"pass {how}--overwrite_output_dir True to start again, or another --output_dir.")
+                              f"pass {how}--overwrite_output_dir True to start again, or another --output_dir"
+                              f"{replaced_note(output_dir)}.")
     keep_run_args = bool(resume) and unfinished and not overwrite and (output_dir / RUN_ARGS_FILE).is_file()
     if keep_run_args:
         differs = identity_differences(identity_of(RunArgs.read(output_dir).to_json()), identity_of(run_args.to_json()))
@@ -299,6 +303,16 @@ def prepare_output_dir(run_args, plan, training_args, overwrite: bool):
             run_args.write(output_dir)
     PartialState().wait_for_everyone()
     return replaced
+
+
+def replaced_note(output_dir: Path) -> str:
+    """'; the run it replaced is whole in OUTPUT_DIR.replaced ...' when an --overwrite_output_dir that did not finish
+    left the older run there (run_folder.move_aside); else ''."""
+    slot = sibling(output_dir, REPLACED_SUFFIX)
+    if not slot.is_dir():
+        return ""
+    return (f" (the run in it is an --overwrite_output_dir that did not finish; the run it replaced is whole in {slot}, "
+            "deleted once a run in its place finishes)")
 
 
 def forget_failed_start(output_dir):

@@ -6,6 +6,8 @@ and the AdaLoRA arm of the share of gain.
 
 No import from the rest of the package: runs.py builds its records from these. `results` and `run_args` are the
 run's records.Results and records.RunArgs."""
+import hashlib
+import json
 import os
 from dataclasses import dataclass, fields
 
@@ -31,7 +33,7 @@ class Setting:
     """What runs must share to be compared at all, besides task and R_total. Each field is a short text (None:
     not recorded), so two settings compare and print field by field."""
     model: str | None
-    data: str | None  # where the rows came from: --dataset_dir, the files, or the hub dataset
+    data: str | None  # the rows' content (run_args.json data_fingerprint); a run recorded before it: where they came from
     max_train_samples: str | None
     tuning_split: str | None  # the carve held out of the training data (hpo.py's tuning split)
     dev_rows: str | None  # --max_eval_samples: which dev rows are scored
@@ -50,7 +52,7 @@ class Setting:
             length = None if epochs is None else f"num_train_epochs {epochs:g}"
         return cls(
             model=text(model.get("model_name_or_path")),
-            data=data_source(data),
+            data=data_content(run_args) or data_source(data),
             max_train_samples=row_limit(data, "max_train_samples", "all training rows"),
             tuning_split=tuning_carve(data),
             dev_rows=row_limit(data, "max_eval_samples", "all dev rows"),
@@ -84,6 +86,20 @@ def trial_mode(run_args) -> str:
 
 def text(value):
     return None if value is None else str(value)
+
+
+def data_content(run_args) -> str | None:
+    """The content of the rows a run trained and evaluated on, as one short text: the sha256 of its recorded
+    data_fingerprint (every split's rows, after row selection) and the splits' sizes. Where the rows were read from is
+    not part of it: one folder named by an absolute and a relative --dataset_dir is one content. None: a run recorded
+    before the fingerprint (its data source is compared instead)."""
+    fingerprint = getattr(run_args, "data_fingerprint", None)
+    if not isinstance(fingerprint, dict) or not fingerprint:
+        return None
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    sizes = ", ".join(f"{split} {entry.get('rows')}" for split, entry in sorted(fingerprint.items())
+                      if isinstance(entry, dict))
+    return f"content {digest[:12]} ({sizes} rows)"
 
 
 def data_source(data) -> str | None:

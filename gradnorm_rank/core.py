@@ -310,8 +310,14 @@ class GradNormRank(TrainerCallback):
         ]
         if config.budget_unit == "params":
             self.max_ranks = [min(cap, config.param_budget // c) for cap, c in zip(self.max_ranks, self.unit_costs)]
-        # Fails here, before training, if the budget cannot hold the floor or exceeds the caps.
-        self._apportion([1.0] * len(self.names))
+        # Fails here, before training, if the budget cannot hold the floor or exceeds the caps: naming the config field.
+        try:
+            self._apportion([1.0] * len(self.names))
+        except ValueError as error:
+            budget = "param_budget" if config.budget_unit == "params" else "rank_budget"
+            raise ValueError(f"GradNormRankConfig.{budget} {getattr(config, budget)} (min_rank {config.min_rank}, "
+                             f"max_rank {config.max_rank}) does not fit this model's {len(self.names)} LoRA matrices: "
+                             f"{error}") from None
 
         device = next(iter(self.layers.values())).lora_A[adapter_name].weight.device
         self.ema = torch.zeros(len(self.names), dtype=torch.float64, device=device)

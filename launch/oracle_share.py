@@ -12,23 +12,49 @@ each arm's row has its own paired t against lora.
 import sys
 from pathlib import Path
 
+from analysis.comparable import data_content
 from analysis.stats import paired_t, share_of_gain, welch
 from glue_tasks import GLUE_TASKS
-from records import RESULTS_FILE, Results
+from records import RESULTS_FILE, RUN_ARGS_FILE, Results, RunArgs
 
 
 def seed_scores(final_dir, arm) -> dict:
-    """{seed: score} of one arm's final runs."""
-    out = {}
+    """{seed: score} of one arm's final runs. Two runs of one arm and seed (two data contents, a copied folder) are
+    refused in one line: keyed by seed, one would silently replace the other."""
+    out, where = {}, {}
     for path in sorted(Path(final_dir).glob(f"*/{RESULTS_FILE}")):
         results = Results.read(path.parent)
-        if results.arm == arm:
-            out[results.seed] = results.score(GLUE_TASKS[results.task])
+        if results.arm != arm:
+            continue
+        if results.seed in out:
+            raise SystemExit(f"{final_dir}: arm {arm} has two runs of seed {results.seed} ({where[results.seed]}, "
+                             f"{path.parent}): the share is computed over one run per arm and seed; give a folder of "
+                             "one study's final runs.")
+        out[results.seed], where[results.seed] = results.score(GLUE_TASKS[results.task]), path.parent
     return out
 
 
+def data_contents(final_dir) -> set:
+    """The data contents (analysis.comparable.data_content) the runs in final_dir recorded; runs without one are not
+    counted."""
+    contents = set()
+    for path in sorted(Path(final_dir).glob(f"*/{RUN_ARGS_FILE}")):
+        content = data_content(RunArgs.read(path.parent))
+        if content is not None and (path.parent / RESULTS_FILE).is_file():
+            contents.add(content)
+    return contents
+
+
 def main(final_dir, arms):
+    contents = data_contents(final_dir)
+    if len(contents) > 1:
+        raise SystemExit(f"{final_dir}: its runs trained on {len(contents)} data contents ({'; '.join(sorted(contents))}):"
+                         " compare one study's final runs, on one data.")
     by_seed = {arm: seed_scores(final_dir, arm) for arm in ("lora", "oracle")}
+    missing = [arm for arm, runs in by_seed.items() if not runs]
+    if missing:
+        raise SystemExit(f"{final_dir}: no finished run of arm {' or '.join(missing)} (all_results.json with "
+                         "\"arm\": \"lora\" / \"oracle\" one folder down): the share of the oracle's gain needs both.")
     lora, oracle = list(by_seed["lora"].values()), list(by_seed["oracle"].values())
     print(f"lora {len(lora)} seeds, mean {100 * sum(lora) / len(lora):.2f}; oracle {len(oracle)} seeds, mean "
           f"{100 * sum(oracle) / len(oracle):.2f}; oracle - lora {100 * (sum(oracle) / len(oracle) - sum(lora) / len(lora)):+.2f}")
@@ -57,6 +83,7 @@ def main(final_dir, arms):
 def paired_versus_lora(arm: dict, lora: dict):
     """analysis.stats.PairedT of an arm's {seed: score} against lora's, over the seeds both ran."""
     return paired_t(list(arm.values()), list(lora.values()), list(arm), list(lora))
+
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:] or ["glora_params", "adalora_params"])

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 from optuna.trial import TrialState
 
-from arguments import STUDY_MAY_DIFFER, parse_args
+from arguments import STUDY_MAY_DIFFER, canonical_targets, parse_args
 from plan import arm_label
 from rank_pattern import RankPattern, read_rank_pattern_file
 
@@ -33,14 +33,24 @@ SHOWN = 4  # differences named in one refusal line
 
 def fixed_run_flags(run_args, searched) -> dict:
     """{flag: value} of every parsed run argument that defines the study: not searched, not in STUDY_MAY_DIFFER;
-    values as JSON holds them (enums as their names, tuples as lists); a rank pattern as its path and sha256."""
+    values as JSON holds them (enums as their names, tuples as lists); --target_modules in canonical order
+    (arguments.canonical_targets); a rank pattern as its path and sha256."""
     flat = {}
     for block in run_args.asked().values():
         flat.update(block)
     flags = {k: json.loads(json.dumps(v, default=str)) for k, v in sorted(flat.items())
              if k not in searched and k not in STUDY_MAY_DIFFER and k != "arm"}  # the arm is compared as resolved
+    flags = canonical_flags(flags)
     if flags.get("rank_pattern"):  # the file's content defines the runs, not only its name
         flags["rank_pattern"] = {"path": flags["rank_pattern"], "sha256": read_rank_pattern_file(flags["rank_pattern"])[2]}
+    return flags
+
+
+def canonical_flags(flags: dict) -> dict:
+    """Flags with --target_modules in canonical order; applied to a study's recorded flags too, which an older hpo.py
+    stored in the order given."""
+    if isinstance(flags.get("target_modules"), list):
+        return {**flags, "target_modules": canonical_targets(flags["target_modules"])}
     return flags
 
 
@@ -153,7 +163,7 @@ def run_differences(arm_there, flags_there: dict, arm_now, flags_now: dict) -> l
     """The arm and fixed flags that differ. A flag recorded by an older harness that no longer defines a study
     (arguments.STUDY_MAY_DIFFER) is not compared."""
     arm = [f"arm {arm_there!r} there, {arm_now!r} now"] if arm_there != arm_now else []
-    there = {flag: value for flag, value in flags_there.items() if flag not in STUDY_MAY_DIFFER}
+    there = {flag: value for flag, value in canonical_flags(flags_there).items() if flag not in STUDY_MAY_DIFFER}
     return arm + differences(there, flags_now)
 
 

@@ -27,10 +27,11 @@ import optuna
 import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+from optuna.storages.journal import JournalFileOpenLock, JournalStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from search.journal import CheckedJournalFileBackend
 from search.pruning import PruningSettings, make_pruner
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -49,14 +50,14 @@ def storage_location(given: str | None, study_dir: Path) -> str:
             raise SystemExit(f"{old} holds a study made by an older hpo.py (SQLite, its default storage): pass "
                              f"--storage sqlite:///{old} to resume it (the default is now {study_dir / 'study.journal'}; "
                              "move study.db away to start a new study there).")
-        return str(study_dir / f"study{JOURNAL_SUFFIX}")
+        return check_beside_trials(str(study_dir / f"study{JOURNAL_SUFFIX}"), study_dir)
     if is_journal(given):
         if not given.endswith(JOURNAL_SUFFIX):
             raise SystemExit(f"--storage takes an RDB URL (sqlite:///..., postgresql://..., mysql://...) or a journal "
                              f"file whose name ends in {JOURNAL_SUFFIX}, got {given!r}.")
         if not Path(given).parent.is_dir():
             raise SystemExit(f"--storage {given}: the folder {Path(given).parent} does not exist.")
-        return given
+        return check_beside_trials(given, study_dir)
     try:
         url = make_url(given)
     except (sqlalchemy.exc.ArgumentError, ValueError):  # the value may hold a password: not shown
@@ -68,6 +69,35 @@ def storage_location(given: str | None, study_dir: Path) -> str:
         raise SystemExit(f"--storage {shown_storage(given)}: {url.drivername!r} is no database SQLAlchemy knows "
                          "(sqlite, postgresql, mysql, ...).") from None
     return given
+
+
+def trial_folders(study_dir: Path) -> list:
+    """The trial folders a study's worker writes (hpo.py: STUDY_DIR/trials/trial_NNNN)."""
+    return sorted(path for path in Path(study_dir, "trials").glob("trial_*") if path.is_dir())
+
+
+def check_beside_trials(journal: str, study_dir: Path) -> str:
+    """A journal file that is missing or empty while STUDY_DIR/trials holds trial folders is refused (one line): the
+    study those trials belong to is not in it, and a new study would rerun its trial 0 into trial_0000 over the old
+    one."""
+    folders = trial_folders(study_dir)
+    path = Path(journal)
+    if folders and (not path.exists() or path.stat().st_size == 0):
+        state = "empty" if path.exists() else "missing"
+        raise SystemExit(f"{journal} is {state}, but {study_dir / 'trials'} holds {len(folders)} trial folder(s) "
+                         f"({folders[0].name}...) of a study it no longer records: restore the journal (from a backup "
+                         f"or copy), or move {study_dir / 'trials'} away to start a new study there.")
+    return journal
+
+
+def check_study_has_its_trials(study, study_dir: Path):
+    """A study without a single trial beside trial folders in STUDY_DIR/trials (another --study_name, a new RDB
+    study, a journal replaced since) is refused before its trial 0 replaces trial_0000."""
+    folders = trial_folders(study_dir)
+    if folders and not study.get_trials(deepcopy=False):
+        raise SystemExit(f"study {study.study_name} holds no trial, but {study_dir / 'trials'} holds {len(folders)} "
+                         f"trial folder(s) ({folders[0].name}...) of another study: give that study's --study_name and "
+                         f"--storage to resume it, or another --study_dir (or move the trials away) for a new study.")
 
 
 def is_journal(location: str) -> bool:
@@ -88,7 +118,8 @@ class HeartbeatJournalStorage(JournalStorage):
         # on NFSv3 or later, with no need for symbolic links (which Optuna's tutorial notes Windows may refuse;
         # JournalFileSymlinkLock, Optuna's default, is only needed on NFS older than v3, which is no local disk).
         # Both break a lock left by a worker killed while it held it after their grace period (30 s).
-        super().__init__(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+        # CheckedJournalFileBackend (search/journal.py): Optuna's, but it never writes after a record it cannot parse.
+        super().__init__(CheckedJournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
 

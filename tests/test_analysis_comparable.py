@@ -194,6 +194,43 @@ def test_runs_that_differ_in_what_defines_a_run_are_not_pooled(tmp_path, differs
     assert expected in g2["differs"]
 
 
+FINGERPRINT = {"train": {"rows": 60, "sha256": "a" * 64}, "validation": {"rows": 20, "sha256": "b" * 64}}
+
+
+def test_runs_on_one_data_content_are_one_group_whatever_path_named_it_and_other_content_is_another(tmp_path):
+    """The recorded data fingerprint decides, not --dataset_dir: an absolute and a relative name of one folder pool;
+    the same path with other rows (a planted control regenerated there) does not."""
+    absolute = str(Path("data/glue").resolve())
+    for method, accs in ACC.items():
+        args, res = recorded(arm=method, data={"dataset_dir": absolute})
+        for seed, acc in zip((1, 2, 3), accs):
+            name = f"{method}_s{seed}"
+            args = {**args, "data_fingerprint": FINGERPRINT} if seed < 3 else {**recorded(arm=method)[0],
+                                                                                "data_fingerprint": FINGERPRINT}
+            write_run(tmp_path, name, "sst2", method, seed, sst2_metrics(acc), 100.0,
+                      {"validation": predictions(acc)}, log=False, args=args, results=res)
+    changed = {**FINGERPRINT, "train": {"rows": 60, "sha256": "c" * 64}}
+    args, res = recorded(arm="lora")
+    for seed, acc in ((4, 0.90), (5, 0.91)):
+        write_run(tmp_path, f"changed_s{seed}", "sst2", "lora", seed, sst2_metrics(acc), 100.0,
+                  {"validation": predictions(acc)}, log=False, args={**args, "data_fingerprint": changed}, results=res)
+    data, md = compare(tmp_path)
+    groups = {c["group"]: c["differs"] for c in data["comparable_groups"]}
+    assert row(data, "lora", "g1")["seeds"] == "1 2 3" and row(data, "glora", "g1")["seeds"] == "1 2 3"
+    assert row(data, "lora", "g2")["seeds"] == "4 5"
+    assert groups["g2"].startswith("data: content ") and "(train 60, validation 20 rows)" in groups["g2"]
+
+
+def test_a_run_recorded_before_the_data_fingerprint_is_grouped_by_its_data_path_as_before():
+    from analysis.comparable import Setting
+    from records import RunArgs
+
+    old = RunArgs.from_json(recorded(arm="lora")[0])
+    assert old.data_fingerprint is None and Setting.of(old).data == "--dataset_dir data/glue"
+    new = RunArgs.from_json({**recorded(arm="lora")[0], "data_fingerprint": FINGERPRINT})
+    assert Setting.of(new).data.startswith("content ") and Setting.of(new) != Setting.of(old)
+
+
 def test_glue_average_leaves_out_a_task_split_into_groups(tmp_path):
     default_arms(tmp_path)
     arm_runs(tmp_path, "lora", [0.5], seeds=(9,), arm="lora", prefix="trial_", training={"max_steps": 2})

@@ -136,10 +136,51 @@ def test_allocation_quality_on_a_hand_made_allocation_is_exact(tmp_path):
 
     lora = write_run(tmp_path / "lora", {"a": 2, "b": 2, "c": 2, "d": 2}, costs, "lora")
     table = allocation_quality.main([str(tmp_path / "truth" / "ground_truth.json"), str(lora), str(glora),
-                                     "--out_dir", str(tmp_path / "out")])
+                                     "--out_dir", str(tmp_path / "out"), "--allow_unfingerprinted"])  # no data here
     assert table["recall_at_k_rank"].tolist() == [0.5, 0.75] and table["recall_at_k_score"].isna().tolist() == [True, False]
     assert "| lora | lora | 1 |" in (tmp_path / "out" / "allocation_quality.md").read_text()
     assert len(pd.read_csv(tmp_path / "out" / "allocation_quality.csv")) == 2
+
+
+def test_allocation_quality_refuses_runs_trained_on_other_data_than_its_ground_truth(tmp_path, capsys):
+    """The ground truth's folder holds the task's data; each run's recorded data fingerprint must be that folder's
+    under the run's own row selection. Another planting at the same path, or a run without a fingerprint, is refused
+    in one line (the latter scored with a note under --allow_unfingerprinted)."""
+    from dataclasses import asdict
+
+    from conftest import write_glue_fixture
+
+    from arguments import DataArguments
+    from glue_data import data_fingerprint, load_glue_data
+    from records import RunArgs
+
+    costs = {"a": 10, "b": 10, "c": 30, "d": 30}
+    truth = tmp_path / "truth"
+    write_glue_fixture(truth, "sst2")
+    write_glue_fixture(tmp_path / "other", "sst2", seed=1)  # another planting of the same shape
+    (truth / "ground_truth.json").write_text(json.dumps({"planted": {"a": {}, "c": {}}}))
+    (truth / "oracle_pattern.json").write_text(json.dumps({"a": 4, "b": 1, "c": 4, "d": 1}))
+
+    def trained_on(folder, name, **selection):
+        run = write_run(tmp_path / name, {"a": 2, "b": 2, "c": 2, "d": 2}, costs, "lora")
+        data = DataArguments(task="sst2", dataset_dir=str(folder), **selection)
+        RunArgs(data=asdict(data), data_fingerprint=data_fingerprint(load_glue_data(data), "sst2")).write(run)
+        return str(run)
+
+    ground_truth = str(truth / "ground_truth.json")
+    same = [trained_on(truth, "same"), trained_on(truth, "first_40", max_train_samples=40)]
+    assert len(allocation_quality.main([ground_truth, *same])) == 2
+    other = trained_on(tmp_path / "other", "other_run")
+    with pytest.raises(SystemExit) as refused:
+        allocation_quality.main([ground_truth, *same, other])
+    assert str(refused.value) == (f"{other} trained on other data than {truth} holds (train, validation differ under "
+                                  "its own data flags): it is not a run of this ground truth; score it against the "
+                                  "ground truth of the data it trained on.")
+    old = write_run(tmp_path / "old", {"a": 2, "b": 2, "c": 2, "d": 2}, costs, "lora")
+    with pytest.raises(SystemExit, match=rf"^{old} records no data fingerprint .* pass --allow_unfingerprinted"):
+        allocation_quality.main([ground_truth, str(old)])
+    assert len(allocation_quality.main([ground_truth, str(old), "--allow_unfingerprinted"])) == 1
+    assert f"note: {old} records no data fingerprint" in capsys.readouterr().out
 
 
 def test_control_study_launcher_dry_run(tiny_bert, tmp_path):
@@ -231,3 +272,26 @@ def test_oracle_share_pairs_the_arms_by_seed(tmp_path, capsys):
            f"{expected.pvalue:.3g}" in out
     row = next(line for line in out.splitlines() if line.startswith("| glora_params"))
     assert row.endswith(f"| {ttest_rel([0.72, 0.74, 0.74], [0.70, 0.75, 0.71]).pvalue:.3g} (3) |")
+
+
+def test_oracle_share_refuses_a_folder_without_lora_or_oracle_runs_and_two_runs_of_one_arm_and_seed(tmp_path):
+    from launch import oracle_share
+    from records import RunArgs
+
+    def final_run(name, arm, seed, value, sha="a"):
+        folder = tmp_path / name
+        folder.mkdir()
+        Results(task="stsb", method="lora", arm=arm, seed=seed, rank_budget=8, train_runtime=1.0, trainable_params=1,
+                metrics={"eval_combined_score": value}).write(folder)
+        RunArgs(data_fingerprint={"train": {"rows": 80, "sha256": sha * 64}}).write(folder)
+
+    final_run("lora_seed1", "lora", 1, 0.7)
+    with pytest.raises(SystemExit, match=rf"^{tmp_path}: no finished run of arm oracle \(all_results.json"):
+        oracle_share.main(tmp_path, ["glora_params"])
+    final_run("oracle_seed1", "oracle", 1, 0.8)
+    final_run("other_data_lora_seed1", "lora", 1, 0.9, sha="b")  # the same arm and seed on other data
+    with pytest.raises(SystemExit, match=rf"^{tmp_path}: its runs trained on 2 data contents"):
+        oracle_share.main(tmp_path, ["glora_params"])
+    RunArgs().write(tmp_path / "other_data_lora_seed1")  # no recorded content: still never silently one run
+    with pytest.raises(SystemExit, match=rf"^{tmp_path}: arm lora has two runs of seed 1 \({tmp_path / 'lora_seed1'}, "):
+        oracle_share.main(tmp_path, ["glora_params"])

@@ -322,6 +322,44 @@ def test_a_checkpoint_from_before_the_resolved_trial_switch_resumes_when_its_fla
                                                   rel=1e-6)
 
 
+def test_a_resume_on_training_data_changed_at_the_same_path_is_refused_naming_the_split(tiny_bert, tmp_path):
+    """The issue's case: D/sst2/train.parquet rewritten with its labels flipped between the checkpoint and the resume.
+    The data's content is in the run identity, so the resume is refused before anything is written, naming the split
+    that changed. A checkpoint saved before the content was recorded still resumes (its data paths are compared)."""
+    import pandas as pd
+    from conftest import write_glue_fixture
+
+    from checkpoints import SEAL_FILE, seal
+
+    data = write_glue_fixture(tmp_path / "glue", "sst2")
+    out = tmp_path / "run"
+    steps = ("--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1")
+    run(tiny_bert, data, "sst2", "lora", out, *steps)
+    (out / "all_results.json").unlink()
+    recorded = json.loads((out / "run_args.json").read_text())["data_fingerprint"]
+    assert set(recorded) == {"train", "validation"} and recorded["train"]["rows"] == 64
+    train = data / "sst2" / "train.parquet"
+    original = train.read_bytes()
+    frame = pd.read_parquet(train)
+    frame["label"] = 1 - frame["label"]
+    frame.to_parquet(train)
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"checkpoint-1 is from another run \(data_fingerprint\.train\.sha256 "
+                                         r"[0-9a-f]{64} there, [0-9a-f]{64} here\): a resume may change only"):
+        run(tiny_bert, data, "sst2", "lora", out, *steps, "--resume_from_checkpoint", str(out / "checkpoint-1"))
+    assert snapshot(out) == before
+
+    train.write_bytes(original)  # the same data, and a checkpoint and record of a version without the fingerprint
+    checkpoint = out / "checkpoint-1"
+    for record in (checkpoint / "run_identity.json", out / "run_args.json"):
+        content = json.loads(record.read_text())
+        del content["data_fingerprint"]
+        record.write_text(json.dumps(content))
+    seal(checkpoint, {k: v for k, v in json.loads((checkpoint / SEAL_FILE).read_text()).items() if k != "files"})
+    results = run(tiny_bert, data, "sst2", "lora", out, *steps, "--resume_from_checkpoint", str(checkpoint))
+    assert results["resumed_from_step"] == 1
+
+
 def test_checkpoints_record_the_run_identity(glora_checkpoints):
     _, full = glora_checkpoints
     run_args = json.loads((full / "run_args.json").read_text())
@@ -636,6 +674,61 @@ def test_run_identity_and_study_flags_cover_the_new_flags():
     steps, _ = identity("--glora_warmup_steps", "2")
     assert identity_differences(base, steps) == ["--glora_warmup_steps None there, 2 here",
                                                  "--glora_warmup_fraction 0.25 there, None here"]
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--rank_budget", "11"], "--rank_budget 11 is below GLoRA's floor: --glora_min_rank 1 on each of the 12 matrices "
+                              "needs R_total >= 12; give a larger --rank_budget or a smaller --glora_min_rank."),
+    (["--rank_budget", "23", "--glora_min_rank", "2"], "--rank_budget 23 is below GLoRA's floor: --glora_min_rank 2 on "
+                                                       "each of the 12 matrices needs R_total >= 24; give a larger "
+                                                       "--rank_budget or a smaller --glora_min_rank."),
+    (["--budget_unit", "params", "--param_budget", "767"],
+     "--param_budget 767 is below GLoRA's floor: --glora_min_rank 1 on each of the 12 matrices costs 1 x sum(d_in + "
+     "d_out) = 768 parameters; give a larger --param_budget or a smaller --glora_min_rank."),
+])
+def test_a_glora_budget_below_its_floor_is_refused_naming_the_flags(flags, line):
+    from plan import resolve_plan
+
+    args = parse_args(["--task", "sst2", "--method", "glora", "--max_steps", "8", *flags])
+    with pytest.raises(ValueError) as refused:
+        resolve_plan(args, [f"m{i}" for i in range(12)], [64] * 12, (), num_train_examples=64)
+    assert str(refused.value) == line
+
+
+def test_a_changed_rank_pattern_is_refused_naming_what_differs_not_the_whole_pattern_twice():
+    """The same --rank_pattern path with one module's rank changed: the refusal names the file's hash and that
+    module's rank, not the pattern's every module twice."""
+    modules = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "key", "value")]
+    args = parse_args(["--task", "sst2", "--rank_pattern", "p.json"])
+
+    def identity(sha, ranks):
+        pattern = {"path": "p.json", "sha256": sha, "source": "mapping", "ranks": [[m, r] for m, r in zip(modules, ranks)]}
+        return identity_of({**args.asked(), "resolved": {"total_steps": 8, "trial_run": False,
+                                                   "rank_pattern": pattern}})
+
+    saved, now = identity("a" * 64, [4] * 18), identity("b" * 64, [4] * 17 + [2])
+    assert identity_differences(saved, now) == [
+        f"resolved rank_pattern.sha256 {'a' * 64} there, {'b' * 64} here",
+        f"resolved rank_pattern.ranks.{modules[-1]} 4 there, 2 here"]
+    many = identity("c" * 64, [1] * 18)
+    lines = identity_differences(saved, many)
+    assert len(lines) == 7 and lines[-1] == "and 13 more" and modules[0] in lines[1]
+
+
+def test_reordered_target_modules_naming_the_same_matrices_are_one_run_and_one_study():
+    from search.identity import differences, fixed_run_flags, run_differences
+
+    def identity(*targets):
+        args = parse_args(["--task", "sst2", "--target_modules", *targets])
+        return identity_of({**args.asked(), "resolved": {"trial_run": False}}), fixed_run_flags(args, searched=())
+
+    (run_a, study_a), (run_b, study_b) = identity("query", "value", "ffn_in"), identity("ffn_in", "value", "query", "value")
+    assert identity_differences(run_a, run_b) == [] and differences(study_a, study_b) == []
+    recorded = {**study_a, "target_modules": ["value", "query", "ffn_in"]}  # as an older hpo.py stored them
+    assert run_differences("lora", recorded, "lora", study_b) == []
+    (run_c, study_c) = identity("query", "key")
+    assert identity_differences(run_a, run_c) == ["--target_modules ['query', 'value', 'ffn_in'] there, "
+                                                  "['query', 'key'] here"]
 
 
 # ---- the quickstart ----

@@ -16,7 +16,7 @@ import sqlalchemy
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from postgres import PASSWORD, postgres_server
-from test_hpo import LR_SPACE, fake_hpo_args, start_worker, write_space
+from test_hpo import LR_SPACE, fake_hpo_args, load_study, start_worker, write_space
 
 import hpo
 from search.study import (
@@ -234,3 +234,79 @@ def test_storage_takes_a_journal_file_or_an_rdb_url_and_nothing_else(tmp_path, c
     assert not list((tmp_path / "refused").iterdir())  # no study, no trial
     assert hpo.safe_url("postgresql://user:s3cret@db.example:5432/optuna") == "postgresql://user:***@db.example:5432/optuna"
     assert hpo.safe_url(str(own)) == str(own)
+
+
+JOURNAL_FLAGS = ("--n_trials", "1", "--stage", "search", "--heartbeat_interval", "1", "--grace_period", "2")
+
+
+def one_trial_study(tmp_path) -> tuple:
+    """(study_dir, hpo.py's arguments) of a journal study that has run one trial of the fake run."""
+    study_dir = tmp_path / "study"
+    args = fake_hpo_args(write_space(tmp_path, LR_SPACE), study_dir, *JOURNAL_FLAGS)
+    hpo.main(args)
+    return study_dir, args
+
+
+def test_a_torn_journal_tail_is_saved_aside_then_cut_and_the_same_command_resumes_the_study(tmp_path, capsys):
+    """The issue's reproduction: one trial, `truncate -s -40 study.journal`, the same command. The torn bytes are
+    copied to a side file before the journal is cut back to its last complete record; every complete record is kept,
+    and the study reads (with Optuna's own reader too) and goes on."""
+    study_dir, args = one_trial_study(tmp_path)
+    path = study_dir / "study.journal"
+    whole = path.read_bytes()
+    os.truncate(path, len(whole) - 40)
+    torn = whole[:-40]
+    offset = torn.rfind(b"\n") + 1  # where the torn last record starts
+    hpo.main(args)
+    side = study_dir / f"study.journal.torn-{offset}"
+    assert side.read_bytes() == torn[offset:]  # the torn bytes, saved before the cut
+    assert path.read_bytes()[:offset] == torn[:offset]  # every complete record kept as it was
+    assert f"saved to {side} and the journal was cut back to its last complete record at byte {offset}" in \
+        capsys.readouterr().err
+    backend = optuna.storages.journal.JournalFileBackend(str(path))  # Optuna's plain reader parses every line
+    trials = optuna.load_study(study_name="sst2_lora", storage=optuna.storages.JournalStorage(backend)).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 1
+    assert all(line.endswith(b"}") for line in path.read_bytes().split(b"\n")[:-1])
+
+
+def test_a_journal_record_that_lost_only_its_newline_gets_it_back(tmp_path):
+    study_dir, args = one_trial_study(tmp_path)
+    path = study_dir / "study.journal"
+    whole = path.read_bytes()
+    os.truncate(path, len(whole) - 1)
+    before = load_study(study_dir).get_trials()  # opening repairs: the record is whole, so nothing is cut
+    assert path.read_bytes() == whole and not list(study_dir.glob("study.journal.torn-*"))
+    assert [t.state for t in before] == [TrialState.COMPLETE]
+
+
+def test_a_garbage_journal_line_is_refused_naming_the_file_the_line_and_its_byte(tmp_path):
+    study_dir, args = one_trial_study(tmp_path)
+    path = study_dir / "study.journal"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(2, b"garbage, not a record\n")
+    path.write_bytes(b"".join(lines))
+    offset = len(lines[0]) + len(lines[1])
+    with pytest.raises(SystemExit) as refused:
+        hpo.main(args)
+    line = str(refused.value)
+    assert line.startswith(f"{path} line 3 (byte {offset}) is not a journal record (not JSON: ") and "\n" not in line
+    assert f"truncate -s {offset} {path}" in line
+    assert path.read_bytes() == b"".join(lines)  # nothing written after it
+
+
+def test_an_emptied_or_missing_journal_beside_trial_folders_is_refused_and_trial_0_is_not_rerun(tmp_path):
+    study_dir, args = one_trial_study(tmp_path)
+    path = study_dir / "study.journal"
+    finished = (study_dir / "trials" / "trial_0000" / "all_results.json").read_bytes()
+    journal_bytes = path.read_bytes()
+    for state in ("empty", "missing"):
+        path.write_bytes(b"") if state == "empty" else path.unlink()
+        with pytest.raises(SystemExit) as refused:
+            hpo.main(args)
+        assert str(refused.value).startswith(f"{path} is {state}, but {study_dir / 'trials'} holds 1 trial folder(s) "
+                                             "(trial_0000...)")
+        assert (study_dir / "trials" / "trial_0000" / "all_results.json").read_bytes() == finished
+    path.write_bytes(journal_bytes)  # restored; another study in it beside the first study's trials
+    with pytest.raises(SystemExit, match=r"^study other holds no trial, but .* holds 1 trial folder\(s\)"):
+        hpo.main(args + ["--study_name", "other"])
+    assert (study_dir / "trials" / "trial_0000" / "all_results.json").read_bytes() == finished

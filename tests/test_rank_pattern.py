@@ -112,6 +112,30 @@ def test_rank_pattern_over_a_given_budget_is_refused(tmp_path):
         resolve_rank_pattern(tmp_path / "nope.json", TARGETS, COSTS)
 
 
+def test_a_rank_pattern_run_records_the_patterns_total_as_its_budget_unless_a_budget_flag_caps_it(tmp_path):
+    """A pattern above the default budget (lora_r 8 x 12 matrices = 96) is recorded at its own total, not at 96 beside
+    uniform LoRA; a given --rank_budget / --param_budget is the recorded budget and the pattern is checked against it."""
+    from arguments import parse_args
+    from plan import resolve_plan
+
+    path = write(tmp_path, {name: 10 for name in TARGETS})  # R_total 120; parameters 10 x (64 x 8 + 96 x 4) = 8960
+
+    def plan(*flags):
+        args = parse_args(["--task", "sst2", "--rank_pattern", str(path), "--max_steps", "4", *flags])
+        return resolve_plan(args, TARGETS, COSTS, (), num_train_examples=64)
+
+    default = plan()
+    assert (default.rank_budget, default.param_budget, default.budget_label) == (120, None, "r120")
+    assert plan("--rank_budget", "150").rank_budget == 150
+    with pytest.raises(ValueError, match=r"^--rank_pattern .*: its ranks sum to 120, more than --rank_budget 119\.$"):
+        plan("--rank_budget", "119")
+    params = plan("--budget_unit", "params")
+    assert (params.param_budget, params.rank_budget) == (8960, 96)  # R_total: the uniform start's, as every params run
+    assert plan("--budget_unit", "params", "--param_budget", "9000").param_budget == 9000
+    with pytest.raises(ValueError, match=r"= 8960 exceed --param_budget 8959\.$"):
+        plan("--budget_unit", "params", "--param_budget", "8959")
+
+
 def test_bad_rank_pattern_fails_before_anything_is_written(tiny_bert, glue_dir, tmp_path):
     pattern = write(tmp_path, {**hand_pattern(), TARGETS[2]: 0})
     out = tmp_path / "out"

@@ -284,6 +284,25 @@ def test_overwrite_keeps_the_old_run_whole_until_the_new_one_finishes(tiny_bert,
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out"]  # no copy, no lock left
 
 
+def test_after_a_killed_overwrite_the_refusal_of_a_plain_rerun_says_where_the_old_run_is(tiny_bert, glue_dir, tmp_path,
+                                                                                         monkeypatch):
+    data, out, aside = glue_dir("sst2"), tmp_path / "out", tmp_path / "out.replaced"
+    run(tiny_bert, data, "sst2", "lora", out, "--max_steps", "1")
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_glue_peft.GlueTrainer, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_bert, data, "sst2", "lora", out, "--max_steps", "1", "--overwrite_output_dir", "True")
+    with pytest.raises(FileExistsError) as refused:
+        run(tiny_bert, data, "sst2", "lora", out, "--max_steps", "1")
+    line = str(refused.value)
+    assert line.startswith(f"{out} holds an unfinished run") and "\n" not in line
+    assert f"the run it replaced is whole in {aside}, deleted once a run in its place finishes" in line
+    assert (aside / "all_results.json").is_file()
+
+
 def test_config_file_with_cli_override(tiny_bert, glue_dir, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"task: sst2\nmethod: adalora\nmodel_name_or_path: {tiny_bert}\nlora_r: 2\nmax_steps: 50\n"
