@@ -157,10 +157,10 @@ class LoraHooks:
         self.factors = {}
         self.handles = []
         for name, module in modules.items():
-            d_out, d_in = module.weight.shape
+            (d_out, d_in), dtype = module.weight.shape, module.weight.dtype
             bound = 1 / math.sqrt(d_in)  # kaiming_uniform with a = sqrt(5): bound sqrt(6 / ((1 + 5) d_in))
-            a = torch.nn.Parameter((torch.rand(rank, d_in, generator=generator) * 2 - 1) * bound)
-            b = torch.nn.Parameter(torch.zeros(d_out, rank))
+            a = torch.nn.Parameter(((torch.rand(rank, d_in, generator=generator) * 2 - 1) * bound).to(dtype))
+            b = torch.nn.Parameter(torch.zeros(d_out, rank, dtype=dtype))
             self.factors[name] = (a, b)
             self.handles.append(module.register_forward_hook(self._hook(a, b)))
 

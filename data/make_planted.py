@@ -23,8 +23,9 @@ rank --spread_rank each. The same seed gives the same files.
 
 Vector targets (docs/controls.md; the format is fixed in the harness's planted task): `--target features` reads
 --num_outputs K directions off the teacher's last-layer [CLS] vector, `--target token_features` off its last hidden
-state at every token (K per token). The directions (--feature_directions) are the identity when K is the hidden size,
-else the top-K principal directions of the teacher's change (h_T - h_B) or random orthonormal ones; each output is
+state at every token (K per token). The directions (--feature_directions) are the identity when K is the hidden size
+(every hidden dim that varies: a constant dim cannot be standardised, and is left out and recorded), else the top-K
+principal directions of the teacher's change (h_T - h_B) or random orthonormal ones; each output is
 standardised on the training rows (tokens), and the affine read-out (readout.weight, readout.bias) is written with the
 planted update. OUT/planted/{train,validation}.parquet: sentence, idx, label (a list of floats). By default the
 planted updates there have equal EFFECT (--equal effect): each single update alone moves the target by the same RMS on
@@ -82,9 +83,9 @@ def parse_args(argv=None):
                         "(sentence pairs), label = the read-out scaled to mean 2.5, std 1; features: K read-outs of the "
                         "teacher's [CLS] vector; token_features: K read-outs of its last hidden state at every token.")
     p.add_argument("--num_outputs", type=int, default=None,
-                   help="K, the read-outs of a vector target (1..hidden size; default: the hidden size, all of it).")
+                   help="K, the read-outs of a vector target (1..hidden size; default: every hidden dim that varies).")
     p.add_argument("--feature_directions", choices=FEATURE_DIRECTIONS, default="auto",
-                   help="Directions of a vector target's read-outs: identity (K = hidden size), moved_most (the top-K "
+                   help="Directions of a vector target's read-outs: identity (every hidden dim that varies), moved_most (the top-K "
                         "principal directions of h_T - h_B on the training rows) or random (orthonormal, per --seed); "
                         "auto: identity when K is the hidden size, else moved_most.")
     p.add_argument("--equal", choices=("norm", "effect"), default=None,
@@ -267,10 +268,20 @@ def target_states(encoder, tokenizer, texts, max_seq_length, batch_size, per_tok
     return cls_features(encoder, tokenizer, texts, max_seq_length, batch_size), np.ones(len(texts), dtype=int)
 
 
+def varying_dims(h):
+    """The hidden dims whose std over the entries exceeds 1e-6 x the median dim's (a LayerNorm can hold a dim constant:
+    MiniLM's last layer holds 3 of 384, std < 1e-8 against ~0.3)."""
+    std = h.std(0)
+    return np.flatnonzero(std > 1e-6 * np.median(std))
+
+
 def feature_readout(h_teacher, h_base, directions, fixed):
     """The standardised affine read-out (weight K x hidden, bias K) of a vector target, fit on training entries: outputs
-    along `fixed` directions (hidden x K: identity or random), or along the top-K principal directions of the change
-    h_T - h_B (moved_most; K = fixed's width), each scaled to mean 0 and variance 1 over the entries."""
+    along `fixed` directions (hidden x K: random), along every hidden dim that varies (identity), or along the top-K
+    principal directions of the change h_T - h_B (moved_most; K = fixed's width), each scaled to mean 0 and variance 1
+    over the entries."""
+    if directions == "identity":
+        fixed = np.eye(h_teacher.shape[1])[:, varying_dims(h_teacher)]
     if directions == "moved_most":
         change = (h_teacher - h_base) - (h_teacher - h_base).mean(0)
         vectors = np.linalg.eigh(change.T @ change)[1][:, ::-1][:, :fixed.shape[1]]
@@ -294,11 +305,12 @@ def effects_of_singles(states, modules, originals, planted, weight, h_base):
     return effects
 
 
-def equal_effect_norms(states, modules, originals, updates, weight_norms, budget, directions, fixed, iterations):
+def equal_effect_norms(states, h_base, modules, originals, updates, weight_norms, budget, directions, fixed,
+                       iterations):
     """Relative norms at which each update alone moves the target (read out as fit on the joint teacher) by the same
-    RMS, with sum of squared relative norms = `budget`: `iterations` rounds of norm_k <- norm_k / effect_k, rescaled."""
+    RMS, with sum of squared relative norms = `budget`: `iterations` rounds of norm_k <- norm_k / effect_k, rescaled.
+    `states()`: the current model's target states on the rows the effects are measured on; h_base: the base model's."""
     norms = dict.fromkeys(updates, math.sqrt(budget / len(updates)))
-    h_base = states()[0]
     for _ in range(iterations):
         planted = scaled_updates(updates, norms, weight_norms)
         set_weights(modules, originals, planted)
@@ -311,8 +323,8 @@ def equal_effect_norms(states, modules, originals, updates, weight_norms, budget
 
 
 def readout_directions(args, hidden):
-    """(the resolved --feature_directions, the fixed hidden x K directions: identity, random, or a placeholder of
-    width K for moved_most)."""
+    """(the resolved --feature_directions, the fixed hidden x K directions: random ones, or a placeholder of width K for
+    moved_most and identity)."""
     k = args.num_outputs or hidden
     if k > hidden:
         raise SystemExit(f"--num_outputs {k}: the model's hidden size is {hidden}; at most that many read-outs.")
@@ -320,7 +332,8 @@ def readout_directions(args, hidden):
     if directions == "auto":
         directions = "identity" if k == hidden else "moved_most"
     if directions == "identity" and k != hidden:
-        raise SystemExit(f"--feature_directions identity needs --num_outputs {hidden} (the hidden size), got {k}.")
+        raise SystemExit(f"--feature_directions identity reads every hidden dim: --num_outputs {k} is not the hidden "
+                         f"size {hidden} (leave it out).")
     if directions == "random":
         return directions, orthonormal(hidden, k, torch.Generator().manual_seed(args.seed + 1)).numpy()
     return directions, np.eye(hidden)[:, :k]
@@ -413,21 +426,28 @@ def vector_planting(args, model, tokenizer, names, budget, train, dev):
                      batch_size=args.batch_size, per_token=args.target == "token_features")
     updates = draw_updates(modules, names, rank, args.spectrum, args.seed)
     effect_states = partial(states, train[:args.effect_rows])
+    effect_base = effect_states()[0]
+    constant = sorted(set(range(effect_base.shape[1])) - set(varying_dims(effect_base)))
+    if directions == "identity" and constant and args.num_outputs is not None:
+        raise SystemExit(f"--num_outputs {args.num_outputs}: hidden dims {constant} are constant on the training rows; "
+                         f"leave --num_outputs out to read the {effect_base.shape[1] - len(constant)} that vary.")
     iterations = args.effect_iterations if args.equal == "effect" else 0
-    norms = equal_effect_norms(effect_states, modules, originals, updates, weight_norms, budget * args.relative_norm ** 2,
-                               directions, fixed, iterations)
+    norms = equal_effect_norms(effect_states, effect_base, modules, originals, updates, weight_norms,
+                               budget * args.relative_norm ** 2, directions, fixed, iterations)
     planted = scaled_updates(updates, norms, weight_norms)
     h_base, lengths = states(train + dev)
     set_weights(modules, originals, planted)
     h_teacher, _ = states(train + dev)
     n_entries = int(lengths[:len(train)].sum())
     weight, bias = feature_readout(h_teacher[:n_entries], h_base[:n_entries], directions, fixed)
-    effects = effects_of_singles(effect_states, modules, originals, planted, weight, effect_states()[0])
+    effects = effects_of_singles(effect_states, modules, originals, planted, weight, effect_base)
     set_weights(modules, originals, planted)  # the teacher stays planted, as under the scalar targets
     labels = h_teacher @ weight.T + bias
     start = h_base @ weight.T + bias
     readout = {"kind": directions, "feature": "last layer [CLS]" if args.target == "features" else "last layer, every token",
                "num_outputs": weight.shape[0], "standardised_on": f"{n_entries} training entries",
+               "constant_dims_left_out": sorted(set(range(weight.shape[1])) - set(varying_dims(h_teacher[:n_entries])))
+               if directions == "identity" else [],
                "weight_sha256": hashlib.sha256(weight.tobytes()).hexdigest()}
     truth = {"readout": readout, "equal": args.equal, "effect_rows": min(args.effect_rows, len(train)),
              "effect_iterations": iterations, "effect_spread": max(effects.values()) / min(effects.values()),
