@@ -13,6 +13,7 @@ top n (3 of 4). data/identifiability.py builds a Planting from a make_planted fo
 """
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -183,7 +184,7 @@ def train(planting, parameters, changes, steps, lr, batch_size, seed, report=pri
     rows, reshuffled every epoch (per seed). {step: (changes(), the mean loss since the previous step in `steps`)}."""
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
-    order, losses, out = [], [], {}
+    order, losses, out, started = [], [], {}, time.time()
     for step in range(1, max(steps) + 1):
         if len(order) < batch_size:
             order += torch.randperm(planting.n_rows, generator=generator).tolist()
@@ -196,7 +197,8 @@ def train(planting, parameters, changes, steps, lr, batch_size, seed, report=pri
         losses.append(loss.item())
         if step in steps:
             out[step] = (changes(), float(np.mean(losses)))
-            report(f"  step {step}: mean loss {out[step][1]:.4f} since the previous report")
+            report(f"  step {step}: mean loss {out[step][1]:.4f} since the previous report "
+                   f"({time.time() - started:.0f} s)")
             losses = []
     return out
 
