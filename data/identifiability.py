@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -68,7 +69,8 @@ def load_planting(out_dir, model_path, n_rows):
     weight, bias = tensors["readout.weight"].float(), tensors["readout.bias"].float()
     frame = pd.read_parquet(out / "planted" / "train.parquet")
     n_rows = min(n_rows or len(frame), len(frame))
-    sentences, labels = frame["sentence"].tolist()[:n_rows], frame["label"].tolist()[:n_rows]
+    sentences = frame["sentence"].tolist()[:n_rows]
+    labels = [np.asarray(label, dtype=np.float64) for label in frame["label"].tolist()[:n_rows]]
     model_path = model_path or truth["model"]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1).eval()
@@ -86,7 +88,7 @@ def load_planting(out_dir, model_path, n_rows):
     def rows(indices):
         batch = tokenizer([sentences[i] for i in indices], truncation=True, max_length=max_len, padding=True,
                           return_tensors="pt")
-        return batch, torch.tensor([x for i in indices for x in labels[i]], dtype=torch.float32)
+        return batch, torch.from_numpy(np.concatenate([labels[i] for i in indices]).astype(np.float32))
 
     names = resolve_targets(model, list(MATRIX_PATTERNS))
     planted = {name: tuple(tensors[f"{name}.{part}"] for part in ("U", "sigma", "V")) for name in truth["planted"]}
