@@ -61,7 +61,8 @@ def additivity(planting, n_rows, batch_size):
     """Per planted matrix on the first n_rows rows: the RMS target change of its update alone (effect), its share of the
     joint change <d_k, D> / ||D||^2 and the R^2 (squared correlation over entries) of d_k against D; and how much of D
     the sum of the singles explains (1 - ||D - sum d_k||^2 / ||D||^2), their cosine and norm ratio. `label_gap`: the
-    largest |teacher's prediction - label| (float noise if the planting and its labels agree)."""
+    largest |teacher's prediction - label| (float noise if the planting and its labels agree); `start_loss`: the base
+    model's mean squared error (where training starts)."""
     modules = planting.modules()
     originals = {name: module.weight.detach().clone() for name, module in modules.items()}
     parts = [planting.rows(rows) for rows in batches(n_rows, batch_size)]
@@ -72,7 +73,8 @@ def additivity(planting, n_rows, batch_size):
 
     base = target({})
     joint = target(planting.planted) - base
-    label_gap = float((base + joint - torch.cat([labels for _, labels in parts]).double()).abs().max())
+    labels = torch.cat([labels for _, labels in parts]).double()
+    label_gap = float((base + joint - labels).abs().max())
     singles = {name: target({name: planting.planted[name]}) - base for name in planting.planted}
     set_weights(modules, originals, {})
     total = sum(singles.values())
@@ -80,7 +82,7 @@ def additivity(planting, n_rows, batch_size):
     per_matrix = {name: {"effect": float(d.pow(2).mean().sqrt()), "share": float(d @ joint) / energy,
                          "r2": float(torch.corrcoef(torch.stack([d, joint]))[0, 1] ** 2)} for name, d in singles.items()}
     return {"rows": n_rows, "entries": len(joint), "joint_effect": float(joint.pow(2).mean().sqrt()),
-            "label_gap": label_gap, "per_matrix": per_matrix,
+            "label_gap": label_gap, "start_loss": float((base - labels).pow(2).mean()), "per_matrix": per_matrix,
             "sum_of_singles": {"explained": 1 - float((joint - total).pow(2).sum()) / energy,
                                "cosine": float(total @ joint) / math.sqrt(energy * float(total @ total)),
                                "norm_ratio": math.sqrt(float(total @ total) / energy)}}

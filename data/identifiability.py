@@ -114,10 +114,11 @@ def placement_cells(entry):
     return f"{entry['hits']:.2f} | {entry['mean_place']:.1f} | {'yes' if entry['identifiable'] else 'no'}"
 
 
-def localisation_table(title, localised, n):
+def localisation_table(title, localised, n, start_loss):
     lines = [f"### {title}", "",
              f"| step | loss | ‖ΔW‖/‖W‖: hits of {n} | mean place | identifiable | top-k share: hits of {n} | mean place "
-             "| identifiable | mean cos(ΔW, planted) |", "|" + " --- |" * 9]
+             "| identifiable | mean cos(ΔW, planted) |", "|" + " --- |" * 9,
+             f"| 0 | {start_loss:.4f} |" + " |" * 7]
     for step, entry in localised.items():
         cosines = entry["cosine_with_planted"].values()
         lines.append(f"| {step} | {entry['loss']:.4f} | {placement_cells(entry['relative_change'])} | "
@@ -155,10 +156,12 @@ def report(out_dir, truth, block):
     if isinstance(block.get("localisation"), str):
         return "\n".join(lines + ["", block["localisation"], ""])
     n = block["n_planted"]
-    lines += ["", "## Ceiling localisation", ""]
-    lines += localisation_table(f"Full fine-tuning (lr {block['settings']['lr']})", block["full_finetuning"], n)
+    lines += ["", "## Ceiling localisation", "", f"Loss: the mean since the previous step count (step 0: the base model's, "
+                                                      f"on the {add['rows']} additivity rows).", ""]
+    start = add["start_loss"]
+    lines += localisation_table(f"Full fine-tuning (lr {block['settings']['lr']})", block["full_finetuning"], n, start)
     lines += localisation_table(f"LoRA rank {block['settings']['lora_rank']} on every matrix (lr "
-                                f"{block['settings']['lora_lr']})", block["lora"], n)
+                                f"{block['settings']['lora_lr']})", block["lora"], n, start)
     verdict = block["verdict"]
     lines += ["## Verdict", "", f"At step {verdict['step']}: " + (
         f"identifiable by {', '.join(verdict['scores_meeting_rule'])}." if verdict["identifiable"]

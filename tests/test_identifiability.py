@@ -70,6 +70,7 @@ def test_one_planted_update_is_all_of_the_change():
     assert entry["share"] == pytest.approx(1, abs=1e-12) and entry["r2"] == pytest.approx(1, abs=1e-12)
     assert result["sum_of_singles"] == pytest.approx({"explained": 1, "cosine": 1, "norm_ratio": 1}, abs=1e-12)
     assert result["label_gap"] < 1e-12 and result["entries"] == 40 * 3 * 6
+    assert result["start_loss"] == pytest.approx(result["joint_effect"] ** 2, rel=1e-12)  # labels: the teacher's
 
 
 def test_additivity_of_two_planted_updates_is_each_ones_share_of_the_change():
