@@ -73,7 +73,7 @@ def additivity(planting, n_rows, batch_size):
 
     base = target({})
     joint = target(planting.planted) - base
-    labels = torch.cat([labels for _, labels in parts]).double()
+    labels = torch.cat([y for _, y in parts]).double()
     label_gap = float((base + joint - labels).abs().max())
     singles = {name: target({name: planting.planted[name]}) - base for name in planting.planted}
     set_weights(modules, originals, {})
