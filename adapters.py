@@ -84,7 +84,8 @@ def build_peft_config(plan):
     EVA starts as uniform LoRA with B = 0; `eva_init.EvaInit` sets its ranks and A before training."""
     common = dict(
         # The planted control's model has no classifier: peft's plain PeftModel, whose forward passes every input on.
-        task_type=None if GLUE_TASKS[plan.task].is_vector else TaskType.SEQ_CLS,
+        # (A plan of no GLUE task, e.g. the benchmarks' "benchmark", is a sequence classifier.)
+        task_type=None if plan.task in GLUE_TASKS and GLUE_TASKS[plan.task].is_vector else TaskType.SEQ_CLS,
         target_modules=list(plan.targets),
         modules_to_save=list(plan.head),
         lora_dropout=plan.lora_dropout,
