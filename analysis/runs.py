@@ -85,7 +85,7 @@ class Run:
     args: RunArgs  # run_args.json
     metrics: dict  # main metric key (and MCC) -> value
     score: float  # the task score: mean of the task's main metrics (Results.score)
-    time: float  # train_runtime (s)
+    time: float  # train_runtime (s), wall-clock
     method_overhead_seconds: float  # the method's own work (all_results.json, gradnorm_rank.MethodOverhead's names)
     params: float  # trainable parameters, adapter + head
     params_adapter: float
@@ -101,6 +101,7 @@ class Run:
     method_overhead_signal_seconds: float = float("nan")
     method_overhead_resize_seconds: float = float("nan")
     method_overhead_grown_slice_seconds: float = float("nan")
+    cpu_time: float = float("nan")  # train_process_cpu_seconds: the training process's CPU seconds (nan: not recorded)
 
     @property
     def uniform_lora(self):
@@ -233,7 +234,8 @@ def load_run(d):
         numbers = dict(method=res.method.lower(), seed=res.seed, budget=res.rank_budget,
                        **method_overhead(res),
                        params=float(res.trainable_params),
-                       params_adapter=recorded_or(res.trainable_params_adapter, lambda: float("nan")))
+                       params_adapter=recorded_or(res.trainable_params_adapter, lambda: float("nan")),
+                       cpu_time=recorded_or(res.metrics.get("train_process_cpu_seconds"), lambda: float("nan")))
     except (TypeError, ValueError) as e:
         return None, f"non-numeric value in {RESULTS_FILE} ({e})"
     try:
@@ -368,6 +370,11 @@ class Group:
     @cached_property
     def time(self):
         return MeanStd.of([r.time for r in self.runs])
+
+    @cached_property
+    def cpu_time(self):
+        """The training process's CPU seconds over seeds (nan when a run did not record them)."""
+        return MeanStd.of([r.cpu_time for r in self.runs])
 
     def mean_of(self, attr):
         return float(np.mean([getattr(r, attr) for r in self.runs]))

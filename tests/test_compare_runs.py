@@ -379,3 +379,36 @@ def test_a_run_moved_aside_by_overwrite_is_not_counted_as_a_seed(tmp_path):
     kept = write_run(root, "lora_seed1", "sst2", "lora", 1, {"accuracy": 0.8}, 10.0, {})
     shutil.copytree(kept, root / "lora_seed1.replaced")
     assert find_run_dirs([root]) == [kept]
+
+
+def test_cpu_time_is_shown_beside_wall_clock_and_overhead_is_labelled_noise_bound(tmp_path):
+    """train_process_cpu_seconds per arm (mean ± std over seeds) and its overhead vs LoRA beside the wall-clock ones;
+    an arm whose runs did not record it reads —; the headline and a note under the table say the overhead is
+    noise-bound (runs not measured side by side)."""
+    cpu = {"lora": [90.0, 100.0, 110.0], "adalora": None, "glora": [99.0, 110.0, 121.0]}  # GLoRA: 110 s, +10 % on CPU
+    for method, (accs, times) in SST2.items():
+        for seed, (acc, t) in enumerate(zip(accs, times)):
+            recorded = {"train_process_cpu_seconds": cpu[method][seed]} if cpu[method] else {}
+            write_run(tmp_path, f"{method}_s{seed}", "sst2", method, seed, sst2_metrics(acc), t,
+                      {"validation": predictions(acc)}, log=False, results=recorded)
+    assert cr.main([str(tmp_path), "--n_bootstrap", "100", "--no_figures"]) == 0
+    out = tmp_path / "comparison"
+    rows = json.loads((out / "comparison.json").read_text())["table"]
+    lora, ada, glora = (find(rows, "sst2", m) for m in ("lora", "adalora", "glora"))
+    assert lora["train_cpu_time_mean"] == pytest.approx(100.0) and lora["train_cpu_time_std"] == pytest.approx(10.0)
+    assert glora["train_cpu_time_mean"] == pytest.approx(110.0) and glora["cpu_overhead_vs_lora_pct"] == pytest.approx(10.0)
+    assert ada["train_cpu_time_mean"] is None and ada["cpu_overhead_vs_lora_pct"] is None
+    assert glora["overhead_vs_lora_pct"] == pytest.approx(5.0)  # wall-clock, as before
+    md = (out / "comparison.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| task |")).split(" | ")
+    cells = {m: next(line for line in md.splitlines() if line.startswith(f"| sst2 | 32 | {m} |")).split(" | ")
+             for m in ("LoRA", "AdaLoRA", "GLoRA")}
+    at = {name: header.index(name) for name in ("train time (s)", "CPU time (s)", "overhead vs LoRA", "CPU overhead vs LoRA")}
+    assert at["CPU time (s)"] == at["train time (s)"] + 1
+    assert [cells["GLoRA"][i] for i in at.values()] == ["105.00 ± 5.00", "110.00 ± 11.00", "5.0%", "10.0%"]
+    assert [cells["AdaLoRA"][i] for i in at.values()] == ["130.00 ± 10.00", "—", "30.0%", "—"]
+    assert ("Wall-clock overhead vs LoRA (noise-bound: runs not measured side by side): AdaLoRA +30.0%, GLoRA +5.0%; "
+            "CPU time: GLoRA +10.0%.") in md
+    table_end = md.index("\n\n", md.index("| sst2 | 32 | GLoRA |"))
+    assert md[table_end + 2:].startswith("Overhead vs LoRA is noise-bound: it compares the training times of runs made "
+                                        "one after another, not side by side")
