@@ -16,6 +16,7 @@ from gradnorm_rank import MethodOverhead
 
 SHORT = {"accuracy": "acc", "accuracy_mm": "acc_mm", "f1": "f1", "matthews_correlation": "mcc",
          "pearson": "pearson", "spearmanr": "spearman"}
+BESIDE_MAIN = ("pearson",)  # shown in the main metric's cell where it is not a main metric: the planted control's r
 GLUE_AVG = "GLUE avg"
 NAN = float("nan")
 
@@ -228,6 +229,8 @@ def results_table(rows, alpha):
             mcc = params = adapter = rank = "—"
         else:
             main = " / ".join(f"{SHORT.get(m, m)} {fmt_pm(r[f'{m}_mean'], r[f'{m}_std'])}" for m in r["main_metrics"].split())
+            beside = [m for m in BESIDE_MAIN if f"{m}_mean" in r and m not in r["main_metrics"].split()]
+            main += "".join(f"; {SHORT[m]} {fmt_pm(r[f'{m}_mean'], r[f'{m}_std'])}" for m in beside)
             mccs = [(k, r[f"{k}_mean"], r[f"{k}_std"]) for k in ("matthews_correlation", "matthews_correlation_mm")
                     if f"{k}_mean" in r]
             mcc = " / ".join(("mm " if k.endswith("_mm") else "") + fmt_pm(mu, sd) for k, mu, sd in mccs) or "—"
