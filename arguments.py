@@ -16,6 +16,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from adapters import MATRIX_PATTERNS, METHODS
 from glue_tasks import GLUE_TASKS
+from gradnorm_rank import GradNormRankConfig
 from gradnorm_rank import choices as glora_choices
 from gradnorm_rank.signals import HOOKED_SIGNALS, SHARE_SIGNALS
 from records import FLAG_BLOCKS
@@ -336,6 +337,26 @@ RESUME_MAY_CHANGE = frozenset({
     # the process, not the run: torchrun sets local_rank per process
     "local_rank", "ddp_timeout", "torch_empty_cache_steps",
 })
+
+# Keys of run_args.json (and so of a checkpoint's run_identity.json) added since the release 6534415, by block
+# ("glora": run_args.json's resolved.glora), each read as its default in a record that lacks it
+# (`checkpoints.as_resolved_now`): that release ran as these defaults do (GLoRA had only the warm-up timing and none of
+# the signals these settings change; it never warned on a share). So its checkpoints resume when the flags are left at
+# their defaults, and a value asked otherwise is named. A key a record lacks that is not listed here is named as absent.
+ADDED_SINCE_RELEASE = {
+    "peft": ("glora_calibration_steps", "glora_signal_seed", "glora_shuffle_base", "glora_signal_damping",
+             "glora_top_r"),
+    "glora": ("warmup_fraction", "calibration_steps", "signal_seed", "shuffle_base", "signal_damping", "top_r",
+              "warn_share"),
+}
+
+
+def added_since_release() -> dict:
+    """{block: {key: default}} of ADDED_SINCE_RELEASE: the flags' defaults (PeftArguments) and GLoRA's settings'
+    (GradNormRankConfig; plan.resolve_glora passes the flags' defaults on unchanged)."""
+    defaults = {"peft": PeftArguments, "glora": GradNormRankConfig}
+    return {block: {f.name: f.default for f in dataclasses.fields(defaults[block]) if f.name in keys}
+            for block, keys in ADDED_SINCE_RELEASE.items()}
 
 
 # The flags a study of hpo.py does not compare between its workers, trials and final runs: those a resume may change,

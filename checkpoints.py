@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from arguments import FLAG_GROUPS, RESUME_MAY_CHANGE, canonical_targets
+from arguments import FLAG_GROUPS, RESUME_MAY_CHANGE, added_since_release, canonical_targets
 from records import recorded_trial_run, write_json_atomic
 
 IDENTITY_FILE = "run_identity.json"  # in every checkpoint: `identity_of` the run that wrote it
@@ -65,13 +65,22 @@ def identity_differences(saved: dict, current: dict) -> list:
 
 
 def as_resolved_now(identity: dict) -> dict:
-    """A saved identity with the resolved values its harness ran but did not record: `resolved.trial_run`, recorded
-    since --trial_run may be left unset, as `records.recorded_trial_run` reads an older record. Its flags stay as
-    saved, so a flag asked otherwise is still named."""
-    resolved, training = identity.get("resolved"), identity.get("training")
-    if not isinstance(resolved, dict) or "trial_run" in resolved or not isinstance(training, dict):
-        return identity
-    return {**identity, "resolved": {**resolved, "trial_run": recorded_trial_run(training, resolved)}}
+    """A saved identity with the values its harness ran but did not record: the keys added since the release
+    (`arguments.ADDED_SINCE_RELEASE`) at their defaults, and `resolved.trial_run`, recorded since --trial_run may be
+    left unset, as `records.recorded_trial_run` reads an older record. The flags it holds stay as saved, so a flag
+    asked otherwise is still named."""
+    added, out = added_since_release(), dict(identity)
+    if isinstance(out.get("peft"), dict):
+        out["peft"] = {**added["peft"], **out["peft"]}
+    resolved, training = out.get("resolved"), out.get("training")
+    if isinstance(resolved, dict):
+        resolved = dict(resolved)
+        if isinstance(resolved.get("glora"), dict):
+            resolved["glora"] = {**added["glora"], **resolved["glora"]}
+        if "trial_run" not in resolved and isinstance(training, dict):
+            resolved["trial_run"] = recorded_trial_run(training, resolved)
+        out["resolved"] = resolved
+    return out
 
 
 def _named_values(identity: dict):

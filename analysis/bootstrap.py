@@ -6,13 +6,15 @@ Both tests share one engine: every run's task score on the same B resamples of d
   so the interval holds seed-to-seed variance as well as the finite dev set;
 - `paired_bootstrap`, a per-seed diagnostic: seed-paired runs on resampled examples only, which
   treats the seeds at hand as the whole population of runs.
+A vector-label task (the planted control) is resampled the same way, by example (with all its output rows): each
+run's R^2 on a resample is computed exactly from its per-example sums (analysis.metrics.weighted_r2).
 """
 from dataclasses import dataclass, field
 from functools import reduce
 
 import numpy as np
 
-from analysis.metrics import weighted_metric
+from analysis.metrics import SUM_PARTS, weighted_metric, weighted_r2
 from analysis.runs import MAIN_METRICS, metric_split
 from glue_tasks import GLUE_TASKS
 
@@ -30,14 +32,33 @@ class DevSplit:
     labels: np.ndarray  # (n,)
     predictions: np.ndarray  # (runs, n)
 
+    @property
+    def n(self):
+        return len(self.labels)
+
+
+@dataclass
+class VectorSplit:
+    """One dev split of a vector-label task: every run's per-example sums (analysis.metrics.example_sums), matched
+    by idx; the label columns are the same in every run."""
+    sums: list  # [DataFrame] per run
+
+    @property
+    def n(self):
+        return len(self.sums[0])
+
 
 def align(task, preds):
-    """{split: DevSplit} over the idx every run has. preds: [{split: DataFrame(idx, label, prediction)}]."""
+    """{split: DevSplit, or VectorSplit for a vector-label task} over the idx every run has. preds: [{split:
+    DataFrame(idx, label, prediction)}], or [{split: example_sums}]."""
     data = {}
     for split in sorted({metric_split(task, m)[0] for m in MAIN_METRICS[task]}):
         frames = [p[split].drop_duplicates("idx").set_index("idx") for p in preds]
         idx = reduce(np.intersect1d, [f.index.to_numpy() for f in frames])
         frames = [f.loc[idx] for f in frames]
+        if GLUE_TASKS[task].is_vector:
+            data[split] = VectorSplit(vector_labels_agree(split, frames))
+            continue
         y = frames[0]["label"].to_numpy()
         if any(not np.array_equal(f["label"].to_numpy(), y) for f in frames[1:]):
             # Rows are not matched to their examples (or the dev data differ): pairing them would test noise.
@@ -50,6 +71,15 @@ def align(task, preds):
     return data
 
 
+def vector_labels_agree(split, frames):
+    """frames, when every run's rows and label sums per example are the first run's; else Misaligned."""
+    labels = [c for c in frames[0].columns if c == "rows" or c.startswith(SUM_PARTS[:2])]
+    if any(not np.array_equal(f[labels].to_numpy(), frames[0][labels].to_numpy()) for f in frames[1:]):
+        raise Misaligned(f"{split}: labels differ between runs for the same idx (other dev data, or rows of another "
+                         "tokenisation): no paired bootstrap")
+    return frames
+
+
 @dataclass
 class ResampledScores:
     observed: np.ndarray  # (runs,) task score of each run on the whole dev set
@@ -59,6 +89,9 @@ class ResampledScores:
 
 def task_scores(task, data, weights):
     """(B, runs) task scores (mean of the main metrics) under example-count weights {split: (B, n)}."""
+    if GLUE_TASKS[task].is_vector:  # its one main metric, r2
+        (split,) = {metric_split(task, m)[0] for m in MAIN_METRICS[task]}
+        return np.stack([weighted_r2(weights[split], sums) for sums in data[split].sums], axis=1)
     num_classes = max(2, int(max(max(d.labels.max(), d.predictions.max()) for d in data.values())) + 1)
     entries = [metric_split(task, m) for m in MAIN_METRICS[task]]
     runs = len(next(iter(data.values())).predictions)
@@ -73,17 +106,17 @@ def task_scores(task, data, weights):
 def resampled_scores(task, preds, n_bootstrap, rng):
     """Every run's task score on the full dev set and on n_bootstrap resamples of its examples."""
     data = align(task, preds)
-    observed = task_scores(task, data, {s: np.ones((1, len(d.labels))) for s, d in data.items()})[0]
+    observed = task_scores(task, data, {s: np.ones((1, d.n)) for s, d in data.items()})[0]
     blocks = []
     for start in range(0, n_bootstrap, BLOCK):
         b = min(BLOCK, n_bootstrap - start)
         weights = {}
         for split, d in data.items():
-            n = len(d.labels)
+            n = d.n
             draws = rng.integers(0, n, (b, n)) + n * np.arange(b)[:, None]  # offset per row: one bincount
             weights[split] = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(float)
         blocks.append(task_scores(task, data, weights))
-    return ResampledScores(observed, np.concatenate(blocks), {s: len(d.labels) for s, d in data.items()})
+    return ResampledScores(observed, np.concatenate(blocks), {s: d.n for s, d in data.items()})
 
 
 def two_sided_p(d):

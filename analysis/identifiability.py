@@ -226,7 +226,8 @@ def full_finetuning(planting, steps, lr, batch_size, seed, report=print):
     for module in modules.values():
         module.weight.requires_grad_(True)
     try:
-        changes = lambda: {name: (modules[name].weight.detach() - originals[name]).clone() for name in modules}
+        def changes():
+            return {name: (modules[name].weight.detach() - originals[name]).clone() for name in modules}
         return train(planting, [modules[n].weight for n in planting.names], changes, steps, lr, batch_size, seed, report)
     finally:
         set_weights(modules, originals, {})

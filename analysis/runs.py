@@ -13,7 +13,7 @@ import pandas as pd
 
 from adapters import METHODS
 from analysis.comparable import ArmIdentity, Setting, arm_of
-from analysis.metrics import METRIC_FNS
+from analysis.metrics import METRIC_FNS, example_sums, weighted_r2
 from glue_tasks import GLUE_TASKS
 from gradnorm_rank import MethodOverhead
 from records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, RecordError, Results, RunArgs
@@ -22,6 +22,8 @@ from run_folder import REPLACED_SUFFIX
 # task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean.
 # From the task table the runs were made with; MNLI's mismatched split adds the `_mm` metrics.
 MAIN_METRICS = {task: spec.main_metric_keys() for task, spec in GLUE_TASKS.items()}
+# shown beside the main metrics where a run records them, not ranked by: MCC (classification), Pearson's r (planted)
+REPORTED_METRICS = ("matthews_correlation", "matthews_correlation_mm", "pearson")
 TASK_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]  # the usual GLUE order
 METHOD_ORDER = list(METHODS)
 METHOD_NAMES = {"lora": "LoRA", "adalora": "AdaLoRA", "glora": "GLoRA", "eva": "EVA"}
@@ -85,7 +87,7 @@ class Run:
     args: RunArgs  # run_args.json
     metrics: dict  # main metric key (and MCC) -> value
     score: float  # the task score: mean of the task's main metrics (Results.score)
-    time: float  # train_runtime (s)
+    time: float  # train_runtime (s), wall-clock
     method_overhead_seconds: float  # the method's own work (all_results.json, gradnorm_rank.MethodOverhead's names)
     params: float  # trainable parameters, adapter + head
     params_adapter: float
@@ -101,6 +103,7 @@ class Run:
     method_overhead_signal_seconds: float = float("nan")
     method_overhead_resize_seconds: float = float("nan")
     method_overhead_grown_slice_seconds: float = float("nan")
+    cpu_time: float = float("nan")  # train_process_cpu_seconds: the training process's CPU seconds (nan: not recorded)
 
     @property
     def uniform_lora(self):
@@ -225,7 +228,7 @@ def load_run(d):
     main = MAIN_METRICS[task]
     try:
         metrics = {m: float(res.metrics[f"eval_{m}"]) for m in main}
-        for k in ("matthews_correlation", "matthews_correlation_mm"):  # reported, not ranked by
+        for k in REPORTED_METRICS:
             if f"eval_{k}" in res.metrics and k not in metrics:
                 metrics[k] = float(res.metrics[f"eval_{k}"])
         score = res.score(GLUE_TASKS[task])
@@ -233,7 +236,8 @@ def load_run(d):
         numbers = dict(method=res.method.lower(), seed=res.seed, budget=res.rank_budget,
                        **method_overhead(res),
                        params=float(res.trainable_params),
-                       params_adapter=recorded_or(res.trainable_params_adapter, lambda: float("nan")))
+                       params_adapter=recorded_or(res.trainable_params_adapter, lambda: float("nan")),
+                       cpu_time=recorded_or(res.metrics.get("train_process_cpu_seconds"), lambda: float("nan")))
     except (TypeError, ValueError) as e:
         return None, f"non-numeric value in {RESULTS_FILE} ({e})"
     try:
@@ -369,6 +373,11 @@ class Group:
     def time(self):
         return MeanStd.of([r.time for r in self.runs])
 
+    @cached_property
+    def cpu_time(self):
+        """The training process's CPU seconds over seeds (nan when a run did not record them)."""
+        return MeanStd.of([r.cpu_time for r in self.runs])
+
     def mean_of(self, attr):
         return float(np.mean([getattr(r, attr) for r in self.runs]))
 
@@ -427,16 +436,19 @@ def predictions_mismatch(run, preds):
     cut short (or of other rows) would make the bootstrap score other rows than the Δ score."""
     for m in MAIN_METRICS[run.task]:
         split, metric = metric_split(run.task, m)
-        df = preds[split]
+        df, file = preds[split], predictions_file(run.task, split)
         kind = float if GLUE_TASKS[run.task].is_regression else int
-        try:
-            value = METRIC_FNS[metric](df["label"].to_numpy(kind), df["prediction"].to_numpy(kind))
-        except (TypeError, ValueError) as e:
-            return f"predictions_{split}.csv: labels or predictions are not {kind.__name__}s ({e})"
+        if GLUE_TASKS[run.task].is_vector:  # its main metric, r2, from the per-example sums
+            value = float(weighted_r2(np.ones((1, len(df))), df)[0])
+        else:
+            try:
+                value = METRIC_FNS[metric](df["label"].to_numpy(kind), df["prediction"].to_numpy(kind))
+            except (TypeError, ValueError) as e:
+                return f"{file}: labels or predictions are not {kind.__name__}s ({e})"
         if abs(value - run.metrics[m]) > SCORE_TOLERANCE:
             scored = run.results.metrics.get("eval_samples" + m[len(metric):])
             rows = f"{len(df)} of the {scored} rows scored" if scored and scored != len(df) else f"{len(df)} rows"
-            return (f"predictions_{split}.csv ({rows}) gives {metric} {value:.4f} but all_results.json records "
+            return (f"{file} ({rows}) gives {metric} {value:.4f} but all_results.json records "
                     f"{run.metrics[m]:.4f}: not the rows that were scored (truncated predictions?); left out of the bootstrap")
     return ""
 
@@ -454,10 +466,10 @@ def bootstrap_set_aside(runs):
 
 
 def read_predictions(run):
-    """The predictions files as written, or (None, reason)."""
+    """The predictions files as written ({split: DataFrame(idx, label, prediction)}; a vector-label task's,
+    predictions_<split>.npz, as per-example sums: analysis.metrics.example_sums), or (None, reason)."""
     if GLUE_TASKS[run.task].is_vector:
-        return None, ("a vector-label task (planted): the examples bootstrap resamples GLUE's scalar metrics only; its "
-                      "arms are compared by the per-seed tests (Welch, paired t)")
+        return read_vector_predictions(run)
     out = {}
     for split in sorted({metric_split(run.task, m)[0] for m in MAIN_METRICS[run.task]}):
         path = run.path / f"predictions_{split}.csv"
@@ -468,4 +480,22 @@ def read_predictions(run):
         if not {"idx", "label", "prediction"} <= set(df.columns) or len(df) == 0:
             return None, f"{path}: needs columns idx,label,prediction and at least one row"
         out[split] = df
+    return out, None
+
+
+def predictions_file(task, split) -> str:
+    """predictions_<split>.csv, or a vector-label task's predictions_<split>.npz (every output row)."""
+    return f"predictions_{split}.{'npz' if GLUE_TASKS[task].is_vector else 'csv'}"
+
+
+def read_vector_predictions(run):
+    """{split: example_sums} of every predictions_<split>.npz the task's metrics need, or (None, reason)."""
+    out = {}
+    for split in sorted({metric_split(run.task, m)[0] for m in MAIN_METRICS[run.task]}):
+        path = run.path / predictions_file(run.task, split)
+        try:
+            with np.load(path) as npz:
+                out[split] = example_sums(npz["idx"], npz["example"], npz["label"], npz["prediction"])
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            return None, f"{path}: {type(e).__name__} (needs idx, example, label and prediction)"
     return out, None

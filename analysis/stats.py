@@ -17,7 +17,7 @@ from analysis.bootstrap import (
 )
 from analysis.comparable import pick_references
 from analysis.fairness import unequal_capacity
-from analysis.runs import METHOD_ORDER, blocks, predictions_mismatch, read_predictions
+from analysis.runs import METHOD_ORDER, blocks, predictions_file, predictions_mismatch, read_predictions
 
 NAN = float("nan")
 MIN_SEEDS = 3  # per arm, for a verdict or a share interval: with fewer, seed-to-seed variance is not estimated at all
@@ -200,7 +200,7 @@ def arm_pairs(groups):
     return pairs + [(g.arm, lora) for g in groups if lora and g.method not in METHOD_ORDER]
 
 
-def same_dev_rows(with_preds):
+def same_dev_rows(with_preds, task):
     """(kept keys, notes): a run whose predictions cover fewer dev rows than the runs beside it (a file cut short,
     or another dev subset) is left out, so that every run left is scored on the same rows as its recorded score
     and the bootstrap's Δ is the Δ of those scores. with_preds: {(arm, seed): {split: DataFrame}}."""
@@ -214,7 +214,7 @@ def same_dev_rows(with_preds):
         short = [s for s in splits if r[s] != full[s]]
         if short:
             s = short[0]
-            notes.append(f"{arm} seed {seed}: predictions_{s}.csv covers {len(r[s])} of the {len(full[s])} dev rows "
+            notes.append(f"{arm} seed {seed}: {predictions_file(task, s)} covers {len(r[s])} of the {len(full[s])} dev rows "
                          "the runs beside it cover: left out of the bootstrap")
         else:
             kept.append((arm, seed))
@@ -236,7 +236,7 @@ def compare(ga, gb, preds, n_bootstrap, seed, alpha):
                 notes.append(f"{g.arm} seed {r.seed}: {why}")
             else:
                 with_preds[(g.arm, r.seed)] = p
-    kept, row_notes = same_dev_rows(with_preds)
+    kept, row_notes = same_dev_rows(with_preds, ga.task)
     notes += row_notes
     runs_a = [r.seed for r in ga.runs if (ga.arm, r.seed) in kept]
     runs_b = [r.seed for r in gb.runs if (gb.arm, r.seed) in kept]

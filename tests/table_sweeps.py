@@ -12,6 +12,11 @@ parts dropped they were checked equal to a15be9c's. comparison.md and comparison
 All four were made again when the seed-paired t-test was added (issue 26): with its columns dropped (n_paired_t,
 t_paired_t, p_paired_t, sig_paired_t; the table's p_paired_t_vs_lora, n_paired_t_vs_lora), comparison.md's
 "p paired t (seeds)" column and its header sentence removed, they were checked equal to the files before.
+comparison.md, .csv and .json were made again when CPU time was shown beside wall-clock (issue 28): with the columns
+train_cpu_time_mean, train_cpu_time_std, cpu_overhead_vs_lora_pct dropped, comparison.md's "CPU time (s)" and "CPU
+overhead vs LoRA" columns and its note under the Results table removed, and its headline's "Wall-clock overhead vs
+LoRA (noise-bound: runs not measured side by side)" read back as "Training-time overhead vs LoRA", they were checked
+equal to the files before (comparison_significance.csv unchanged).
 """
 
 import contextlib

@@ -287,3 +287,17 @@ def test_share_interval_is_not_printed_with_too_few_seeds(tmp_path):
     assert glora["share_of_gain"] == pytest.approx(0.08 / 0.10)
     assert glora["share_ci_low"] is None and glora["share_ci_high"] is None and glora.get("share_too_few_seeds")
     assert "**80%** [no interval: too few seeds]" in md and "CI" not in md.split("\n")[2]
+
+
+def test_runs_of_the_release_and_of_today_at_the_new_defaults_are_one_group(tmp_path):
+    """run_args.json as the release 6534415 wrote it (its real record: no new GLoRA flags nor resolved settings) and
+    as today's harness writes it for the same command: the runs of one arm pool, in one comparable group."""
+    release = Path(__file__).parent / "data" / "release_identities"
+    for method in ("lora", "glora"):
+        for seed, version in ((1, "6534415"), (2, "6534415"), (3, "now")):
+            identity = json.loads((release / f"{method}_{version}.json").read_text())
+            write_run(tmp_path, f"{method}_{version}_s{seed}", "sst2", method, seed, sst2_metrics(ACC[method][seed - 1]),
+                      100.0, {"validation": predictions(ACC[method][seed - 1])}, log=False, args=identity)
+    data, md = compare(tmp_path)
+    assert not data["comparable_groups"] and "## Comparable groups" not in md
+    assert row(data, "glora")["seeds"] == row(data, "lora")["seeds"] == "1 2 3"

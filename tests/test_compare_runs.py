@@ -379,3 +379,124 @@ def test_a_run_moved_aside_by_overwrite_is_not_counted_as_a_seed(tmp_path):
     kept = write_run(root, "lora_seed1", "sst2", "lora", 1, {"accuracy": 0.8}, 10.0, {})
     shutil.copytree(kept, root / "lora_seed1.replaced")
     assert find_run_dirs([root]) == [kept]
+
+
+def test_cpu_time_is_shown_beside_wall_clock_and_overhead_is_labelled_noise_bound(tmp_path):
+    """train_process_cpu_seconds per arm (mean ± std over seeds) and its overhead vs LoRA beside the wall-clock ones;
+    an arm whose runs did not record it reads —; the headline and a note under the table say the overhead is
+    noise-bound (runs not measured side by side)."""
+    cpu = {"lora": [90.0, 100.0, 110.0], "adalora": None, "glora": [99.0, 110.0, 121.0]}  # GLoRA: 110 s, +10 % on CPU
+    for method, (accs, times) in SST2.items():
+        for seed, (acc, t) in enumerate(zip(accs, times)):
+            recorded = {"train_process_cpu_seconds": cpu[method][seed]} if cpu[method] else {}
+            write_run(tmp_path, f"{method}_s{seed}", "sst2", method, seed, sst2_metrics(acc), t,
+                      {"validation": predictions(acc)}, log=False, results=recorded)
+    assert cr.main([str(tmp_path), "--n_bootstrap", "100", "--no_figures"]) == 0
+    out = tmp_path / "comparison"
+    rows = json.loads((out / "comparison.json").read_text())["table"]
+    lora, ada, glora = (find(rows, "sst2", m) for m in ("lora", "adalora", "glora"))
+    assert lora["train_cpu_time_mean"] == pytest.approx(100.0) and lora["train_cpu_time_std"] == pytest.approx(10.0)
+    assert glora["train_cpu_time_mean"] == pytest.approx(110.0) and glora["cpu_overhead_vs_lora_pct"] == pytest.approx(10.0)
+    assert ada["train_cpu_time_mean"] is None and ada["cpu_overhead_vs_lora_pct"] is None
+    assert glora["overhead_vs_lora_pct"] == pytest.approx(5.0)  # wall-clock, as before
+    md = (out / "comparison.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| task |")).split(" | ")
+    cells = {m: next(line for line in md.splitlines() if line.startswith(f"| sst2 | 32 | {m} |")).split(" | ")
+             for m in ("LoRA", "AdaLoRA", "GLoRA")}
+    at = {name: header.index(name) for name in ("train time (s)", "CPU time (s)", "overhead vs LoRA", "CPU overhead vs LoRA")}
+    assert at["CPU time (s)"] == at["train time (s)"] + 1
+    assert [cells["GLoRA"][i] for i in at.values()] == ["105.00 ± 5.00", "110.00 ± 11.00", "5.0%", "10.0%"]
+    assert [cells["AdaLoRA"][i] for i in at.values()] == ["130.00 ± 10.00", "—", "30.0%", "—"]
+    assert ("Wall-clock overhead vs LoRA (noise-bound: runs not measured side by side): AdaLoRA +30.0%, GLoRA +5.0%; "
+            "CPU time: GLoRA +10.0%.") in md
+    table_end = md.index("\n\n", md.index("| sst2 | 32 | GLoRA |"))
+    assert md[table_end + 2:].startswith("Overhead vs LoRA is noise-bound: it compares the training times of runs made "
+                                        "one after another, not side by side")
+
+
+# ---- the planted control (vector labels): R^2 on resamples of examples, and the verdict ----
+
+
+def planted_predictions(rng, n=40, k=3, noise=0.5):
+    """(idx, example, label, prediction) as predictions_<split>.npz holds them: 1-4 output rows per example (as
+    token_features), K outputs off zero (the estimator centres them), the last one constant (its R^2 counts 0)."""
+    example = np.repeat(np.arange(n), rng.integers(1, 5, n))
+    label = rng.normal(5.0, 2.0, (len(example), k))
+    label[:, -1] = 3.0
+    return np.arange(100, 100 + n), example, label, label + rng.normal(0, noise, label.shape)
+
+
+def test_planted_r2_on_a_resample_of_examples_is_r2_of_the_drawn_rows():
+    """weighted_r2 on count weights W equals glue_tasks.vector_metrics on the rows of the drawn examples, each
+    example's rows repeated as often as it was drawn (and on the whole file with weights 1)."""
+    from analysis.metrics import example_sums, weighted_r2
+    from glue_tasks import vector_metrics
+
+    rng = np.random.default_rng(0)
+    idx, example, label, prediction = planted_predictions(rng)
+    sums = example_sums(idx, example, label, prediction)
+    assert list(sums["rows"]) == list(np.bincount(example)) and list(sums["idx"]) == list(idx)
+    W = np.stack([np.bincount(rng.integers(0, len(idx), len(idx)), minlength=len(idx)) for _ in range(20)])
+    W = np.vstack([np.ones(len(idx)), W]).astype(float)
+    got = weighted_r2(W, sums)
+    for b, counts in enumerate(W.astype(int)):
+        rows = np.concatenate([np.flatnonzero(example == e).repeat(c) for e, c in enumerate(counts)])
+        direct = vector_metrics(prediction[rows], label[rows])["r2"]
+        assert got[b] == pytest.approx(direct, rel=1e-9, abs=1e-12)
+    assert 0 < got[0] < 2 / 3  # two outputs fit well, the constant one counts 0
+
+
+def write_planted_run(root, arm, seed, noise):
+    """A finished --task planted run (records.py) with predictions_validation.npz (planted_task.write_predictions'
+    keys) and eval_r2 / eval_pearson computed from it by glue_tasks.vector_metrics."""
+    from glue_tasks import vector_metrics
+
+    idx, example, label, _ = planted_predictions(np.random.default_rng(0))  # the same dev data in every run
+    prediction = label + np.random.default_rng([seed, round(100 * noise)]).normal(0, noise, label.shape)
+    metrics = vector_metrics(prediction.astype(np.float32), label.astype(np.float32))
+    d = write_run(root, f"{arm}_s{seed}", "planted", "lora", seed, {**metrics, "combined_score": metrics["r2"]}, 100.0,
+                  {}, log=False, args={"resolved": {"arm": arm}}, results={"arm": arm})
+    np.savez(d / "predictions_validation.npz", idx=idx, example=example, label=label.astype(np.float32),
+             prediction=prediction.astype(np.float32))
+    return metrics
+
+
+def test_planted_arms_get_the_seeds_and_examples_bootstrap_and_pearson_beside_r2(tmp_path):
+    from analysis.bootstrap import resampled_scores
+    from analysis.runs import read_predictions
+
+    recorded = {(arm, seed): write_planted_run(tmp_path, arm, seed, noise)
+                for arm, noise in (("lora", 1.5), ("oracle", 0.5)) for seed in (1, 2, 3)}
+    assert cr.main([str(tmp_path), "--n_bootstrap", str(B), "--no_figures"]) == 0
+    out = json.loads((tmp_path / "comparison" / "comparison.json").read_text())
+    (sig,) = out["significance"]
+    r2 = {arm: [recorded[(arm, s)]["r2"] for s in (1, 2, 3)] for arm in ("lora", "oracle")}
+    assert (sig["a"], sig["b"], sig["hier_n_a"], sig["hier_n_b"]) == ("oracle", "lora", 3, 3)
+    assert sig["delta_hier"] == pytest.approx(np.mean(r2["oracle"]) - np.mean(r2["lora"]))
+    assert sig["p_hier"] < 0.05 and sig["verdict"] == "significant" and not sig["notes"]
+    runs, _ = load_runs([tmp_path])
+    preds = [read_predictions(r)[0] for r in sorted(runs, key=lambda r: (r.arm, r.seed))]
+    scores = resampled_scores("planted", preds, 10, np.random.default_rng(0))
+    assert scores.observed == pytest.approx(r2["lora"] + r2["oracle"], rel=1e-6)
+    oracle = next(r for r in out["table"] if r["arm"] == "oracle")
+    pearson = [recorded[("oracle", s)]["pearson"] for s in (1, 2, 3)]
+    assert oracle["pearson_mean"] == pytest.approx(np.mean(pearson))
+    md = (tmp_path / "comparison" / "comparison.md").read_text()
+    assert (f"r2 {100 * np.mean(r2['oracle']):.2f} ± {100 * np.std(r2['oracle'], ddof=1):.2f}; "
+            f"pearson {100 * np.mean(pearson):.2f} ± {100 * np.std(pearson, ddof=1):.2f}") in md
+
+
+def test_a_planted_run_whose_npz_does_not_give_its_r2_is_left_out_of_the_bootstrap(tmp_path):
+    for arm, noise in (("lora", 1.5), ("oracle", 0.5)):
+        for seed in (1, 2, 3):
+            write_planted_run(tmp_path, arm, seed, noise)
+    npz = tmp_path / "oracle_s2" / "predictions_validation.npz"
+    with np.load(npz) as saved:
+        kept = saved["example"] < 20  # half the examples
+        np.savez(npz, idx=saved["idx"][:20], example=saved["example"][kept], label=saved["label"][kept],
+                 prediction=saved["prediction"][kept])
+    assert cr.main([str(tmp_path), "--n_bootstrap", "50", "--no_figures"]) == 0
+    (sig,) = json.loads((tmp_path / "comparison" / "comparison.json").read_text())["significance"]
+    assert sig["hier_n_a"] == 2 and sig["hier_n_b"] == 3
+    assert any(n.startswith("oracle seed 2: predictions_validation.npz (20 of the") and "left out of the bootstrap" in n
+               for n in sig["notes"])

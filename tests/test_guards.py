@@ -1,5 +1,7 @@
 """Every bad input stops before training, with one line naming the flag, file or row, and writes nothing."""
 
+import copy
+import dataclasses
 import json
 import logging
 import os
@@ -14,7 +16,16 @@ import pytest
 from conftest import ROOT, trial_args
 
 import run_glue_peft
-from arguments import FLAG_GROUPS, RESUME_MAY_CHANGE, PeftArguments, check_args, flag_fields, parse_args
+from arguments import (
+    ADDED_SINCE_RELEASE,
+    FLAG_GROUPS,
+    RESUME_MAY_CHANGE,
+    PeftArguments,
+    added_since_release,
+    check_args,
+    flag_fields,
+    parse_args,
+)
 from checkpoints import checkpoint_problem, identity_differences, identity_of
 
 
@@ -358,6 +369,86 @@ def test_a_resume_on_training_data_changed_at_the_same_path_is_refused_naming_th
     seal(checkpoint, {k: v for k, v in json.loads((checkpoint / SEAL_FILE).read_text()).items() if k != "files"})
     results = run(tiny_bert, data, "sst2", "lora", out, *steps, "--resume_from_checkpoint", str(checkpoint))
     assert results["resumed_from_step"] == 1
+
+
+# ---- checkpoints of the release 6534415: real records (tests/data/make_release_identities.py) ----
+
+RELEASE_IDENTITIES = ROOT / "tests" / "data" / "release_identities"
+
+
+def release_identity(method, version="6534415"):
+    """checkpoint-2/run_identity.json of one short run, as the release 6534415 wrote it or as today's harness does."""
+    return json.loads((RELEASE_IDENTITIES / f"{method}_{version}.json").read_text())
+
+
+def as_the_release_wrote(record: dict, released: dict) -> dict:
+    """A record of today (run_args.json or run_identity.json) without the keys of today's identity that the
+    release's record `released` lacks, in each block and in resolved.glora."""
+    out = copy.deepcopy(record)
+    today = identity_of(record)
+    for block in (*FLAG_GROUPS, "resolved"):
+        for key in set(today[block]) - set(released[block]):
+            del out[block][key]
+    for key in set(today["resolved"]["glora"]) - set(released["resolved"]["glora"]):
+        del out["resolved"]["glora"][key]
+    return out
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora", "glora"])
+def test_a_release_identity_equals_todays_when_the_new_settings_are_at_their_defaults(method):
+    old, now = release_identity(method), release_identity(method, "now")
+    assert set(now["peft"]) - set(old["peft"]) == set(ADDED_SINCE_RELEASE["peft"])  # what the real records differ in
+    assert identity_differences(old, now) == []
+    asked = copy.deepcopy(now)
+    asked["peft"]["glora_signal_seed"] = 7
+    assert identity_differences(old, asked) == ["--glora_signal_seed 0 there, 7 here"]
+    if method == "glora":
+        assert set(now["resolved"]["glora"]) - set(old["resolved"]["glora"]) == set(ADDED_SINCE_RELEASE["glora"])
+        asked = copy.deepcopy(now)
+        asked["resolved"]["glora"]["warn_share"] = 0.5  # no flag sets it: named as the resolved plan's difference
+        differs = identity_differences(old, asked)
+        assert len(differs) == 1 and differs[0].startswith("resolved glora {") and "'warn_share': 0.25" in differs[0]
+
+
+def test_every_flag_added_since_the_release_is_listed_at_the_default_the_harness_resolves():
+    """The harness's own flag blocks (TrainingArguments' are transformers'): a flag added since the release and not in
+    ADDED_SINCE_RELEASE would refuse every checkpoint of the release; the listed defaults are what today's harness
+    records for a run that leaves those flags unset."""
+    old, asked = release_identity("lora"), parse_args(["--task", "sst2", "--method", "glora"]).asked()
+    for block in ("model", "data", "peft"):
+        assert set(asked[block]) - RESUME_MAY_CHANGE - set(old[block]) == set(ADDED_SINCE_RELEASE.get(block, ()))
+    from plan import resolve_glora
+
+    resolved = dataclasses.asdict(resolve_glora(PeftArguments(method="glora"), rank_budget=8, param_budget=None,
+                                                total_steps=90, trial_run=False))
+    defaults = added_since_release()
+    assert defaults["peft"] == {flag: asked["peft"][flag] for flag in ADDED_SINCE_RELEASE["peft"]}
+    assert defaults["glora"] == {key: resolved[key] for key in ADDED_SINCE_RELEASE["glora"]}
+
+
+def test_a_checkpoint_of_the_release_resumes_at_the_new_defaults_and_is_refused_otherwise(tiny_bert, glora_checkpoints,
+                                                                                          tmp_path):
+    """A checkpoint and its folder's run_args.json in the shape the release 6534415 wrote them (no new GLoRA flags
+    nor resolved settings) resume with those settings at their defaults, to the uninterrupted run's loss; asked
+    otherwise, the setting is named and nothing is written."""
+    from checkpoints import SEAL_FILE, seal
+
+    data, full = glora_checkpoints
+    out = unfinished_copy(full, tmp_path / "release")
+    checkpoint, released = out / "checkpoint-2", release_identity("glora")
+    for record in (checkpoint / "run_identity.json", out / "run_args.json"):
+        record.write_text(json.dumps(as_the_release_wrote(json.loads(record.read_text()), released)))
+    assert "glora_signal_seed" not in json.loads((out / "run_args.json").read_text())["peft"]
+    seal(checkpoint, {k: v for k, v in json.loads((checkpoint / SEAL_FILE).read_text()).items() if k != "files"})
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"another run.* \(--glora_signal_seed 0 there, 3 here\)"):
+        run(tiny_bert, data, "sst2", "glora", out, *RESUMED, "--glora_signal_seed", "3",
+            "--resume_from_checkpoint", str(checkpoint))
+    assert snapshot(out) == before
+    results = run(tiny_bert, data, "sst2", "glora", out, *RESUMED, "--resume_from_checkpoint", str(checkpoint))
+    assert results["resumed_from_step"] == 2
+    assert results["train_loss"] == pytest.approx(json.loads((full / "all_results.json").read_text())["train_loss"],
+                                                  rel=1e-6)
 
 
 def test_checkpoints_record_the_run_identity(glora_checkpoints):

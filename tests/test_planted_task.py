@@ -243,28 +243,32 @@ def test_arms_of_one_seed_see_the_same_batches_and_start_from_the_same_head(tiny
 
 def test_two_arms_of_a_planting_are_compared_by_seed(tiny_bert, plantings, tmp_path):
     """lora and the oracle pattern x seeds 1, 2 of a tiny token_features planting: compare_runs' table holds the mean
-    R^2 of each arm, and beside Welch the paired t of the per-seed differences (scipy's ttest_rel); no verdict at
-    2 seeds, and the examples bootstrap is said not to apply."""
+    R^2 of each arm (and its Pearson's r), and beside Welch the paired t of the per-seed differences (scipy's
+    ttest_rel); no verdict at 2 seeds, but the seeds+examples bootstrap reads predictions_validation.npz: its Δ is the
+    recorded R^2's."""
     from scipy.stats import ttest_ind, ttest_rel
 
     import compare_runs
 
     folder, root = plantings["token_features"], tmp_path / "runs"
     arms = {"lora": [], "oracle": ["--rank_pattern", str(folder / "oracle_pattern.json"), "--arm", "oracle"]}
-    r2 = {arm: [run(tiny_bert, folder, root / f"{arm}_seed{seed}", "--max_steps", "3", "--seed", str(seed),
-                    *flags)["eval_r2"] for seed in (1, 2)] for arm, flags in arms.items()}
+    results = {arm: [run(tiny_bert, folder, root / f"{arm}_seed{seed}", "--max_steps", "3", "--seed", str(seed),
+                         *flags) for seed in (1, 2)] for arm, flags in arms.items()}
+    r2 = {arm: [r["eval_r2"] for r in done] for arm, done in results.items()}
     assert compare_runs.main([str(root), "--out_dir", str(tmp_path / "cmp"), "--n_bootstrap", "50",
                               "--no_learning_curves"]) == 0
     table = pd.read_csv(tmp_path / "cmp" / "comparison.csv").set_index("arm")
     for arm, values in r2.items():
         assert table.loc[arm, "task"] == "planted" and table.loc[arm, "main_metrics"] == "r2"
         assert table.loc[arm, "r2_mean"] == pytest.approx(np.mean(values)) == table.loc[arm, "score_mean"]
+        assert table.loc[arm, "pearson_mean"] == pytest.approx(np.mean([r["eval_pearson"] for r in results[arm]]))
     (sig,) = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["significance"]
     assert (sig["a"], sig["b"], sig["n_paired_t"]) == ("oracle", "lora", 2)
     assert sig["p_paired_t"] == pytest.approx(ttest_rel(r2["oracle"], r2["lora"]).pvalue)
     assert sig["p_welch"] == pytest.approx(ttest_ind(r2["oracle"], r2["lora"], equal_var=False).pvalue)
     assert sig["verdict"] == "too few seeds (< 3 per method)"
-    assert any("a vector-label task (planted): the examples bootstrap" in note for note in sig["notes"])
+    assert sig["hier_n_a"] == sig["hier_n_b"] == 2 and 0 < sig["p_hier"] <= 1
+    assert sig["delta_hier"] == pytest.approx(np.mean(r2["oracle"]) - np.mean(r2["lora"]), rel=1e-5, abs=1e-7)
     assert table.loc["oracle", "p_paired_t_vs_lora"] == pytest.approx(sig["p_paired_t"])
 
 
