@@ -345,7 +345,7 @@ RESUME_MAY_CHANGE = frozenset({
 # their defaults, and a value asked otherwise is named. A key a record lacks that is not listed here is named as absent.
 ADDED_SINCE_RELEASE = {
     "peft": ("glora_calibration_steps", "glora_signal_seed", "glora_shuffle_base", "glora_signal_damping",
-             "glora_top_r"),
+             "glora_top_r", "eva_rho", "eva_tau", "eva_max_batches"),
     "glora": ("warmup_fraction", "calibration_steps", "signal_seed", "shuffle_base", "signal_damping", "top_r",
               "warn_share"),
 }

@@ -407,7 +407,7 @@ def test_a_release_identity_equals_todays_when_the_new_settings_are_at_their_def
         asked = copy.deepcopy(now)
         asked["resolved"]["glora"]["warn_share"] = 0.5  # no flag sets it: named as the resolved plan's difference
         differs = identity_differences(old, asked)
-        assert len(differs) == 1 and differs[0].startswith("resolved glora {") and "'warn_share': 0.25" in differs[0]
+        assert differs == ["resolved glora.warn_share 0.25 there, 0.5 here"]
 
 
 def test_every_flag_added_since_the_release_is_listed_at_the_default_the_harness_resolves():
