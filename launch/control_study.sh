@@ -14,11 +14,16 @@
 # 4. GLoRA's signals and score normalisations (positive control only), one seed each at GLoRA's chosen rate.
 # 5. compare_runs.py (verdicts by arm) and allocation_quality.py (where each run put its rank).
 # Arms: lora (uniform rank 2), oracle (--rank_pattern: rank 8 on the planted matrices, 1 elsewhere; positive only:
-# under the negative control it is uniform LoRA), glora_params, adalora_params (the closest uniform target, 2).
+# under the negative control it is uniform LoRA), glora_params, adalora_params (the closest uniform target, 2); on
+# request (STUDY_ARMS) glora_params_pru (GLoRA's score per rank unit).
 # Two workers, one thread each; finished runs are skipped, so an interrupted study can be restarted.
 # Environment: STUDY_ROOT, STUDY_MODEL, STUDY_SOURCE (SST-2 parquet folder whose sentences are labelled), STUDY_GRID,
 # STUDY_RATES_FROM (a chosen_rates.json to use instead of tuning), STUDY_ARMS (a subset), STUDY_SEEDS, STUDY_SIGNALS and
-# STUDY_NORMS (empty: no ablation), STUDY_WORKERS, STUDY_TARGET (regression | class), STUDY_GENERATOR_ARGS and STUDY_EXTRA_ARGS (dry runs),
+# STUDY_NORMS (empty: no ablation), STUDY_WORKERS, STUDY_TARGET (regression | class: the first, scalar design;
+# token_features | features: the vector plantings of docs/identifiability.md, task planted, scored by `recovered`),
+# STUDY_DATA (an existing planting folder, e.g. one whose identifiability was measured; default ROOT/data, generated),
+# STUDY_SEQ_LENGTH (128; a vector planting's own max_seq_length), STUDY_TRAIN_ROWS (8000), STUDY_EPOCHS (1),
+# STUDY_GENERATOR_ARGS and STUDY_EXTRA_ARGS (dry runs),
 # STUDY_STAGE (all | train | report), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,13 +43,15 @@ TARGET=${STUDY_TARGET:-regression}  # regression: STS-B schema, Pearson; class: 
 case $TARGET in
   regression) TASK=stsb METRIC=pearson ;;
   class) TASK=sst2 METRIC=accuracy ;;
-  *) echo "control_study.sh: STUDY_TARGET is regression or class, got '$TARGET'" >&2; exit 2 ;;
+  token_features|features) TASK=planted METRIC=recovered ;;  # the share of the planted change a run recovered
+  *) echo "control_study.sh: STUDY_TARGET is regression, class, token_features or features, got '$TARGET'" >&2; exit 2 ;;
 esac
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 
-DATA=$ROOT/data
+DATA=${STUDY_DATA:-$ROOT/data}
 ARMS=(lora oracle glora_params adalora_params)
 PLANT=(--planted 1:value 2:ffn_in 3:attention_output 4:ffn_out --rank 8 --relative_norm 1.0)
+[ "$TASK" = planted ] && PLANT=(--num_planted 4 --rank 8 --relative_norm 0.25 --max_seq_length "${STUDY_SEQ_LENGTH:-64}")
 if [ "$CONTROL" = negative ]; then
   ARMS=(lora glora_params adalora_params)
   PLANT+=(--spread_evenly --spread_rank 2)
@@ -57,12 +64,14 @@ declare -A ARM_FLAGS=(
   [oracle]="--method lora --rank_pattern $DATA/oracle_pattern.json --arm oracle"
   [glora_params]="--method glora --glora_warmup_fraction 0.3333 --arm glora_params"
   [adalora_params]="--method adalora --arm adalora_params"
+  [glora_params_pru]="--method glora --glora_warmup_fraction 0.3333 --glora_score_norm per_rank_unit --arm glora_params_pru"
 )
 # Average rank 2 on all six matrices of every layer, counted in parameters: 2 x sum(d_in + d_out) = 82,944 on
 # MiniLM. alpha 4 keeps LoRA's scaling alpha / r = 2 (the project's 16 / 8); the oracle's layers keep it too.
 COMMON=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task "$TASK" --use_cpu True --lora_r 2 --lora_alpha 4
-        --budget_unit params --max_train_samples 8000 --num_train_epochs 1 --per_device_train_batch_size 32
-        --per_device_eval_batch_size 128 --max_seq_length 128 --warmup_steps 0.06
+        --budget_unit params --max_train_samples "${STUDY_TRAIN_ROWS:-8000}"
+        --num_train_epochs "${STUDY_EPOCHS:-1}" --per_device_train_batch_size 32
+        --per_device_eval_batch_size 128 --max_seq_length "${STUDY_SEQ_LENGTH:-128}" --warmup_steps 0.06
         --train_sampling_strategy group_by_length --tuning_split_fraction 0.1 --tuning_split_max 2000
         --save_strategy no --logging_steps 10 --report_to none --dataloader_num_workers 0)
 TUNING=(--eval_split tuning --eval_strategy epoch --seed 1)
