@@ -319,6 +319,20 @@ def test_two_arms_of_a_planting_are_compared_by_seed(tiny_bert, plantings, tmp_p
     assert table.loc["oracle", "p_paired_t_vs_lora"] == pytest.approx(sig["p_paired_t"])
 
 
+def test_oracle_share_reads_a_plantings_share_recovered(tiny_bert, plantings, tmp_path, capsys):
+    """launch.oracle_share on harness-made planted runs: an arm's score is its eval_recovered (records.Results.score,
+    the task's main metric)."""
+    from launch import oracle_share
+
+    folder = plantings["features"]
+    arms = {"lora": [], "oracle": ["--rank_pattern", str(folder / "oracle_pattern.json"), "--arm", "oracle"]}
+    recovered = {arm: run(tiny_bert, folder, tmp_path / f"{arm}_seed1", "--max_steps", "2", *flags)["eval_recovered"]
+                 for arm, flags in arms.items()}
+    oracle_share.main(tmp_path, [])
+    assert (f"lora 1 seeds, mean {100 * recovered['lora']:.2f}; oracle 1 seeds, mean {100 * recovered['oracle']:.2f}; "
+            f"oracle - lora {100 * (recovered['oracle'] - recovered['lora']):+.2f}") in capsys.readouterr().out
+
+
 def test_a_study_tunes_a_planting_on_its_tuning_split(tiny_bert, plantings, tmp_path):
     """hpo.py on --task planted: the trial scores the held-out tuning rows (eval_tuning_recovered, whose denominator
     is the base error of those training rows) and never dev; the study's value is that share. (The search stage only:
