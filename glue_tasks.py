@@ -69,18 +69,20 @@ GLUE_TASKS = {
         GlueTask("sst2", ("sentence",), 2, ("accuracy",)),
         GlueTask("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearmanr")),
         GlueTask("wnli", ("sentence1", "sentence2"), 2, ("accuracy",)),
-        # Not GLUE: the planted control of data/make_planted.py (--task planted --dataset_dir OUT), scored by R^2.
-        GlueTask("planted", ("sentence",), 0, ("r2",)),
+        # Not GLUE: the planted control of data/make_planted.py (--task planted --dataset_dir OUT), scored by the
+        # share of the planted change recovered (R^2 and Pearson's r beside it).
+        GlueTask("planted", ("sentence",), 0, ("recovered",)),
     )
 }
 
 
-def glue_metrics(task: str, predictions, labels) -> dict:
-    """GLUE metrics for one task. `predictions` are logits (classification) or scores (STS-B)."""
+def glue_metrics(task: str, predictions, labels, base_sq_error=None) -> dict:
+    """GLUE metrics for one task. `predictions` are logits (classification) or scores (STS-B); a vector-label task
+    also needs the base model's squared error of each example scored (`base_sq_error`, vector_metrics)."""
     spec = GLUE_TASKS[task]
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if spec.is_vector:
-        result = vector_metrics(predictions, labels)
+        result = vector_metrics(predictions, labels, base_sq_error)
     elif spec.is_regression:
         scores = predictions.reshape(-1).astype(np.float64)
         labels = labels.reshape(-1).astype(np.float64)
@@ -103,9 +105,12 @@ def glue_metrics(task: str, predictions, labels) -> dict:
     return result
 
 
-def vector_metrics(predictions, labels) -> dict:
+def vector_metrics(predictions, labels, base_sq_error) -> dict:
     """The planted control's metrics on (rows, K) arrays, one row per example (target features) or per real token
-    (token_features, pooled over every example's tokens): the mean over the K outputs of R^2 = 1 - SSE / SST (about
+    (token_features, pooled over every example's tokens): `recovered` = 1 - SSE / SSE_base, the share of the planted
+    change the model recovered (SSE over every row and output; SSE_base the base model's, the sum of `base_sq_error`
+    over the examples scored: 0 = no better than the base model, 1 = the teacher, negative = worse than the base
+    model; 0 if the base model is exact on them); and the mean over the K outputs of R^2 = 1 - SSE_k / SST_k (about
     the output's own mean over the rows) and of Pearson's r. An output that is constant over the rows (SST 0, or
     constant predictions for r) counts 0, as GLUE's regression metric does, so that runs compare."""
     predictions = np.asarray(predictions, dtype=np.float64)
@@ -113,6 +118,19 @@ def vector_metrics(predictions, labels) -> dict:
     if predictions.shape != labels.shape or predictions.ndim != 2:
         raise ValueError(f"vector metrics need two (rows, K) arrays of one shape, got {predictions.shape} and "
                          f"{labels.shape}")
+    base = np.sum(base_sq_error, dtype=np.float64)
+    return {"recovered": float(recovered(((labels - predictions) ** 2).sum(), base)),
+            **r2_and_pearson(predictions, labels)}
+
+
+def recovered(sse, base_sse):
+    """1 - sse / base_sse (arrays elementwise), 0 where base_sse is 0: nothing planted to recover on those rows."""
+    base_sse = np.asarray(base_sse, dtype=np.float64)
+    return np.where(base_sse > 0, 1 - np.asarray(sse) / np.where(base_sse > 0, base_sse, 1.0), 0.0)
+
+
+def r2_and_pearson(predictions, labels) -> dict:
+    """vector_metrics' mean R^2 and Pearson's r over the K outputs (float64 (rows, K) arrays)."""
     centred_y = labels - labels.mean(0)
     centred_p = predictions - predictions.mean(0)
     sst = (centred_y ** 2).sum(0)

@@ -5,7 +5,9 @@ state at [CLS] (target `features`) or at every token (`token_features`).
 The model is the base encoder with no trainable head: its prediction is the planting's FROZEN affine read-out
 (readout.weight, readout.bias) applied to its own last hidden state, so that only the adapted matrices can move it.
 The loss is the mean squared error over the K outputs (and the real tokens); the metrics (glue_tasks.vector_metrics)
-the mean R^2 and Pearson r over the outputs.
+the share of the planted change recovered (1 - the squared error over the base model's, whose per-row squared error
+is the data's `base_sq_error` column and travels with each example through the model to the metrics) and the mean
+R^2 and Pearson r over the outputs.
 
 run_glue_peft.py calls, in order: `read_planting` (before anything is loaded), `check_labels` (after the data),
 `ReadoutModel.load` (the model), `check_planting` (the model against the folder), `check_token_counts` (the labels against
@@ -26,6 +28,7 @@ from transformers import AutoModel, DataCollatorWithPadding
 from transformers.utils import ModelOutput
 
 GROUND_TRUTH_FILE = "ground_truth.json"
+BASE_ERROR = "base_sq_error"  # per row: the base model's squared error under the read-out (data.make_planted)
 UPDATE_FILE = "planted_update.safetensors"
 TARGETS = ("features", "token_features")  # data/make_planted.py --target of a vector-label planting
 
@@ -101,9 +104,11 @@ def read_readout(path: Path, num_outputs: int) -> tuple:
 
 def check_labels(raw, planting: Planting):
     """Every split's `label` is a list of finite numbers: K of them (features), or a positive multiple of K (one K per
-    token; the count is checked against the tokens by `check_token_counts`)."""
+    token; the count is checked against the tokens by `check_token_counts`); and every row has its base model's
+    squared error (`check_base_errors`)."""
     k = planting.num_outputs
     for split, ds in raw.items():
+        check_base_errors(ds, split, planting)
         for row, label in enumerate(ds["label"]):
             if not isinstance(label, (list, tuple)) or not all(isinstance(v, (int, float)) for v in label):
                 raise ValueError(f"{planting.folder} {split} row {row}: label {str(label)[:40]} is not a list of "
@@ -115,6 +120,21 @@ def check_labels(raw, planting: Planting):
                 expected = f"num_outputs {k}" if not planting.per_token else f"a positive multiple of num_outputs {k}"
                 raise ValueError(f"{planting.folder} {split} row {row}: label has {len(label)} values, expected "
                                  f"{expected} (target {planting.target}, {GROUND_TRUTH_FILE}).")
+
+
+def check_base_errors(ds, split, planting: Planting):
+    """The split has the `base_sq_error` column eval_recovered divides by, a finite number >= 0 in every row; a
+    planting written before it had the column is to be regenerated (same flags, same labels)."""
+    if BASE_ERROR not in ds.column_names:
+        raise ValueError(f"{planting.folder} {split} split: no `{BASE_ERROR}` column (the base model's squared error of "
+                         "each row, which eval_recovered divides by); the planting predates it: regenerate it with "
+                         "python3 -m data.make_planted and the flags in its ground_truth.json `args` (the labels come "
+                         "out the same).")
+    values = np.asarray(ds[BASE_ERROR], dtype=np.float64)
+    bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0)))
+    if len(bad):
+        raise ValueError(f"{planting.folder} {split} row {bad[0]}: {BASE_ERROR} {float(values[bad[0]])!r} is not a finite "
+                         "number >= 0 (a squared error).")
 
 
 def check_planting(planting: Planting, model, max_seq_length: int):
@@ -153,11 +173,13 @@ def check_token_counts(raw, tokenizer, planting: Planting):
 class ReadoutOutput(ModelOutput):
     """The model's output: the MSE `loss` (with labels), the read-out `logits` ((B, K) or (B, T, K)) and, per token,
     `token_mask` (the attention mask), which travels with the predictions through evaluation (the Trainer pads
-    batches of other lengths with -100) so that `real_outputs` keeps the real tokens only."""
+    batches of other lengths with -100) so that `real_outputs` keeps the real tokens only; and `base_sq_error` (B,),
+    the input's, handed on to the metrics with its example."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     token_mask: torch.Tensor | None = None
+    base_sq_error: torch.Tensor | None = None
 
 
 class ReadoutModel(torch.nn.Module):
@@ -184,7 +206,8 @@ class ReadoutModel(torch.nn.Module):
     def get_input_embeddings(self):
         return getattr(self, self.prefix).get_input_embeddings()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, base_sq_error=None,
+                **kwargs):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = getattr(self, self.prefix)(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         if not self.per_token:
@@ -194,12 +217,14 @@ class ReadoutModel(torch.nn.Module):
         if labels is not None:
             squared = (logits - labels.to(logits.dtype)) ** 2
             loss = squared[attention_mask.bool()].mean() if self.per_token else squared.mean()
-        return ReadoutOutput(loss=loss, logits=logits, token_mask=attention_mask if self.per_token else None)
+        return ReadoutOutput(loss=loss, logits=logits, token_mask=attention_mask if self.per_token else None,
+                             base_sq_error=base_sq_error)
 
 
 class VectorLabelCollator:
     """Batches of a vector-label task: the inputs padded as DataCollatorWithPadding pads them, the labels as a float
-    tensor (B, K), or per token (B, T, K) with zeros past each example's tokens (the loss masks them)."""
+    tensor (B, K), or per token (B, T, K) with zeros past each example's tokens (the loss masks them), and each
+    example's `base_sq_error` as a float64 tensor (B,) where the rows have it."""
 
     def __init__(self, tokenizer, planting: Planting, pad_to_max_length: bool, pad_to_multiple_of=None):
         padding = "max_length" if pad_to_max_length else True
@@ -209,7 +234,10 @@ class VectorLabelCollator:
 
     def __call__(self, features):
         labels = [f["label"] for f in features]
-        batch = self.inputs([{key: v for key, v in f.items() if key not in ("label", "labels")} for f in features])
+        batch = self.inputs([{key: v for key, v in f.items() if key not in ("label", "labels", BASE_ERROR)}
+                             for f in features])
+        if BASE_ERROR in features[0]:
+            batch[BASE_ERROR] = torch.tensor([f[BASE_ERROR] for f in features], dtype=torch.float64)
         if not self.per_token:
             batch["labels"] = torch.tensor(labels, dtype=torch.float32)
             return batch
@@ -222,21 +250,24 @@ class VectorLabelCollator:
 
 
 def real_outputs(predictions, label_ids, per_token: bool) -> tuple:
-    """(predictions (N, K), labels (N, K), example (N,)): one row per example (features) or per real token
-    (token_features), in dataset order, and the position of the example each row belongs to. `predictions` is what
-    the Trainer gathered: the logits, or per token (logits, token_mask)."""
+    """(predictions (N, K), labels (N, K), example (N,), base_sq_error (examples,)): one row per example (features) or
+    per real token (token_features), in dataset order, the position of the example each row belongs to, and each
+    example's base error (float64). `predictions` is what the Trainer gathered: (logits, base_sq_error), or per token
+    (logits, token_mask, base_sq_error)."""
+    logits, *mask, base = predictions
+    base = np.asarray(base, dtype=np.float64)
     if not per_token:
-        return np.asarray(predictions), np.asarray(label_ids), np.arange(len(label_ids))
-    logits, mask = predictions
-    real = np.asarray(mask) == 1
-    return np.asarray(logits)[real], np.asarray(label_ids)[real], np.nonzero(real)[0]
+        return np.asarray(logits), np.asarray(label_ids), np.arange(len(label_ids)), base
+    real = np.asarray(mask[0]) == 1
+    return np.asarray(logits)[real], np.asarray(label_ids)[real], np.nonzero(real)[0], base
 
 
 def write_predictions(folder, split, idx, labels_as_read, predictions, label_ids, per_token: bool):
     """predictions_<split>.csv (idx, n_rows, mse: one line per example, its mean squared error over its outputs and
     tokens) and predictions_<split>.npz (idx, example, label, prediction: every output row, example = the position
-    of its example in idx), after checking that the outputs are in dataset order (their labels are the data's)."""
-    predicted, labels, example = real_outputs(predictions, label_ids, per_token)
+    of its example in idx; base_sq_error: per example, the base model's squared error summed over its rows and
+    outputs), after checking that the outputs are in dataset order (their labels are the data's)."""
+    predicted, labels, example, base = real_outputs(predictions, label_ids, per_token)
     expected = np.concatenate([np.asarray(label, dtype=np.float64).reshape(-1) for label in labels_as_read])
     if labels.size != expected.size or not np.allclose(labels.reshape(-1), expected, atol=1e-5):
         raise RuntimeError(f"{split}: predictions are not in dataset order; predictions_{split}.csv would pair them "
@@ -248,4 +279,4 @@ def write_predictions(folder, split, idx, labels_as_read, predictions, label_ids
     lines = ["idx,n_rows,mse"] + [f"{i},{n},{m!r}" for i, n, m in zip(idx.tolist(), counts.tolist(), mse.tolist())]
     Path(folder, f"predictions_{split}.csv").write_text("\n".join(lines) + "\n")
     np.savez(Path(folder, f"predictions_{split}.npz"), idx=idx, example=example, label=labels.astype(np.float32),
-             prediction=predicted.astype(np.float32))
+             prediction=predicted.astype(np.float32), base_sq_error=base)

@@ -342,8 +342,8 @@ def build_trainer(model, tokenizer, encoded, plan, training_args, method, data_a
 
     def compute_metrics(prediction):
         if planting:  # one row per example or per real token
-            predicted, labels, _ = real_outputs(prediction.predictions, prediction.label_ids, planting.per_token)
-            return glue_metrics(plan.task, predicted, labels)
+            predicted, labels, _, base = real_outputs(prediction.predictions, prediction.label_ids, planting.per_token)
+            return glue_metrics(plan.task, predicted, labels, base_sq_error=base)
         return glue_metrics(plan.task, prediction.predictions, prediction.label_ids)
 
     # --eval_split tuning: every evaluation scores the held-out tuning split (metrics eval_tuning_*), for hpo.py's

@@ -7,14 +7,15 @@ Both tests share one engine: every run's task score on the same B resamples of d
 - `paired_bootstrap`, a per-seed diagnostic: seed-paired runs on resampled examples only, which
   treats the seeds at hand as the whole population of runs.
 A vector-label task (the planted control) is resampled the same way, by example (with all its output rows): each
-run's R^2 on a resample is computed exactly from its per-example sums (analysis.metrics.weighted_r2).
+run's score (the share of the planted change recovered) on a resample is computed exactly from its per-example sums
+(analysis.metrics.VECTOR_METRIC_FNS).
 """
 from dataclasses import dataclass, field
 from functools import reduce
 
 import numpy as np
 
-from analysis.metrics import SUM_PARTS, weighted_metric, weighted_r2
+from analysis.metrics import BASE_ERROR, SUM_PARTS, VECTOR_METRIC_FNS, weighted_metric
 from analysis.runs import MAIN_METRICS, metric_split
 from glue_tasks import GLUE_TASKS
 
@@ -72,8 +73,8 @@ def align(task, preds):
 
 
 def vector_labels_agree(split, frames):
-    """frames, when every run's rows and label sums per example are the first run's; else Misaligned."""
-    labels = [c for c in frames[0].columns if c == "rows" or c.startswith(SUM_PARTS[:2])]
+    """frames, when every run's rows, label sums and base error per example are the first run's; else Misaligned."""
+    labels = [c for c in frames[0].columns if c in ("rows", BASE_ERROR) or c.startswith(SUM_PARTS[:2])]
     if any(not np.array_equal(f[labels].to_numpy(), frames[0][labels].to_numpy()) for f in frames[1:]):
         raise Misaligned(f"{split}: labels differ between runs for the same idx (other dev data, or rows of another "
                          "tokenisation): no paired bootstrap")
@@ -89,9 +90,9 @@ class ResampledScores:
 
 def task_scores(task, data, weights):
     """(B, runs) task scores (mean of the main metrics) under example-count weights {split: (B, n)}."""
-    if GLUE_TASKS[task].is_vector:  # its one main metric, r2
-        (split,) = {metric_split(task, m)[0] for m in MAIN_METRICS[task]}
-        return np.stack([weighted_r2(weights[split], sums) for sums in data[split].sums], axis=1)
+    if GLUE_TASKS[task].is_vector:  # its one main metric (recovered)
+        ((split, metric),) = {metric_split(task, m) for m in MAIN_METRICS[task]}
+        return np.stack([VECTOR_METRIC_FNS[metric](weights[split], sums) for sums in data[split].sums], axis=1)
     num_classes = max(2, int(max(max(d.labels.max(), d.predictions.max()) for d in data.values())) + 1)
     entries = [metric_split(task, m) for m in MAIN_METRICS[task]]
     runs = len(next(iter(data.values())).predictions)

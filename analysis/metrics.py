@@ -1,10 +1,12 @@
-"""GLUE metrics on (label, prediction) arrays, in plain numpy so bootstrap loops stay fast; the planted control's R^2
-from per-example sums."""
+"""GLUE metrics on (label, prediction) arrays, in plain numpy so bootstrap loops stay fast; the planted control's
+recovered share and R^2 from per-example sums."""
 import math
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from glue_tasks import recovered
 
 
 def accuracy(y, p):
@@ -119,21 +121,27 @@ def weighted_metric(metric, W, y, p, num_classes):
 
 
 # -----------------------------------------------------------------------------
-# the planted control (vector labels, glue_tasks.vector_metrics): R^2 on resamples of examples. An example is drawn
-# with all its output rows (1, or one per real token). R^2 of output k on a resample is 1 - SSE_k / SST_k over the
+# the planted control (vector labels, glue_tasks.vector_metrics): its score, the share of the planted change recovered,
+# and R^2 on resamples of examples. An example is drawn with all its output rows (1, or one per real token).
+# recovered on a resample is 1 - SSE / SSE_base over the drawn examples: both are sums over examples, of each example's
+# (y - prediction)^2 over its rows and outputs and of its base model's squared error (predictions_<split>.npz's
+# base_sq_error), so recovered = 1 - sum_e w_e S_ee[e] / sum_e w_e base[e] exactly.
+# R^2 of output k on a resample is 1 - SSE_k / SST_k over the
 # drawn rows, with SST_k about the resample's own mean; both are sums over rows, so each example's contribution is
 # its row count and, per output, its sums of y, y^2 and (y - prediction)^2, and a resample's R^2 is exact from the
 # count-weighted sums: N = sum_e w_e n_e, SST_k = sum_e w_e S_yy[e,k] - (sum_e w_e S_y[e,k])^2 / N,
-# SSE_k = sum_e w_e S_ee[e,k]. The task score is the mean over k (an output with SST 0 counts 0, as in
+# SSE_k = sum_e w_e S_ee[e,k]. The mean is over k (an output with SST 0 counts 0, as in
 # vector_metrics). The labels are centred on their mean over the file's rows first (which changes neither SST nor
 # SSE) so that the difference of sums keeps its digits.
 
 SUM_PARTS = ("label_sum", "label_sq", "error_sq")  # the per-output sums of an example's rows: y, y^2, (y - p)^2
+BASE_ERROR = "base_sq_error"  # an example's base model's squared error (data.make_planted), a column of example_sums
 
 
-def example_sums(idx, example, label, prediction) -> pd.DataFrame:
+def example_sums(idx, example, label, prediction, base_sq_error) -> pd.DataFrame:
     """One line per example of predictions_<split>.npz (idx; example: each output row's position in idx; label,
-    prediction: rows x K): idx, rows (its output rows) and per output k `label_sum_k`, `label_sq_k`, `error_sq_k`."""
+    prediction: rows x K; base_sq_error: per example): idx, rows (its output rows), per output k `label_sum_k`,
+    `label_sq_k`, `error_sq_k`, and base_sq_error."""
     label, prediction = np.asarray(label, np.float64), np.asarray(prediction, np.float64)
     centred = label - label.mean(0)
     n, k = len(idx), label.shape[1]
@@ -142,12 +150,22 @@ def example_sums(idx, example, label, prediction) -> pd.DataFrame:
         summed = np.zeros((n, k))
         np.add.at(summed, example, values)
         out.update({f"{part}_{j}": summed[:, j] for j in range(k)})
+    base = np.asarray(base_sq_error, np.float64)
+    if base.shape != (n,):
+        raise ValueError(f"{BASE_ERROR} holds {base.shape} values, expected one per example ({n})")
+    out[BASE_ERROR] = base
     return pd.DataFrame(out)
 
 
 def sum_columns(sums: pd.DataFrame, part: str) -> np.ndarray:
     """(examples, K) of one of SUM_PARTS."""
     return sums[[c for c in sums.columns if c.startswith(part + "_")]].to_numpy(np.float64)
+
+
+def weighted_recovered(W, sums: pd.DataFrame):
+    """(B,) share of the planted change recovered on each resample (glue_tasks.recovered): W (B, n) draws of each
+    example (a row of ones: the whole file), sums the example_sums of those n examples."""
+    return recovered(W @ sum_columns(sums, "error_sq").sum(1), W @ sums[BASE_ERROR].to_numpy(np.float64))
 
 
 def weighted_r2(W, sums: pd.DataFrame):
@@ -158,3 +176,6 @@ def weighted_r2(W, sums: pd.DataFrame):
     sst = yy - y**2 / drawn[:, None]
     defined = sst > 1e-12 * yy + 1e-300  # constant over the drawn rows (up to rounding): 0, as vector_metrics
     return np.where(defined, 1 - sse / np.where(defined, sst, 1.0), 0.0).mean(1)
+
+
+VECTOR_METRIC_FNS = {"recovered": weighted_recovered, "r2": weighted_r2}  # metric -> fn(W, example_sums)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from adapters import METHODS
 from analysis.comparable import ArmIdentity, Setting, arm_of
-from analysis.metrics import METRIC_FNS, example_sums, weighted_r2
+from analysis.metrics import BASE_ERROR, METRIC_FNS, VECTOR_METRIC_FNS, example_sums
 from glue_tasks import GLUE_TASKS
 from gradnorm_rank import MethodOverhead
 from records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, RecordError, Results, RunArgs
@@ -22,8 +22,9 @@ from run_folder import REPLACED_SUFFIX
 # task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean.
 # From the task table the runs were made with; MNLI's mismatched split adds the `_mm` metrics.
 MAIN_METRICS = {task: spec.main_metric_keys() for task, spec in GLUE_TASKS.items()}
-# shown beside the main metrics where a run records them, not ranked by: MCC (classification), Pearson's r (planted)
-REPORTED_METRICS = ("matthews_correlation", "matthews_correlation_mm", "pearson")
+# shown beside the main metrics where a run records them, not ranked by: MCC (classification), R^2 and Pearson's r
+# (planted)
+REPORTED_METRICS = ("matthews_correlation", "matthews_correlation_mm", "r2", "pearson")
 TASK_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]  # the usual GLUE order
 METHOD_ORDER = list(METHODS)
 METHOD_NAMES = {"lora": "LoRA", "adalora": "AdaLoRA", "glora": "GLoRA", "eva": "EVA"}
@@ -438,8 +439,8 @@ def predictions_mismatch(run, preds):
         split, metric = metric_split(run.task, m)
         df, file = preds[split], predictions_file(run.task, split)
         kind = float if GLUE_TASKS[run.task].is_regression else int
-        if GLUE_TASKS[run.task].is_vector:  # its main metric, r2, from the per-example sums
-            value = float(weighted_r2(np.ones((1, len(df))), df)[0])
+        if GLUE_TASKS[run.task].is_vector:  # its main metric (recovered), from the per-example sums
+            value = float(VECTOR_METRIC_FNS[metric](np.ones((1, len(df))), df)[0])
         else:
             try:
                 value = METRIC_FNS[metric](df["label"].to_numpy(kind), df["prediction"].to_numpy(kind))
@@ -495,7 +496,7 @@ def read_vector_predictions(run):
         path = run.path / predictions_file(run.task, split)
         try:
             with np.load(path) as npz:
-                out[split] = example_sums(npz["idx"], npz["example"], npz["label"], npz["prediction"])
+                out[split] = example_sums(npz["idx"], npz["example"], npz["label"], npz["prediction"], npz[BASE_ERROR])
         except (OSError, ValueError, KeyError, IndexError) as e:
-            return None, f"{path}: {type(e).__name__} (needs idx, example, label and prediction)"
+            return None, f"{path}: {type(e).__name__} (needs idx, example, label, prediction and {BASE_ERROR})"
     return out, None

@@ -15,8 +15,9 @@ from analysis.stats import MIN_SEEDS, min_usable_fraction, share_of_gain
 from gradnorm_rank import MethodOverhead
 
 SHORT = {"accuracy": "acc", "accuracy_mm": "acc_mm", "f1": "f1", "matthews_correlation": "mcc",
-         "pearson": "pearson", "spearmanr": "spearman"}
-BESIDE_MAIN = ("pearson",)  # shown in the main metric's cell where it is not a main metric: the planted control's r
+         "pearson": "pearson", "spearmanr": "spearman", "r2": "r2"}
+# shown in the main metric's cell where it is not a main metric: the planted control's R^2 and r
+BESIDE_MAIN = ("r2", "pearson")
 GLUE_AVG = "GLUE avg"
 NAN = float("nan")
 

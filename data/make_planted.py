@@ -27,7 +27,9 @@ state at every token (K per token). The directions (--feature_directions) are th
 (every hidden dim that varies: a constant dim cannot be standardised, and is left out and recorded), else the top-K
 principal directions of the teacher's change (h_T - h_B) or random orthonormal ones; each output is
 standardised on the training rows (tokens), and the affine read-out (readout.weight, readout.bias) is written with the
-planted update. OUT/planted/{train,validation}.parquet: sentence, idx, label (a list of floats). By default the
+planted update. OUT/planted/{train,validation}.parquet: sentence, idx, label (a list of floats), base_sq_error (the
+base model's squared error of the row under the read-out, summed over its outputs and tokens: the denominator of the
+harness's eval_recovered; base_mse per split in ground_truth.json). By default the
 planted updates there have equal EFFECT (--equal effect): each single update alone moves the target by the same RMS on
 --effect_rows training rows, with the sum of squared relative norms that --relative_norm gives every matrix; the
 norms are found by a fixed-point rescaling (--effect_iterations) and each matrix's norm and effect are recorded.
@@ -400,16 +402,25 @@ def r2_by_output(predicted, labels):
     return float(np.mean(1 - sse / sst))
 
 
-def write_vector_split(path, sentences, labels, lengths):
-    """sentence, idx, label (list<float64>: a row's entries x K outputs, row-major) of one split."""
+def write_vector_split(path, sentences, labels, lengths, base_sq_error):
+    """sentence, idx, label (list<float64>: a row's entries x K outputs, row-major), base_sq_error (float64: the base
+    model's squared error of the row, `row_sq_errors`) of one split."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     ends = np.cumsum(lengths)
     rows = [labels[end - n:end].reshape(-1) for end, n in zip(ends, lengths)]
     table = pa.table({"sentence": pa.array(sentences, pa.string()), "idx": pa.array(range(len(sentences)), pa.int64()),
-                      "label": pa.array(rows, pa.list_(pa.float64()))})
+                      "label": pa.array(rows, pa.list_(pa.float64())),
+                      "base_sq_error": pa.array(base_sq_error, pa.float64())})
     pq.write_table(table, path)
+
+
+def row_sq_errors(predicted, labels, lengths):
+    """Per row (sentence), the squared error of `predicted` against `labels` (entries x K, rows' entries in order),
+    summed over its entries (one, or its real tokens) and the K outputs."""
+    return np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=((predicted - labels) ** 2).sum(1),
+                       minlength=len(lengths))
 
 
 def vector_planting(args, model, tokenizer, names, budget, train, dev):
@@ -455,7 +466,10 @@ def vector_planting(args, model, tokenizer, names, budget, train, dev):
              "start_r2": {"train": r2_by_output(start[:n_entries], labels[:n_entries]),
                           "validation": r2_by_output(start[n_entries:], labels[n_entries:])},
              "tokens": {"train": n_entries, "validation": int(lengths[len(train):].sum())}}
-    return planted, effects, weight_norms, truth, (weight, bias, labels, lengths)
+    base_sq_error = row_sq_errors(start, labels, lengths)
+    truth["base_mse"] = {split: float(base_sq_error[rows].sum() / (truth["tokens"][split] * weight.shape[0]))
+                         for split, rows in (("train", slice(0, len(train))), ("validation", slice(len(train), None)))}
+    return planted, effects, weight_norms, truth, (weight, bias, labels, lengths, base_sq_error)
 
 
 def main(argv=None):
@@ -549,12 +563,14 @@ def write_oracle(out, targets, planted, rank, floor):
 
 def main_vector(args, out, model, tokenizer, targets, names, budget, train, dev):
     """--target features|token_features: OUT/planted/*.parquet with list labels, the read-out in the update file."""
-    planted, effects, base_norms, entries, (weight, bias, labels, lengths) = vector_planting(
+    planted, effects, base_norms, entries, (weight, bias, labels, lengths, base_sq_error) = vector_planting(
         args, model, tokenizer, names, budget, train, dev)
     (out / "planted").mkdir(parents=True, exist_ok=True)
-    n_entries = int(lengths[:len(train)].sum())
-    write_vector_split(out / "planted" / "train.parquet", train, labels[:n_entries], lengths[:len(train)])
-    write_vector_split(out / "planted" / "validation.parquet", dev, labels[n_entries:], lengths[len(train):])
+    n_entries, n_train = int(lengths[:len(train)].sum()), len(train)
+    write_vector_split(out / "planted" / "train.parquet", train, labels[:n_entries], lengths[:n_train],
+                       base_sq_error[:n_train])
+    write_vector_split(out / "planted" / "validation.parquet", dev, labels[n_entries:], lengths[n_train:],
+                       base_sq_error[n_train:])
     write_update(out, planted, {"readout.weight": torch.from_numpy(weight), "readout.bias": torch.from_numpy(bias)})
     rank = args.spread_rank if args.spread_evenly else args.rank
     write_oracle(out, targets, planted, rank, args.oracle_floor)
@@ -567,7 +583,7 @@ def main_vector(args, out, model, tokenizer, targets, names, budget, train, dev)
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=1) + "\n")
     print(f"{out}: {args.target} x {truth['num_outputs']}, {len(train)}/{len(dev)} rows; planted {len(planted)} matrices "
           f"at rank {rank}, equal {args.equal} (effects within x{truth['effect_spread']:.3f}); the frozen read-out on "
-          f"the base model: R^2 {truth['start_r2']['validation']:.3f} on dev")
+          f"the base model: R^2 {truth['start_r2']['validation']:.3f}, MSE {truth['base_mse']['validation']:.4g} on dev")
     return truth
 
 

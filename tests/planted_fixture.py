@@ -1,7 +1,7 @@
 """A tiny vector-label planting folder in the format of /work/wt/PLANTED_CONTRACT.md (docs/planted.md), for the
 harness's tests while data/make_planted.py is rewritten: a teacher = the tiny model with random rank-2 updates on two
 matrices, a random affine read-out of its last hidden state standardised on the training rows, labels = that read-out
-of the teacher."""
+of the teacher, base_sq_error = the squared error of that read-out of the base model (summed over outputs and tokens)."""
 
 import json
 from pathlib import Path
@@ -54,9 +54,10 @@ def write_planted_fixture(out: Path, model_dir, target="features", num_outputs=3
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     teacher = AutoModel.from_pretrained(model_dir).eval()
     prefix = teacher.base_model_prefix  # the module paths as the harness's model (and a sequence classifier) name them
-    planted = plant(teacher, generator)
     texts = sentences(rng, n_train + n_dev)
     per_token = target == "token_features"
+    base_states = hidden_states(teacher, tokenizer, texts, max_seq_length, per_token)
+    planted = plant(teacher, generator)
     states = hidden_states(teacher, tokenizer, texts, max_seq_length, per_token)
     hidden = teacher.config.hidden_size
     raw_weight = torch.randn(num_outputs, hidden, generator=generator, dtype=torch.float64)
@@ -64,10 +65,12 @@ def write_planted_fixture(out: Path, model_dir, target="features", num_outputs=3
     mean, std = train_rows.mean(0), train_rows.std(0, correction=0)
     weight, bias = raw_weight / std[:, None], -mean / std  # outputs of mean 0, variance 1 over the training rows
     labels = [(s @ weight.T + bias).reshape(-1).tolist() for s in states]
+    base_sq_error = [float((((b - s) @ weight.T) ** 2).sum()) for b, s in zip(base_states, states)]
 
     (out / "planted").mkdir(parents=True, exist_ok=True)
     for split, rows in (("train", slice(0, n_train)), ("validation", slice(n_train, None))):
-        frame = pd.DataFrame({"sentence": texts[rows], "label": labels[rows], "idx": range(len(texts[rows]))})
+        frame = pd.DataFrame({"sentence": texts[rows], "label": labels[rows], "idx": range(len(texts[rows])),
+                              "base_sq_error": base_sq_error[rows]})
         frame.to_parquet(out / "planted" / f"{split}.parquet", index=False)
     tensors = {f"{prefix}.{name}.{part}": t.contiguous() for name, (u, s, v) in planted.items()
                for part, t in (("U", u), ("sigma", s), ("V", v))}

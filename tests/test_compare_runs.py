@@ -414,16 +414,20 @@ def test_cpu_time_is_shown_beside_wall_clock_and_overhead_is_labelled_noise_boun
                                         "one after another, not side by side")
 
 
-# ---- the planted control (vector labels): R^2 on resamples of examples, and the verdict ----
+# ---- the planted control (vector labels): recovered and R^2 on resamples of examples, and the verdict ----
 
 
-def planted_predictions(rng, n=40, k=3, noise=0.5):
-    """(idx, example, label, prediction) as predictions_<split>.npz holds them: 1-4 output rows per example (as
-    token_features), K outputs off zero (the estimator centres them), the last one constant (its R^2 counts 0)."""
+def planted_predictions(rng, n=40, k=3, noise=0.5, base_noise=2.0):
+    """(idx, example, label, prediction, base_sq_error) as predictions_<split>.npz holds them: 1-4 output rows per
+    example (as token_features), K outputs off zero (the estimator centres them), the last one constant (its R^2
+    counts 0); the base model's error of each example summed over its rows and outputs (a base model off by
+    base_noise)."""
     example = np.repeat(np.arange(n), rng.integers(1, 5, n))
     label = rng.normal(5.0, 2.0, (len(example), k))
     label[:, -1] = 3.0
-    return np.arange(100, 100 + n), example, label, label + rng.normal(0, noise, label.shape)
+    prediction = label + rng.normal(0, noise, label.shape)
+    base = np.bincount(example, weights=(rng.normal(0, base_noise, label.shape) ** 2).sum(1), minlength=n)
+    return np.arange(100, 100 + n), example, label, prediction, base
 
 
 def test_planted_r2_on_a_resample_of_examples_is_r2_of_the_drawn_rows():
@@ -433,35 +437,57 @@ def test_planted_r2_on_a_resample_of_examples_is_r2_of_the_drawn_rows():
     from glue_tasks import vector_metrics
 
     rng = np.random.default_rng(0)
-    idx, example, label, prediction = planted_predictions(rng)
-    sums = example_sums(idx, example, label, prediction)
+    idx, example, label, prediction, base = planted_predictions(rng)
+    sums = example_sums(idx, example, label, prediction, base)
     assert list(sums["rows"]) == list(np.bincount(example)) and list(sums["idx"]) == list(idx)
     W = np.stack([np.bincount(rng.integers(0, len(idx), len(idx)), minlength=len(idx)) for _ in range(20)])
     W = np.vstack([np.ones(len(idx)), W]).astype(float)
     got = weighted_r2(W, sums)
     for b, counts in enumerate(W.astype(int)):
         rows = np.concatenate([np.flatnonzero(example == e).repeat(c) for e, c in enumerate(counts)])
-        direct = vector_metrics(prediction[rows], label[rows])["r2"]
+        direct = vector_metrics(prediction[rows], label[rows], base[example[rows]])["r2"]
         assert got[b] == pytest.approx(direct, rel=1e-9, abs=1e-12)
     assert 0 < got[0] < 2 / 3  # two outputs fit well, the constant one counts 0
 
 
-def write_planted_run(root, arm, seed, noise):
-    """A finished --task planted run (records.py) with predictions_validation.npz (planted_task.write_predictions'
-    keys) and eval_r2 / eval_pearson computed from it by glue_tasks.vector_metrics."""
+def test_planted_recovered_on_a_resample_of_examples_is_that_of_the_drawn_examples():
+    """weighted_recovered on count weights W equals 1 - (the squared error summed over the drawn examples' rows and
+    outputs) / (their base errors summed), each example counted as often as it was drawn, computed directly from the
+    materialised rows; and glue_tasks.vector_metrics' recovered on the whole file (weights 1)."""
+    from analysis.metrics import example_sums, weighted_recovered
     from glue_tasks import vector_metrics
 
-    idx, example, label, _ = planted_predictions(np.random.default_rng(0))  # the same dev data in every run
+    rng = np.random.default_rng(1)
+    idx, example, label, prediction, base = planted_predictions(rng)
+    sums = example_sums(idx, example, label, prediction, base)
+    W = np.stack([np.bincount(rng.integers(0, len(idx), len(idx)), minlength=len(idx)) for _ in range(20)])
+    got = weighted_recovered(np.vstack([np.ones(len(idx)), W]).astype(float), sums)
+    assert got[0] == pytest.approx(vector_metrics(prediction, label, base)["recovered"], rel=1e-12)
+    for b, counts in enumerate(W):
+        drawn = np.concatenate([np.full(c, e) for e, c in enumerate(counts)])  # examples, with repeats
+        rows = np.concatenate([np.flatnonzero(example == e) for e in drawn])
+        direct = 1 - ((label[rows] - prediction[rows]) ** 2).sum() / base[drawn].sum()
+        assert got[b + 1] == pytest.approx(direct, rel=1e-12)
+    # noise 0.5 against the base model's 2: about 1 - 0.25^2 of the change recovered
+    assert 0.9 < got[0] < 0.97 and len(set(got.round(12))) > 10
+
+
+def write_planted_run(root, arm, seed, noise):
+    """A finished --task planted run (records.py) with predictions_validation.npz (planted_task.write_predictions'
+    keys) and eval_recovered / eval_r2 / eval_pearson computed from it by glue_tasks.vector_metrics."""
+    from glue_tasks import vector_metrics
+
+    idx, example, label, _, base = planted_predictions(np.random.default_rng(0))  # the same dev data in every run
     prediction = label + np.random.default_rng([seed, round(100 * noise)]).normal(0, noise, label.shape)
-    metrics = vector_metrics(prediction.astype(np.float32), label.astype(np.float32))
-    d = write_run(root, f"{arm}_s{seed}", "planted", "lora", seed, {**metrics, "combined_score": metrics["r2"]}, 100.0,
-                  {}, log=False, args={"resolved": {"arm": arm}}, results={"arm": arm})
+    metrics = vector_metrics(prediction.astype(np.float32), label.astype(np.float32), base)
+    d = write_run(root, f"{arm}_s{seed}", "planted", "lora", seed, {**metrics, "combined_score": metrics["recovered"]},
+                  100.0, {}, log=False, args={"resolved": {"arm": arm}}, results={"arm": arm})
     np.savez(d / "predictions_validation.npz", idx=idx, example=example, label=label.astype(np.float32),
-             prediction=prediction.astype(np.float32))
+             prediction=prediction.astype(np.float32), base_sq_error=base)
     return metrics
 
 
-def test_planted_arms_get_the_seeds_and_examples_bootstrap_and_pearson_beside_r2(tmp_path):
+def test_planted_arms_get_the_seeds_and_examples_bootstrap_on_recovered_and_r2_and_pearson_beside(tmp_path):
     from analysis.bootstrap import resampled_scores
     from analysis.runs import read_predictions
 
@@ -470,20 +496,21 @@ def test_planted_arms_get_the_seeds_and_examples_bootstrap_and_pearson_beside_r2
     assert cr.main([str(tmp_path), "--n_bootstrap", str(B), "--no_figures"]) == 0
     out = json.loads((tmp_path / "comparison" / "comparison.json").read_text())
     (sig,) = out["significance"]
-    r2 = {arm: [recorded[(arm, s)]["r2"] for s in (1, 2, 3)] for arm in ("lora", "oracle")}
+    score = {arm: [recorded[(arm, s)]["recovered"] for s in (1, 2, 3)] for arm in ("lora", "oracle")}
     assert (sig["a"], sig["b"], sig["hier_n_a"], sig["hier_n_b"]) == ("oracle", "lora", 3, 3)
-    assert sig["delta_hier"] == pytest.approx(np.mean(r2["oracle"]) - np.mean(r2["lora"]))
+    assert sig["delta_hier"] == pytest.approx(np.mean(score["oracle"]) - np.mean(score["lora"]))
     assert sig["p_hier"] < 0.05 and sig["verdict"] == "significant" and not sig["notes"]
     runs, _ = load_runs([tmp_path])
     preds = [read_predictions(r)[0] for r in sorted(runs, key=lambda r: (r.arm, r.seed))]
     scores = resampled_scores("planted", preds, 10, np.random.default_rng(0))
-    assert scores.observed == pytest.approx(r2["lora"] + r2["oracle"], rel=1e-6)
+    assert scores.observed == pytest.approx(score["lora"] + score["oracle"], rel=1e-6)
     oracle = next(r for r in out["table"] if r["arm"] == "oracle")
-    pearson = [recorded[("oracle", s)]["pearson"] for s in (1, 2, 3)]
-    assert oracle["pearson_mean"] == pytest.approx(np.mean(pearson))
+    assert oracle["main_metrics"] == "recovered" and oracle["score_mean"] == pytest.approx(np.mean(score["oracle"]))
+    beside = {m: [recorded[("oracle", s)][m] for s in (1, 2, 3)] for m in ("recovered", "r2", "pearson")}
+    assert oracle["r2_mean"] == pytest.approx(np.mean(beside["r2"]))
+    assert oracle["pearson_mean"] == pytest.approx(np.mean(beside["pearson"]))
     md = (tmp_path / "comparison" / "comparison.md").read_text()
-    assert (f"r2 {100 * np.mean(r2['oracle']):.2f} ± {100 * np.std(r2['oracle'], ddof=1):.2f}; "
-            f"pearson {100 * np.mean(pearson):.2f} ± {100 * np.std(pearson, ddof=1):.2f}") in md
+    assert "; ".join(f"{m} {100 * np.mean(v):.2f} ± {100 * np.std(v, ddof=1):.2f}" for m, v in beside.items()) in md
 
 
 def test_a_planted_run_whose_npz_does_not_give_its_r2_is_left_out_of_the_bootstrap(tmp_path):
@@ -494,7 +521,7 @@ def test_a_planted_run_whose_npz_does_not_give_its_r2_is_left_out_of_the_bootstr
     with np.load(npz) as saved:
         kept = saved["example"] < 20  # half the examples
         np.savez(npz, idx=saved["idx"][:20], example=saved["example"][kept], label=saved["label"][kept],
-                 prediction=saved["prediction"][kept])
+                 prediction=saved["prediction"][kept], base_sq_error=saved["base_sq_error"][:20])
     assert cr.main([str(tmp_path), "--n_bootstrap", "50", "--no_figures"]) == 0
     (sig,) = json.loads((tmp_path / "comparison" / "comparison.json").read_text())["significance"]
     assert sig["hier_n_a"] == 2 and sig["hier_n_b"] == 3

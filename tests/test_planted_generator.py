@@ -51,7 +51,7 @@ def test_labels_are_the_standardised_readout_of_the_rebuilt_teacher(tiny_bert, t
     train_labels = []
     for split, rows in (("train", 80), ("validation", 20)):
         frame = pd.read_parquet(tmp_path / "planted" / f"{split}.parquet")
-        assert list(frame.columns) == ["sentence", "idx", "label"] and frame["idx"].tolist() == list(range(rows))
+        assert list(frame.columns) == ["sentence", "idx", "label", "base_sq_error"] and frame["idx"].tolist() == list(range(rows))
         states = teacher_states(tiny_bert, truth, tensors, frame["sentence"].tolist(), target == "token_features")
         for label, hidden in zip(frame["label"], states):
             assert len(label) == len(hidden) * 5  # token t's 5 outputs at t*5 .. t*5+4
@@ -63,6 +63,27 @@ def test_labels_are_the_standardised_readout_of_the_rebuilt_teacher(tiny_bert, t
     entries = np.concatenate(train_labels)  # standardised over the training rows' entries (every real token)
     assert np.allclose(entries.mean(0), 0, atol=1e-9) and np.allclose(entries.var(0), 1, atol=1e-9)
     assert truth["tokens"]["train"] == len(entries)
+
+
+@pytest.mark.parametrize("target", ["features", "token_features"])
+def test_base_sq_error_is_the_base_models_squared_error_of_each_row(tiny_bert, tmp_path, target):
+    """base_sq_error, recomputed from the base model alone (each sentence on its own) and the written labels: the sum
+    over the row's outputs (and real tokens) of (read-out of the base model - label)^2; base_mse its mean per entry."""
+    truth = generate(tiny_bert, tmp_path, "--target", target, "--num_outputs", "3", "--planted", "0:value", "1:ffn_out",
+                     "--relative_norm", "1.0")
+    tensors = load_file(tmp_path / "planted_update.safetensors")
+    weight, bias = tensors["readout.weight"], tensors["readout.bias"]
+    for split in ("train", "validation"):
+        frame = pd.read_parquet(tmp_path / "planted" / f"{split}.parquet")
+        assert list(frame.columns) == ["sentence", "idx", "label", "base_sq_error"]
+        base = teacher_states(tiny_bert, {**truth, "planted": {}}, tensors, frame["sentence"].tolist(),
+                              target == "token_features")
+        expected = np.array([((hidden @ weight.T + bias).numpy() - np.reshape(label, (-1, 3))) ** 2
+                             for hidden, label in zip(base, frame["label"])], dtype=object)
+        expected = np.array([e.sum() for e in expected])
+        assert expected.min() > 1e-4  # a planting that moves every row: the comparison is not of float noise
+        assert np.allclose(frame["base_sq_error"], expected, rtol=1e-4)
+        assert truth["base_mse"][split] == pytest.approx(expected.sum() / (truth["tokens"][split] * 3), rel=1e-4)
 
 
 def test_identity_readout_of_every_varying_hidden_dim(tiny_bert, tmp_path):

@@ -67,7 +67,10 @@ def test_a_vector_label_task_trains_evaluates_and_its_metrics_equal_a_hand_compu
     y, p = labels, written["prediction"].astype(np.float64)
     assert saved["eval_r2"] == pytest.approx(r2_score(y, p, multioutput="uniform_average"), abs=1e-4)
     assert saved["eval_pearson"] == pytest.approx(np.mean([pearsonr(y[:, k], p[:, k])[0] for k in range(3)]), abs=1e-4)
-    assert saved["eval_combined_score"] == saved["eval_r2"] == results["eval_r2"]
+    # The share of the planted change recovered: 1 - squared error / the base model's (the data's column), the score.
+    assert saved["eval_recovered"] == pytest.approx(1 - ((y - p) ** 2).sum() / dev["base_sq_error"].sum(), abs=1e-4)
+    assert saved["eval_combined_score"] == saved["eval_recovered"] == results["eval_recovered"]
+    assert np.array_equal(written["base_sq_error"], dev["base_sq_error"])
     # The CSV: one line per example with its MSE over its outputs and tokens.
     table = pd.read_csv(out / "predictions_validation.csv")
     assert table["idx"].tolist() == dev["idx"].tolist() and table["n_rows"].tolist() == tokens
@@ -80,9 +83,36 @@ def test_vector_metrics_by_hand():
     predictions = np.array([[1.0, 1.0], [3.0, 1.0], [2.0, 1.0]])
     # output 0: mean 2, SST 2, SSE 0 + 1 + 1 = 2 -> R^2 0; r = cov / sd: centred (-1, 0, 1) and (-1, 1, 0) -> 1 / 2
     # output 1: mean 2, SST 4 + 1 + 9 = 14, SSE 1 + 0 + 16 = 17 -> R^2 -3/14; constant prediction -> r counts 0
-    metrics = vector_metrics(predictions, labels)
+    # recovered: SSE 2 + 17 = 19 over the base model's 8 + 30 = 38 -> 1/2
+    metrics = vector_metrics(predictions, labels, base_sq_error=np.array([8.0, 0.0, 30.0]))
     assert metrics["r2"] == pytest.approx((0 - 3 / 14) / 2)
     assert metrics["pearson"] == pytest.approx((0.5 + 0) / 2)
+    assert metrics["recovered"] == pytest.approx(1 / 2)
+    assert vector_metrics(labels, labels, [0.0, 0.0, 0.0])["recovered"] == 0  # nothing planted on these rows
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_untrained_base_model_recovers_nothing(tiny_bert, plantings, tmp_path, target):
+    """At learning rate 0 LoRA's B stays 0: the run is the base model, whose squared error is the data's column, so
+    eval_recovered is 0 up to float error (float32 outputs, other padding than the generator's)."""
+    results = run(tiny_bert, plantings[target], tmp_path / "out", "--max_steps", "1", "--learning_rate", "0")
+    dev = pd.read_parquet(plantings[target] / "planted" / "validation.parquet")
+    written = np.load(tmp_path / "out" / "predictions_validation.npz")
+    student = ((written["prediction"].astype(np.float64) - written["label"]) ** 2).sum()
+    assert student == pytest.approx(dev["base_sq_error"].sum(), rel=1e-4)
+    assert abs(results["eval_recovered"]) < 1e-4
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_recovered_on_a_subset_of_dev_rows_divides_by_their_base_error(tiny_bert, plantings, tmp_path, target):
+    """--max_eval_samples 5: eval_recovered's denominator is the base error of those 5 rows, not of the split."""
+    results = run(tiny_bert, plantings[target], tmp_path / "out", "--max_steps", "3", "--max_eval_samples", "5")
+    dev = pd.read_parquet(plantings[target] / "planted" / "validation.parquet")[:5]
+    labels = np.concatenate([np.reshape(label, (-1, 3)) for label in dev["label"]])
+    written = np.load(tmp_path / "out" / "predictions_validation.npz")
+    assert len(written["idx"]) == 5 and np.allclose(written["label"], labels, atol=1e-6)
+    student = ((written["prediction"].astype(np.float64) - labels) ** 2).sum()
+    assert results["eval_recovered"] == pytest.approx(1 - student / dev["base_sq_error"].sum(), abs=1e-5)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -96,7 +126,7 @@ def test_a_resumed_vector_label_run_ends_where_the_uninterrupted_one_did(tiny_be
     assert reference.keys() == weights.keys()
     for key in reference:
         assert torch.equal(reference[key], weights[key]), key
-    assert resumed["eval_r2"] == finished["eval_r2"] and resumed["train_loss"] == pytest.approx(finished["train_loss"])
+    assert resumed["eval_recovered"] == finished["eval_recovered"] and resumed["train_loss"] == pytest.approx(finished["train_loss"])
     assert resumed["resumed_from_step"] == 3
 
 
@@ -106,6 +136,18 @@ def rewrite_label(folder, split, row, label):
     labels = frame["label"].tolist()
     labels[row] = label
     frame["label"] = labels
+    frame.to_parquet(path, index=False)
+
+
+def drop_base_error(folder, split):
+    path = folder / "planted" / f"{split}.parquet"
+    pd.read_parquet(path).drop(columns="base_sq_error").to_parquet(path, index=False)
+
+
+def rewrite_base_error(folder, split, row, value):
+    path = folder / "planted" / f"{split}.parquet"
+    frame = pd.read_parquet(path)
+    frame.loc[row, "base_sq_error"] = value
     frame.to_parquet(path, index=False)
 
 
@@ -136,6 +178,10 @@ BAD_FOLDERS = {
     "label length": (lambda f: rewrite_label(f, "validation", 2, [0.0] * 4),
                      "validation row 2: label has 4 values, expected num_outputs 3"),
     "label text": (lambda f: rewrite_label(f, "train", 1, None), "train row 1: label None is not a list of numbers"),
+    "no base error": (lambda f: drop_base_error(f, "validation"),
+                      "validation split: no `base_sq_error` column .* regenerate it with python3 -m data.make_planted"),
+    "negative base error": (lambda f: rewrite_base_error(f, "train", 4, -1.0),
+                            r"train row 4: base_sq_error -1.0 is not a finite number >= 0"),
 }
 
 
@@ -243,9 +289,9 @@ def test_arms_of_one_seed_see_the_same_batches_and_start_from_the_same_head(tiny
 
 def test_two_arms_of_a_planting_are_compared_by_seed(tiny_bert, plantings, tmp_path):
     """lora and the oracle pattern x seeds 1, 2 of a tiny token_features planting: compare_runs' table holds the mean
-    R^2 of each arm (and its Pearson's r), and beside Welch the paired t of the per-seed differences (scipy's
-    ttest_rel); no verdict at 2 seeds, but the seeds+examples bootstrap reads predictions_validation.npz: its Δ is the
-    recorded R^2's."""
+    share recovered of each arm (and its R^2 and Pearson's r), and beside Welch the paired t of the per-seed
+    differences (scipy's ttest_rel); no verdict at 2 seeds, but the seeds+examples bootstrap reads
+    predictions_validation.npz: its Δ is the recorded share's."""
     from scipy.stats import ttest_ind, ttest_rel
 
     import compare_runs
@@ -254,27 +300,43 @@ def test_two_arms_of_a_planting_are_compared_by_seed(tiny_bert, plantings, tmp_p
     arms = {"lora": [], "oracle": ["--rank_pattern", str(folder / "oracle_pattern.json"), "--arm", "oracle"]}
     results = {arm: [run(tiny_bert, folder, root / f"{arm}_seed{seed}", "--max_steps", "3", "--seed", str(seed),
                          *flags) for seed in (1, 2)] for arm, flags in arms.items()}
-    r2 = {arm: [r["eval_r2"] for r in done] for arm, done in results.items()}
+    score = {arm: [r["eval_recovered"] for r in done] for arm, done in results.items()}
     assert compare_runs.main([str(root), "--out_dir", str(tmp_path / "cmp"), "--n_bootstrap", "50",
                               "--no_learning_curves"]) == 0
     table = pd.read_csv(tmp_path / "cmp" / "comparison.csv").set_index("arm")
-    for arm, values in r2.items():
-        assert table.loc[arm, "task"] == "planted" and table.loc[arm, "main_metrics"] == "r2"
-        assert table.loc[arm, "r2_mean"] == pytest.approx(np.mean(values)) == table.loc[arm, "score_mean"]
-        assert table.loc[arm, "pearson_mean"] == pytest.approx(np.mean([r["eval_pearson"] for r in results[arm]]))
+    for arm, values in score.items():
+        assert table.loc[arm, "task"] == "planted" and table.loc[arm, "main_metrics"] == "recovered"
+        assert table.loc[arm, "recovered_mean"] == pytest.approx(np.mean(values)) == table.loc[arm, "score_mean"]
+        for beside in ("r2", "pearson"):
+            assert table.loc[arm, f"{beside}_mean"] == pytest.approx(np.mean([r[f"eval_{beside}"] for r in results[arm]]))
     (sig,) = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["significance"]
     assert (sig["a"], sig["b"], sig["n_paired_t"]) == ("oracle", "lora", 2)
-    assert sig["p_paired_t"] == pytest.approx(ttest_rel(r2["oracle"], r2["lora"]).pvalue)
-    assert sig["p_welch"] == pytest.approx(ttest_ind(r2["oracle"], r2["lora"], equal_var=False).pvalue)
+    assert sig["p_paired_t"] == pytest.approx(ttest_rel(score["oracle"], score["lora"]).pvalue)
+    assert sig["p_welch"] == pytest.approx(ttest_ind(score["oracle"], score["lora"], equal_var=False).pvalue)
     assert sig["verdict"] == "too few seeds (< 3 per method)"
     assert sig["hier_n_a"] == sig["hier_n_b"] == 2 and 0 < sig["p_hier"] <= 1
-    assert sig["delta_hier"] == pytest.approx(np.mean(r2["oracle"]) - np.mean(r2["lora"]), rel=1e-5, abs=1e-7)
+    assert sig["delta_hier"] == pytest.approx(np.mean(score["oracle"]) - np.mean(score["lora"]), rel=1e-5, abs=1e-7)
     assert table.loc["oracle", "p_paired_t_vs_lora"] == pytest.approx(sig["p_paired_t"])
 
 
+def test_oracle_share_reads_a_plantings_share_recovered(tiny_bert, plantings, tmp_path, capsys):
+    """launch.oracle_share on harness-made planted runs: an arm's score is its eval_recovered (records.Results.score,
+    the task's main metric)."""
+    from launch import oracle_share
+
+    folder = plantings["features"]
+    arms = {"lora": [], "oracle": ["--rank_pattern", str(folder / "oracle_pattern.json"), "--arm", "oracle"]}
+    recovered = {arm: run(tiny_bert, folder, tmp_path / f"{arm}_seed1", "--max_steps", "2", *flags)["eval_recovered"]
+                 for arm, flags in arms.items()}
+    oracle_share.main(tmp_path, [])
+    assert (f"lora 1 seeds, mean {100 * recovered['lora']:.2f}; oracle 1 seeds, mean {100 * recovered['oracle']:.2f}; "
+            f"oracle - lora {100 * (recovered['oracle'] - recovered['lora']):+.2f}") in capsys.readouterr().out
+
+
 def test_a_study_tunes_a_planting_on_its_tuning_split(tiny_bert, plantings, tmp_path):
-    """hpo.py on --task planted: the trial scores the held-out tuning rows (eval_tuning_r2) and never dev; the study's
-    value is that R^2. (The search stage only: a final run is run_glue_peft.py on dev, tested above.)"""
+    """hpo.py on --task planted: the trial scores the held-out tuning rows (eval_tuning_recovered, whose denominator
+    is the base error of those training rows) and never dev; the study's value is that share. (The search stage only:
+    a final run is run_glue_peft.py on dev, tested above.)"""
     import optuna
     from optuna.trial import TrialState
 
@@ -294,5 +356,12 @@ def test_a_study_tunes_a_planting_on_its_tuning_split(tiny_bert, plantings, tmp_
     assert "eval_tuning_r2" in scored and "eval_tuning_pearson" in scored and "eval_r2" not in scored
     assert sorted(p.name for p in trial.glob("predictions_*")) == ["predictions_tuning.csv", "predictions_tuning.npz"]
     assert len(pd.read_csv(trial / "predictions_tuning.csv")) == 12  # a quarter of the 48 training rows
+    written = np.load(trial / "predictions_tuning.npz")  # idx: the rows' positions in train.parquet
+    train = pd.read_parquet(plantings["features"] / "planted" / "train.parquet").set_index("idx")
+    labels = np.stack(train.loc[written["idx"], "label"].to_list())
+    assert np.allclose(written["label"], labels, atol=1e-6)
+    student = ((written["prediction"].astype(np.float64) - labels) ** 2).sum()
+    hand = 1 - student / train.loc[written["idx"], "base_sq_error"].sum()
+    assert scored["eval_tuning_recovered"] == pytest.approx(hand, abs=1e-5) == scored["eval_tuning_combined_score"]
     (done,) = optuna.load_study(study_name="planted_lora", storage=make_storage(str(study_dir / "study.journal"))).trials
-    assert done.state == TrialState.COMPLETE and done.value == pytest.approx(scored["eval_tuning_r2"])
+    assert done.state == TrialState.COMPLETE and done.value == pytest.approx(scored["eval_tuning_recovered"])
