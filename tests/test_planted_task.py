@@ -297,7 +297,10 @@ def test_two_arms_of_a_planting_are_compared_by_seed(tiny_bert, plantings, tmp_p
     import compare_runs
 
     folder, root = plantings["token_features"], tmp_path / "runs"
-    arms = {"lora": [], "oracle": ["--rank_pattern", str(folder / "oracle_pattern.json"), "--arm", "oracle"]}
+    # Under --budget_unit params both arms sit at LoRA's R_total, as in the control study (launch/control_study.sh):
+    # a rank budget would record the oracle's own smaller total rank and compare it in another row.
+    arms = {"lora": ["--budget_unit", "params", "--arm", "lora"],
+            "oracle": ["--budget_unit", "params", "--rank_pattern", str(folder / "oracle_pattern.json"), "--arm", "oracle"]}
     results = {arm: [run(tiny_bert, folder, root / f"{arm}_seed{seed}", "--max_steps", "3", "--seed", str(seed),
                          *flags) for seed in (1, 2)] for arm, flags in arms.items()}
     score = {arm: [r["eval_recovered"] for r in done] for arm, done in results.items()}
