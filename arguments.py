@@ -524,20 +524,19 @@ ARM_SETTING_FLAGS = tuple(dict.fromkeys(flag for method in METHODS for flag in a
 def arm_suffix(method: str, settings) -> str:
     """The part of the default arm label that names the arm-defining settings (`arm_settings`) at a value other than
     their default, each as its ArmPart formats it, in `arm_flags` order (`_sensitivity_cal8`); a lead part is named
-    whenever another is (`_lora_b_per_rank_unit`); a value not recorded (None) is never named. '' at the defaults."""
+    whenever another is (`_lora_b_per_rank_unit`) and recorded. '' at the defaults."""
     flags, values = arm_flags(method), dict(settings)
-    changed = [flag for flag, (_, default) in flags.items() if values.get(flag) not in (None, default)]
-    named = [flag for flag, (part, _) in flags.items()
-             if flag in changed or (changed and part.lead and values.get(flag) is not None)]
+    changed = [flag for flag, (_, default) in flags.items() if flag in values and values[flag] != default]
+    named = [flag for flag, (part, _) in flags.items() if flag in changed or (changed and part.lead and flag in values)]
     return "".join(f"_{flags[flag][0].label(values[flag])}" for flag in named)
 
 
 def arm_settings(method: str, peft: dict) -> tuple:
     """((flag, value), ...) of the flags that define an arm of `method` (`arm_flags`), from a peft block: the parsed
     flags', or a run_args.json's. A key added since the release that a record lacks is read as its default, as the
-    release ran it (ADDED_SINCE_RELEASE); any other key it lacks is None, not recorded."""
-    added = added_since_release()["peft"]
-    return tuple((flag, peft.get(flag, added.get(flag))) for flag in arm_flags(method))
+    release ran it (ADDED_SINCE_RELEASE); any other key it lacks is left out: not recorded."""
+    known = {**added_since_release()["peft"], **peft}
+    return tuple((flag, known[flag]) for flag in arm_flags(method) if flag in known)
 
 
 def check_method_flags(args: RunArguments):

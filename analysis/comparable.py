@@ -12,6 +12,8 @@ import json
 import os
 from dataclasses import dataclass, fields
 
+NOT_RECORDED = "not recorded"  # an arm setting a run's record lacks
+
 
 def arm_of(results, run_args, suffix="") -> str:
     """The run's arm label: all_results.json's or run_args.json's resolved `arm`; runs written before arms were
@@ -139,7 +141,7 @@ class ArmIdentity:
     param_budget: int | None
     rank_pattern: str | None  # sha256 of the pattern file
     total_steps: int | None  # optimizer steps (run_args.json resolved): the batch size and data size in one number
-    settings: tuple = ()  # ((flag, value), ...): the flags that define an arm of the method (None: not recorded)
+    settings: tuple = ()  # ((flag, value), ...): the flags that define an arm of the method, as far as recorded
 
     @classmethod
     def of(cls, results, run_args, settings=()) -> "ArmIdentity":
@@ -160,10 +162,11 @@ class ArmIdentity:
         everyone = [self, *others]
         named = [(f.name.replace("_", " "), [getattr(o, f.name) for o in everyone]) for f in fields(self)
                  if f.name != "settings"]
-        named += [(f"--{flag}", [dict(o.settings).get(flag) for o in everyone]) for flag, _ in self.settings]
+        flags = dict.fromkeys(flag for o in everyone for flag, _ in o.settings)
+        named += [(f"--{flag}", [dict(o.settings).get(flag, NOT_RECORDED) for o in everyone]) for flag in flags]
         out = []
         for name, values in named:
-            shown = sorted({"not recorded" if v is None and name.startswith("--") else str(v) for v in values})
+            shown = sorted({str(v) for v in values})
             if len(shown) > 1:
                 out.append(f"{name} {' vs '.join(shown)}")
         return "; ".join(out)
