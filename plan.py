@@ -50,7 +50,7 @@ class EvaPlan:
 class RunPlan:
     task: str
     method: str
-    arm: str  # the run's label: --arm, or derived from method, budget unit and rank pattern (`arm_label`)
+    arm: str  # the run's label: --arm, or derived from method, budget unit, rank pattern and arm settings (`arm_label`)
     output_dir: str
     targets: tuple  # module paths of the adapted matrices
     unit_costs: tuple  # d_in + d_out of each target: the parameters one rank of it costs
