@@ -28,12 +28,29 @@ SCORE_NORMS = glora_choices("score_norm")
 SHUFFLE_BASES = glora_choices("shuffle_base")
 ADAM_RULES = glora_choices("adam_rule")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+OWN_METADATA = {"methods", "arm"}  # field metadata of ours, not argparse's: the methods a flag is for, its ArmPart
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Schedule points a user gives either in optimizer steps or as a fraction of the run, each with its own flag so that a
 # value never changes meaning: {steps flag: (fraction flag, the fraction used when neither is given)}.
 EVA_DEFAULT_RHO = 2.0  # peft's EvaConfig default
 STEPS_OR_FRACTION = {"tinit": ("tinit_fraction", 0.1), "tfinal": ("tfinal_fraction", 0.2),
                      "glora_warmup_steps": ("glora_warmup_fraction", 1 / 3)}
+
+
+@dataclass(frozen=True)
+class ArmPart:
+    """A flag's `arm` metadata: the flag changes what its method is (which signal, how it is scored or normalised,
+    when it is collected), not a hyper-parameter a study tunes. Declared here once, it names the default arm
+    (`plan.arm_label`: `text` formats a value other than the default, e.g. `cal{}` gives `glora_sensitivity_cal8`), is
+    compared between the seeds compare_runs.py pools into one arm (`arm_settings`), and is never searched by hpo.py
+    (search.identity.ARM_FLAGS). A `lead` part is named whenever another part of its method is, so that such a label
+    always says it (GLoRA's signal: `glora_lora_b_per_rank_unit`)."""
+
+    text: str = "{}"
+    lead: bool = False
+
+    def label(self, value) -> str:
+        return self.text.format(value)
 
 
 @dataclass
@@ -108,7 +125,10 @@ class PeftArguments:
         default=None,
         metadata={"help": "The run's arm label: what compare_runs.py groups and prints by, and hpo.py names studies and "
                           "final runs after (letters, digits, '_', '-', '.'). Default: the method, '_params' under "
-                          "--budget_unit params, '_pattern-<sha256[:8]>' with --rank_pattern."},
+                          "--budget_unit params, '_pattern-<sha256[:8]>' with --rank_pattern, then each setting that "
+                          "defines the method's arm where not at its default (glora_sensitivity_cal8, "
+                          "glora_lora_b_per_rank_unit, eva_rho1). compare_runs.py never pools runs of one label whose "
+                          "such settings differ."},
     )
     rank_pattern: str | None = field(
         default=None,
@@ -178,46 +198,51 @@ class PeftArguments:
         metadata={"help": "GLoRA timing: collect the signal over the first N training batches BEFORE training (no "
                           "optimizer step), allocate and resize, then train at those ranks from step 1 for the same "
                           "steps and in the same batch order; instead of the warm-up (not with --glora_warmup_steps or "
-                          "--glora_warmup_fraction).", "methods": ("glora",)},
+                          "--glora_warmup_fraction).", "methods": ("glora",), "arm": ArmPart("cal{}")},
     )
     glora_signal_seed: int = field(
-        default=0, metadata={"help": "Seed of GLoRA's null signals random and shuffled.", "methods": ("glora",)}
+        default=0, metadata={"help": "Seed of GLoRA's null signals random and shuffled.", "methods": ("glora",),
+                             "arm": ArmPart("s{}")}
     )
     glora_shuffle_base: str = field(
         default="lora_b",
-        metadata={"help": f"The signal --glora_signal shuffled permutes: {', '.join(SHUFFLE_BASES)}.", "methods": ("glora",)},
+        metadata={"help": f"The signal --glora_signal shuffled permutes: {', '.join(SHUFFLE_BASES)}.",
+                  "methods": ("glora",), "arm": ArmPart("base-{}")},
     )
     glora_signal_damping: float = field(
         default=1e-3,
         metadata={"help": "Relative damping of the covariances of --glora_signal whitened and kfac (> 0).",
-                  "methods": ("glora",)},
+                  "methods": ("glora",), "arm": ArmPart("damp{:g}")},
     )
     glora_top_r: int | None = field(
         default=None,
         metadata={"help": "r of --glora_signal activation_variance (default: the starting LoRA rank) and "
-                          "update_concentration (default 1).", "methods": ("glora",)},
+                          "update_concentration (default 1).", "methods": ("glora",), "arm": ArmPart("top{}")},
     )
     glora_beta: float = field(
         default=0.9, metadata={"help": "GLoRA EMA coefficient of the gradient norms.", "methods": ("glora",)}
     )
     glora_signal: str = field(
-        default="lora_b", metadata={"help": f"GLoRA gradient signal: {', '.join(SIGNALS)}.", "methods": ("glora",)}
+        default="lora_b", metadata={"help": f"GLoRA gradient signal: {', '.join(SIGNALS)}.", "methods": ("glora",),
+                                    "arm": ArmPart(lead=True)}
     )
     glora_min_rank: int = field(
-        default=1, metadata={"help": "GLoRA rank floor per matrix (peft cannot hold 0).", "methods": ("glora",)}
+        default=1, metadata={"help": "GLoRA rank floor per matrix (peft cannot hold 0).", "methods": ("glora",),
+                             "arm": ArmPart("min{}")}
     )
     glora_max_rank: int | None = field(
         default=None,
         metadata={"help": "GLoRA rank cap per matrix (default: none, the proposal's; the gradnorm_rank library's own "
                           "default is 4x the average rank, e.g. --glora_max_rank 32 at --lora_r 8). Recorded in "
                           "run_args.json (resolved.glora.max_rank) and ranks.json (glora.rank_cap).",
-                  "methods": ("glora",)},
+                  "methods": ("glora",), "arm": ArmPart("max{}")},
     )
     glora_score_norm: str = field(
         default="raw",
         metadata={"help": f"GLoRA score normalisation (ablation): {', '.join(SCORE_NORMS)}. raw = the gradient norm "
                           "(the proposal's); per_entry = divided by the square root of the entries it measures (RMS); "
-                          "per_rank_unit = divided by a rank unit's cost d_in + d_out.", "methods": ("glora",)},
+                          "per_rank_unit = divided by a rank unit's cost d_in + d_out.", "methods": ("glora",),
+                  "arm": ArmPart()},
     )
     glora_adam_rule: str = field(
         default="slice_bias_correction",
@@ -226,19 +251,20 @@ class PeftArguments:
                           "Adam's step size); inherit_step = zero moments under the tensor's old step count (an "
                           "ablation: bias correction then never applies to them, and their first update is about "
                           "3.2x a fresh Adam's after a 12,000-step warm-up).",
-                  "methods": ("glora",)},
+                  "methods": ("glora",), "arm": ArmPart()},
     )
     eva_rho: float = field(
         default=EVA_DEFAULT_RHO,
         metadata={"help": "EVA (peft's EvaConfig rho, >= 1): a matrix may get up to round(rho x lora_r) of the budget "
                           "lora_r x matrices, ranked by the explained variance of its inputs; 1: every matrix keeps "
-                          "lora_r (no redistribution). Default: peft's 2.", "methods": ("eva",)},
+                          "lora_r (no redistribution). Default: peft's 2.", "methods": ("eva",),
+                  "arm": ArmPart("rho{:g}")},
     )
     eva_tau: float = field(
         default=0.99,
         metadata={"help": "EVA (peft's EvaConfig tau, in [0, 1]): a matrix's SVD has converged when its components' "
                           "cosine similarity between two consecutive batches reaches tau (peft's default).",
-                  "methods": ("eva",)},
+                  "methods": ("eva",), "arm": ArmPart("tau{:g}")},
     )
     eva_max_batches: int = field(
         default=200,
@@ -370,7 +396,7 @@ STUDY_MAY_DIFFER = RESUME_MAY_CHANGE | frozenset({
 
 class FlagParser(HfArgumentParser):
     """HfArgumentParser without prefix matching (`--glora_warmup` is not `--glora_warmup_steps`), which passes a
-    field's metadata to argparse except our own `methods` entry (the methods a flag is for), parses the step flags of
+    field's metadata to argparse except our own entries (OWN_METADATA), parses the step flags of
     STEPS_OR_FRACTION as whole steps only, and reports a bad value in one line (ValueError) instead of argparse's
     usage block."""
 
@@ -379,9 +405,9 @@ class FlagParser(HfArgumentParser):
 
     @staticmethod
     def _parse_dataclass_field(parser, field):
-        if "methods" in field.metadata or field.name in STEPS_OR_FRACTION:
+        if OWN_METADATA & set(field.metadata) or field.name in STEPS_OR_FRACTION:
             field = copy.copy(field)
-            field.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k != "methods"})
+            field.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k not in OWN_METADATA})
             if field.name in STEPS_OR_FRACTION:
                 field.type = whole_steps(field.name)  # HfArgumentParser passes a plain callable on as argparse's type
         HfArgumentParser._parse_dataclass_field(parser, field)
@@ -482,6 +508,35 @@ def config_to_flags(config: dict, path="config") -> list:
 
 def field_default(f: dataclasses.Field):
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def arm_flags(method: str) -> dict:
+    """{flag: (ArmPart, default)} of the flags that define an arm of `method` (their `arm` metadata), the lead part
+    first, then in declaration order: the label's order."""
+    fields = [f for f in dataclasses.fields(PeftArguments) if "arm" in f.metadata and method in f.metadata["methods"]]
+    fields.sort(key=lambda f: not f.metadata["arm"].lead)
+    return {f.name: (f.metadata["arm"], field_default(f)) for f in fields}
+
+
+ARM_SETTING_FLAGS = tuple(dict.fromkeys(flag for method in METHODS for flag in arm_flags(method)))  # every method's
+
+
+def arm_suffix(method: str, settings) -> str:
+    """The part of the default arm label that names the arm-defining settings (`arm_settings`) at a value other than
+    their default, each as its ArmPart formats it, in `arm_flags` order (`_sensitivity_cal8`); a lead part is named
+    whenever another is (`_lora_b_per_rank_unit`) and recorded. '' at the defaults."""
+    flags, values = arm_flags(method), dict(settings)
+    changed = [flag for flag, (_, default) in flags.items() if flag in values and values[flag] != default]
+    named = [flag for flag, (part, _) in flags.items() if flag in changed or (changed and part.lead and flag in values)]
+    return "".join(f"_{flags[flag][0].label(values[flag])}" for flag in named)
+
+
+def arm_settings(method: str, peft: dict) -> tuple:
+    """((flag, value), ...) of the flags that define an arm of `method` (`arm_flags`), from a peft block: the parsed
+    flags', or a run_args.json's. A key added since the release that a record lacks is read as its default, as the
+    release ran it (ADDED_SINCE_RELEASE); any other key it lacks is left out: not recorded."""
+    known = {**added_since_release()["peft"], **peft}
+    return tuple((flag, known[flag]) for flag in arm_flags(method) if flag in known)
 
 
 def check_method_flags(args: RunArguments):

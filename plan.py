@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from arguments import EVA_DEFAULT_RHO, STEPS_OR_FRACTION
+from arguments import STEPS_OR_FRACTION, arm_settings, arm_suffix
 from gradnorm_rank import GradNormRankConfig
 from rank_pattern import RankPattern, resolve_rank_pattern
 
@@ -50,7 +50,7 @@ class EvaPlan:
 class RunPlan:
     task: str
     method: str
-    arm: str  # the run's label: --arm, or derived from method, budget unit and rank pattern (`arm_label`)
+    arm: str  # the run's label: --arm, or derived from method, budget unit, rank pattern and arm settings (`arm_label`)
     output_dir: str
     targets: tuple  # module paths of the adapted matrices
     unit_costs: tuple  # d_in + d_out of each target: the parameters one rank of it costs
@@ -169,7 +169,8 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
         eva = EvaPlan(rho=peft.eva_rho, tau=peft.eva_tau, max_batches=peft.eva_max_batches,
                       batch_size=training.per_device_train_batch_size)
     plan = RunPlan(
-        task=args.data.task, method=peft.method, arm=peft.arm or arm_label(peft.method, peft.budget_unit, pattern, peft.eva_rho),
+        task=args.data.task, method=peft.method,
+        arm=peft.arm or arm_label(peft.method, peft.budget_unit, pattern, arm_settings(peft.method, vars(peft))),
         output_dir="", targets=tuple(targets), unit_costs=tuple(unit_costs),
         head=tuple(head), budget_unit=peft.budget_unit, rank_budget=rank_budget, param_budget=param_budget,
         lora_r=peft.lora_r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, total_steps=total_steps,
@@ -180,11 +181,12 @@ def resolve_plan(args, targets, unit_costs, head, num_train_examples: int) -> Ru
     return dataclasses.replace(plan, output_dir=output_dir)
 
 
-def arm_label(method: str, budget_unit: str, pattern: RankPattern | None, eva_rho: float = EVA_DEFAULT_RHO) -> str:
-    """The default arm: `glora`, `glora_params`, `lora_pattern-1a2b3c4d` (the pattern file's sha256 prefix); `eva` at
-    peft's default rho, `eva_rho1` (`eva_rho1.5`) at another."""
+def arm_label(method: str, budget_unit: str, pattern: RankPattern | None, settings=()) -> str:
+    """The default arm: `glora`, `glora_params`, `lora_pattern-1a2b3c4d` (the pattern file's sha256 prefix), then the
+    settings that define the arm (arguments.arm_settings) where not at their defaults, as arguments.arm_suffix names
+    them: `glora_sensitivity_cal8`, `glora_lora_b_per_rank_unit`, `glora_random_s3`, `eva_rho1` (`eva_rho1.5`)."""
     label = method + ("_params" if budget_unit == "params" else "") + (f"_pattern-{pattern.sha256[:8]}" if pattern else "")
-    return label + (f"_rho{eva_rho:g}" if method == "eva" and eva_rho != EVA_DEFAULT_RHO else "")
+    return label + arm_suffix(method, settings)
 
 
 def resolve_lr_warmup(warmup: float, total_steps: int, trial_run: bool) -> float:

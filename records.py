@@ -235,7 +235,7 @@ class Results(Record):
     rank_budget: int  # R_total (the uniform start's under --budget_unit params)
     train_runtime: float  # s, the whole run's (a resumed one included)
     trainable_params: int  # adapter + head, the tensors as trained
-    arm: str | None = None  # --arm, or derived from method, budget unit and rank pattern (plan.arm_label)
+    arm: str | None = None  # --arm, or derived from method, budget unit, rank pattern and arm settings (plan.arm_label)
     rank_pattern: dict | None = None  # {path, sha256, source} of --rank_pattern (rank_pattern.RankPattern.record())
     budget_unit: str | None = None  # rank or params
     param_budget: int | None = None  # under --budget_unit params

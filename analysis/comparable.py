@@ -1,7 +1,8 @@
 """What may be compared with what. Runs are compared only inside one comparable group: the same task, R_total and
 `Setting` (model, data selection, dev rows scored, trial mode, training length, read from run_args.json); inside it,
 seeds are pooled per arm, and the runs of one arm must also share its `ArmIdentity` (method, budget unit and size,
-rank pattern, total optimizer steps). `References` picks, per group, the uniform LoRA arm the "vs LoRA" columns use
+rank pattern, total optimizer steps, and the settings that define an arm of its method: arguments.arm_settings, which
+runs.py reads and hands in). `References` picks, per group, the uniform LoRA arm the "vs LoRA" columns use
 and the AdaLoRA arm of the share of gain.
 
 No import from the rest of the package: runs.py builds its records from these. `results` and `run_args` are the
@@ -11,15 +12,18 @@ import json
 import os
 from dataclasses import dataclass, fields
 
+NOT_RECORDED = "not recorded"  # an arm setting a run's record lacks
 
-def arm_of(results, run_args) -> str:
+
+def arm_of(results, run_args, suffix="") -> str:
     """The run's arm label: all_results.json's or run_args.json's resolved `arm`; runs written before arms were
-    recorded get the label a run would get today from its method and budget unit (no rank pattern then)."""
+    recorded get the label a run would get today from its method, budget unit (no rank pattern then) and `suffix`,
+    what its arm-defining settings add (arguments.arm_suffix: `_sensitivity_cal8`)."""
     arm = results.arm or run_args.resolved.get("arm")
     if arm:
         return str(arm)
     unit = results.budget_unit or run_args.resolved.get("budget_unit") or "rank"
-    return results.method.lower() + ("_params" if unit == "params" else "")
+    return results.method.lower() + ("_params" if unit == "params" else "") + suffix
 
 
 def rank_pattern_hash(results, run_args):
@@ -137,24 +141,34 @@ class ArmIdentity:
     param_budget: int | None
     rank_pattern: str | None  # sha256 of the pattern file
     total_steps: int | None  # optimizer steps (run_args.json resolved): the batch size and data size in one number
+    settings: tuple = ()  # ((flag, value), ...): the flags that define an arm of the method, as far as recorded
 
     @classmethod
-    def of(cls, results, run_args) -> "ArmIdentity":
+    def of(cls, results, run_args, settings=()) -> "ArmIdentity":
         resolved = run_args.resolved
         unit = results.budget_unit or resolved.get("budget_unit")
         param_budget = results.param_budget if results.param_budget is not None else resolved.get("param_budget")
         steps = resolved.get("total_steps")
-        return cls(method=results.method.lower(), budget_unit=text(unit),
-                   param_budget=None if param_budget is None else int(param_budget),
-                   rank_pattern=rank_pattern_hash(results, run_args), total_steps=None if steps is None else int(steps))
+        identity = cls(method=results.method.lower(), budget_unit=text(unit),
+                       param_budget=None if param_budget is None else int(param_budget),
+                       rank_pattern=rank_pattern_hash(results, run_args),
+                       total_steps=None if steps is None else int(steps), settings=tuple(settings))
+        hash(identity)  # TypeError here for a setting of a type no run writes (a list), not later when pooled
+        return identity
 
     def differences(self, others) -> str:
-        """The fields in which these identities differ, as 'name a vs b; ...'."""
+        """The fields in which these identities differ, as 'name a vs b; ...'; a setting by its flag, '--glora_signal
+        lora_b vs sensitivity'."""
+        everyone = [self, *others]
+        named = [(f.name.replace("_", " "), [getattr(o, f.name) for o in everyone]) for f in fields(self)
+                 if f.name != "settings"]
+        flags = dict.fromkeys(flag for o in everyone for flag, _ in o.settings)
+        named += [(f"--{flag}", [dict(o.settings).get(flag, NOT_RECORDED) for o in everyone]) for flag in flags]
         out = []
-        for f in fields(self):
-            values = sorted({str(getattr(o, f.name)) for o in [self, *others]})
-            if len(values) > 1:
-                out.append(f"{f.name.replace('_', ' ')} {' vs '.join(values)}")
+        for name, values in named:
+            shown = sorted({str(v) for v in values})
+            if len(shown) > 1:
+                out.append(f"{name} {' vs '.join(shown)}")
         return "; ".join(out)
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 from adapters import METHODS
 from analysis.comparable import ArmIdentity, Setting, arm_of
 from analysis.metrics import BASE_ERROR, METRIC_FNS, VECTOR_METRIC_FNS, example_sums
+from arguments import arm_settings, arm_suffix
 from glue_tasks import GLUE_TASKS
 from gradnorm_rank import MethodOverhead
 from records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, RecordError, Results, RunArgs
@@ -242,7 +243,9 @@ def load_run(d):
     except (TypeError, ValueError) as e:
         return None, f"non-numeric value in {RESULTS_FILE} ({e})"
     try:
-        comparable = dict(arm=arm_of(res, run_args), setting=Setting.of(run_args), identity=ArmIdentity.of(res, run_args))
+        settings = arm_settings(res.method.lower(), run_args.peft)
+        comparable = dict(arm=arm_of(res, run_args, arm_suffix(res.method.lower(), settings)),
+                          setting=Setting.of(run_args), identity=ArmIdentity.of(res, run_args, settings))
     except (TypeError, ValueError) as e:  # a field of another type than a run writes
         return None, f"{RUN_ARGS_FILE} / {RESULTS_FILE}: unreadable arm, budget or training setting ({e})"
     time = res.train_runtime
@@ -281,7 +284,8 @@ def load_runs(paths):
 
 def poolable(runs):
     """(runs, set_aside): the runs of one arm in one comparable group become one row of seeds, so they must agree
-    on the arm's identity (method, budget unit and size, rank pattern, optimizer steps) and hold each seed once.
+    on the arm's identity (method, budget unit and size, rank pattern, optimizer steps, the settings that define an
+    arm of the method) and hold each seed once.
     Where they do not, which runs are meant cannot be known: all of that arm's runs, or both copies of the seed,
     are set aside with the reason."""
     by_arm = {}

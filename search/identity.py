@@ -1,11 +1,11 @@
 """What a study is for, recorded in the study itself, and whether a final run belongs to it.
 
-A study searches one arm (`--arm`, or the label run_glue_peft.py derives from method, budget unit and rank pattern)
-under one set of fixed run flags: the parsed run arguments that are neither searched nor among those a study's runs
-may differ in (arguments.STUDY_MAY_DIFFER: where output goes, logging, saving, evaluation timing and batching,
-data-loader workers), each as run_glue_peft.py parses it, so that two spellings of one setting are equal. Both are
-stored in the study as user attributes when it is created, with an id (a UUID) that tells it from a study of the same
-name in another database or made again after a deletion.
+A study searches one arm (`--arm`, or the label run_glue_peft.py derives from method, budget unit, rank pattern and
+the settings that define an arm, which are never searched) under one set of fixed run flags: the parsed run arguments
+that are neither searched nor among those a study's runs may differ in (arguments.STUDY_MAY_DIFFER: where output
+goes, logging, saving, evaluation timing and batching, data-loader workers), each as run_glue_peft.py parses it, so
+that two spellings of one setting are equal. Both are stored in the study as user attributes when it is created,
+with an id (a UUID) that tells it from a study of the same name in another database or made again after a deletion.
 
 - A worker that reopens the study with other fixed flags or another arm is refused: its trials would not be
   comparable with the ones already there.
@@ -22,11 +22,13 @@ from functools import lru_cache
 
 from optuna.trial import TrialState
 
-from arguments import STUDY_MAY_DIFFER, canonical_targets, parse_args
+from arguments import ARM_SETTING_FLAGS, STUDY_MAY_DIFFER, arm_settings, canonical_targets, parse_args
 from plan import arm_label
 from rank_pattern import RankPattern, read_rank_pattern_file
 
-ARM_FLAGS = ("task", "method", "budget_unit", "rank_pattern", "eva_rho", "arm")  # what names the study: never searched
+# What names the study, never searched: the task, the arm's label and what derives it (method, budget unit, rank
+# pattern and the settings that define an arm, arguments.ARM_SETTING_FLAGS).
+ARM_FLAGS = ("task", "method", "budget_unit", "rank_pattern", "arm", *ARM_SETTING_FLAGS)
 RAN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 SHOWN = 4  # differences named in one refusal line
 
@@ -55,13 +57,13 @@ def canonical_flags(flags: dict) -> dict:
 
 
 def arm_of(peft) -> str:
-    """The arm run_glue_peft.py will record (plan.arm_label): --arm, or method, budget unit and the rank pattern
-    file's hash, read here (a bad pattern file is refused before the study opens)."""
+    """The arm run_glue_peft.py will record (plan.arm_label): --arm, or method, budget unit, the rank pattern file's
+    hash, read here (a bad pattern file is refused before the study opens), and the settings that define the arm."""
     pattern = None
     if peft.rank_pattern:
         ranks, source, sha256 = read_rank_pattern_file(peft.rank_pattern)
         pattern = RankPattern(path=str(peft.rank_pattern), sha256=sha256, source=source, ranks=tuple(ranks.items()))
-    return peft.arm or arm_label(peft.method, peft.budget_unit, pattern, peft.eva_rho)
+    return peft.arm or arm_label(peft.method, peft.budget_unit, pattern, arm_settings(peft.method, vars(peft)))
 
 
 def pin_study(study, flags: dict, arm: str) -> str | None:

@@ -1,6 +1,7 @@
 """Arms and comparable groups in compare_runs.py: two arms of one method are two rows, runs that are not comparable
 (trial runs, another dev subset, other data, another length or model) are never pooled or compared, what is set
 aside is said, and the bootstrap uses the rows the score was computed on."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,16 +14,17 @@ from tests.test_compare_runs import N, predictions, sst2_metrics, write_run
 ACC = {"lora": [0.70, 0.71, 0.72], "adalora": [0.80, 0.81, 0.82], "glora": [0.78, 0.79, 0.80]}
 
 
-def recorded(arm=None, budget_unit="rank", data=None, training=None, resolved=None, results=None):
+def recorded(arm=None, budget_unit="rank", data=None, training=None, resolved=None, results=None, peft=None):
     """(run_args sections, all_results keys) as a run of today writes them: the data selection, the training length
-    and the resolved plan (arm, budget unit, optimizer steps). arm=None: a run written before arms were recorded."""
+    and the resolved plan (arm, budget unit, optimizer steps); peft: the flags' block (write_run's by default).
+    arm=None: a run written before arms were recorded."""
     args = {"model": {"model_name_or_path": "minilm"},
             "data": {"task": "sst2", "dataset_name": "nyu-mll/glue", "dataset_dir": "data/glue", "train_file": None,
                      "validation_file": None, "validation_mismatched_file": None, "max_train_samples": None,
                      "max_eval_samples": None, "tuning_split_fraction": 0.0, "tuning_split_max": 2000, **(data or {})},
             "training": {"max_steps": -1, "num_train_epochs": 1.0, **(training or {})},
             "resolved": {"budget_unit": budget_unit, "total_steps": 60, **({"arm": arm} if arm else {}),
-                         **(resolved or {})}}
+                         **(resolved or {})}, **({"peft": peft} if peft else {})}
     res = {"budget_unit": budget_unit, "param_budget": 49152 if budget_unit == "params" else None,
            **({"arm": arm} if arm else {}), **(results or {})}
     return args, res
@@ -301,3 +303,85 @@ def test_runs_of_the_release_and_of_today_at_the_new_defaults_are_one_group(tmp_
     data, md = compare(tmp_path)
     assert not data["comparable_groups"] and "## Comparable groups" not in md
     assert row(data, "glora")["seeds"] == row(data, "lora")["seeds"] == "1 2 3"
+
+# -----------------------------------------------------------------------------
+# the settings that define an arm (arguments.ArmPart): never pooled across, whatever the label
+
+
+def glora_peft(**settings):
+    """run_args.json's peft block of a GLoRA run of today at these settings (the rest at their defaults)."""
+    from arguments import PeftArguments
+
+    return {"peft": {**dataclasses.asdict(PeftArguments(method="glora")), **settings}}
+
+
+def test_one_arm_label_over_two_glora_signals_is_set_aside_naming_the_flag(tmp_path):
+    """--arm glora given by hand to lora_b and sensitivity runs: not seeds of one arm. Every run of it is set aside,
+    each with one line naming the arm, the flag, both values and the way out."""
+    for method, accs in ACC.items():
+        arm_runs(tmp_path, method, accs, arm=method, **(glora_peft() if method == "glora" else {}))
+    arm_runs(tmp_path, "glora", [0.90, 0.91], seeds=(4, 5), arm="glora", prefix="sensitivity_",
+             **glora_peft(glora_signal="sensitivity"))
+    data, md = compare(tmp_path)
+    assert not [r for r in data["table"] if r.get("arm", r["method"]) == "glora"]
+    assert row(data, "lora")["seeds"] == "1 2 3"
+    reasons = {Path(s["path"]).name: s["reason"] for s in data["skipped"]}
+    assert sorted(reasons) == ["glora_s1", "glora_s2", "glora_s3", "sensitivity_glora_s4", "sensitivity_glora_s5"]
+    assert set(reasons.values()) == {"set aside: arm glora on sst2 (R_total = 32) mixes runs that differ in "
+                                     "--glora_signal lora_b vs sensitivity; give them distinct --arm labels"}
+    assert "--glora_signal lora_b vs sensitivity" in md
+
+
+@pytest.mark.parametrize("setting, differs", [
+    ({"glora_calibration_steps": 8}, "--glora_calibration_steps 8 vs None"),
+    ({"glora_score_norm": "per_entry"}, "--glora_score_norm per_entry vs raw"),
+    ({"glora_max_rank": 16}, "--glora_max_rank 16 vs None"),
+])
+def test_runs_of_one_label_that_differ_in_any_arm_setting_are_not_pooled(tmp_path, setting, differs):
+    arm_runs(tmp_path, "glora", [0.78, 0.79], seeds=(1, 2), arm="glora", **glora_peft())
+    arm_runs(tmp_path, "glora", [0.90], seeds=(3,), arm="glora", prefix="other_", **glora_peft(**setting))
+    runs, skipped = load_runs([tmp_path])
+    assert runs == [] and len(skipped) == 3
+    assert all(why.endswith(f"differ in {differs}; give them distinct --arm labels") for _, why in skipped)
+
+
+def test_a_run_recorded_before_arms_gets_the_label_of_its_settings(tmp_path):
+    """A run written before arms were recorded is labelled as today's harness would label it: its signal and
+    calibration name a row of their own, beside the plain glora arm."""
+    for method, accs in ACC.items():
+        arm_runs(tmp_path, method, accs, **(glora_peft() if method == "glora" else {}))
+    arm_runs(tmp_path, "glora", [0.90, 0.91, 0.92], prefix="cal_",
+             **glora_peft(glora_signal="sensitivity", glora_calibration_steps=8))
+    runs, skipped = load_runs([tmp_path])
+    assert skipped == [] and len(runs) == 12
+    assert sorted({r.arm for r in runs}) == ["adalora", "glora", "glora_sensitivity_cal8", "lora"]
+
+
+def test_release_records_without_the_new_flags_pool_with_todays_runs_at_their_defaults(tmp_path):
+    """run_args.json as the release 6534415 wrote it (no --glora_calibration_steps, --glora_signal_seed, ...) has the
+    arm settings of today's run of the same command (ADDED_SINCE_RELEASE read at their defaults), so their seeds pool;
+    a run of today asked otherwise is named. (The data fingerprint, recorded since, is left out of today's record here:
+    a record without it is compared by its data path, a setting of its own.)"""
+    release = Path(__file__).parent / "data" / "release_identities"
+    old = json.loads((release / "glora_6534415.json").read_text())
+    now = {k: v for k, v in json.loads((release / "glora_now.json").read_text()).items() if k != "data_fingerprint"}
+    assert "glora_signal_seed" not in old["peft"] and now["peft"]["glora_signal_seed"] == 0
+    for seed, args in ((1, old), (2, old), (3, now)):
+        write_run(tmp_path, f"glora_s{seed}", "sst2", "glora", seed, sst2_metrics(0.8), 100.0,
+                  {"validation": predictions(0.8)}, log=False, args=args)
+    runs, skipped = load_runs([tmp_path])
+    assert skipped == [] and [r.arm for r in runs] == ["glora"] * 3 and len({r.identity for r in runs}) == 1
+    changed = {**now, "peft": {**now["peft"], "glora_signal_seed": 3}}
+    write_run(tmp_path, "glora_s4", "sst2", "glora", 4, sst2_metrics(0.8), 100.0, {"validation": predictions(0.8)},
+              log=False, args=changed)
+    runs, skipped = load_runs([tmp_path])
+    assert runs == [] and all("--glora_signal_seed 0 vs 3" in why for _, why in skipped)
+
+
+def test_old_runs_keep_their_labels_and_pool_as_before():
+    """The records of a15be9c (tests/data/old_runs: a peft block without the flags added since) load as the arms they
+    were, two seeds each, nothing set aside."""
+    runs, skipped = load_runs([Path(__file__).parent / "data" / "old_runs"])
+    assert skipped == []
+    assert sorted((r.arm, r.seed) for r in runs) == [(arm, seed) for arm in ("adalora", "glora", "glora_params", "lora")
+                                                     for seed in (1, 2)]

@@ -562,6 +562,35 @@ def test_two_arms_of_one_method_get_separate_studies_and_final_folders(tmp_path)
         search(f"lora_pattern-{sha}", "--method", "lora", "--rank_pattern", str(pattern), "--arm", f"lora_pattern-{sha}")
 
 
+def test_a_glora_signal_is_its_own_study_never_joined_by_a_worker_of_another_nor_searched(tmp_path):
+    """--glora_signal defines the arm (arguments.ArmPart): by default another signal names another study; a worker
+    that opens a study of one signal with another is refused, naming the arm and the flag, before any trial; and a
+    space may not search it, since its final runs would then be of another arm than the study's."""
+    space = write_space(tmp_path, LR_SPACE, run={"method": "glora"})
+
+    def search(study_dir, *flags):
+        hpo.main(fake_hpo_args(space, study_dir, "--n_trials", "1", "--stage", "search", *flags))
+
+    search(tmp_path / "a", "--glora_signal", "sensitivity", "--glora_calibration_steps", "2")
+    recorded = load_study(tmp_path / "a", "sst2_glora_sensitivity_cal2").user_attrs
+    assert recorded["arm"] == "glora_sensitivity_cal2" and recorded["run_flags"]["glora_signal"] == "sensitivity"
+    search(tmp_path / "b", "--glora_calibration_steps", "2")
+    assert load_study(tmp_path / "b", "sst2_glora_lora_b_cal2").user_attrs["arm"] == "glora_lora_b_cal2"
+    with pytest.raises(SystemExit, match=r"^study sst2_glora_sensitivity_cal2 was created with other run flags \(arm "
+                                         r"'glora_sensitivity_cal2' there, 'glora_lora_b_cal2' now; glora_signal "
+                                         r"'sensitivity' there, 'lora_b' now\)"):
+        search(tmp_path / "a", "--glora_calibration_steps", "2", "--study_name", "sst2_glora_sensitivity_cal2")
+    with pytest.raises(SystemExit, match=r"glora_signal 'sensitivity' there, 'lora_b' now"):  # one label by hand
+        search(tmp_path / "a", "--glora_calibration_steps", "2", "--study_name", "sst2_glora_sensitivity_cal2",
+               "--arm", "glora_sensitivity_cal2")
+    assert len(load_study(tmp_path / "a", "sst2_glora_sensitivity_cal2").get_trials()) == 1
+    searched = write_space(tmp_path, {"glora_signal": {"type": "categorical", "choices": ["lora_b", "sensitivity"]}},
+                           run={"method": "glora"})
+    with pytest.raises(SystemExit, match="search_space.glora_signal names the arm"):
+        hpo.main(fake_hpo_args(searched, tmp_path / "c"))
+    assert not (tmp_path / "c").exists()
+
+
 def final_hpo_block(final_root, name="lora_seed1") -> dict:
     return json.loads((final_root / "sst2" / name / "run_args.json").read_text())["hpo"]
 
