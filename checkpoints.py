@@ -66,8 +66,8 @@ def identity_differences(saved: dict, current: dict) -> list:
 
 def as_resolved_now(identity: dict) -> dict:
     """A saved identity with the values its harness ran but did not record: the keys added since the release
-    (`arguments.ADDED_SINCE_RELEASE`) at their defaults, `resolved.eva` None (no EVA arm then), and `resolved.trial_run`, recorded since --trial_run may be
-    left unset, as `records.recorded_trial_run` reads an older record. The flags it holds stay as saved, so a flag
+    (`arguments.ADDED_SINCE_RELEASE`) at their defaults, `resolved.eva` None when it predates the EVA arm, and
+    `resolved.trial_run`, recorded since --trial_run may be left unset, as `records.recorded_trial_run` reads an older record. The flags it holds stay as saved, so a flag
     asked otherwise is still named."""
     added, out = added_since_release(), dict(identity)
     if isinstance(out.get("peft"), dict):
@@ -77,7 +77,8 @@ def as_resolved_now(identity: dict) -> dict:
         resolved = dict(resolved)
         if isinstance(resolved.get("glora"), dict):
             resolved["glora"] = {**added["glora"], **resolved["glora"]}
-        resolved.setdefault("eva", None)  # the release had no EVA arm: none of its runs is one
+        if isinstance(out.get("peft"), dict) and "eva_rho" not in identity.get("peft", {}):
+            resolved.setdefault("eva", None)  # saved before the EVA arm existed: none of its runs is one
         if "trial_run" not in resolved and isinstance(training, dict):
             resolved["trial_run"] = recorded_trial_run(training, resolved)
         out["resolved"] = resolved

@@ -293,16 +293,27 @@ def test_share_interval_is_not_printed_with_too_few_seeds(tmp_path):
 
 def test_runs_of_the_release_and_of_today_at_the_new_defaults_are_one_group(tmp_path):
     """run_args.json as the release 6534415 wrote it (its real record: no new GLoRA flags nor resolved settings) and
-    as today's harness writes it for the same command: the runs of one arm pool, in one comparable group."""
+    as today's harness writes it for the same command, less its data fingerprint: the runs of one arm pool, in one
+    comparable group. With today's fingerprint kept they are two groups that differ in their data: a record saved
+    before the fingerprint is grouped by its data path, one with it by content (docs/outputs.md), never guessed."""
     release = Path(__file__).parent / "data" / "release_identities"
-    for method in ("lora", "glora"):
-        for seed, version in ((1, "6534415"), (2, "6534415"), (3, "now")):
-            identity = json.loads((release / f"{method}_{version}.json").read_text())
-            write_run(tmp_path, f"{method}_{version}_s{seed}", "sst2", method, seed, sst2_metrics(ACC[method][seed - 1]),
-                      100.0, {"validation": predictions(ACC[method][seed - 1])}, log=False, args=identity)
-    data, md = compare(tmp_path)
+
+    def write(root, keep_fingerprint):
+        for method in ("lora", "glora"):
+            for seed, version in ((1, "6534415"), (2, "6534415"), (3, "now")):
+                identity = json.loads((release / f"{method}_{version}.json").read_text())
+                if not keep_fingerprint:
+                    identity.pop("data_fingerprint", None)
+                write_run(root, f"{method}_{version}_s{seed}", "sst2", method, seed, sst2_metrics(ACC[method][seed - 1]),
+                          100.0, {"validation": predictions(ACC[method][seed - 1])}, log=False, args=identity)
+
+    write(tmp_path / "settings", keep_fingerprint=False)
+    data, md = compare(tmp_path / "settings")
     assert not data["comparable_groups"] and "## Comparable groups" not in md
     assert row(data, "glora")["seeds"] == row(data, "lora")["seeds"] == "1 2 3"
+    write(tmp_path / "content", keep_fingerprint=True)
+    data, _ = compare(tmp_path / "content")
+    assert sorted(group["differs"].split(":")[0] for group in data["comparable_groups"]) == ["data", "data"]
 
 # -----------------------------------------------------------------------------
 # the settings that define an arm (arguments.ArmPart): never pooled across, whatever the label
