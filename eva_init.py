@@ -29,6 +29,7 @@ from gradnorm_rank import MethodOverhead, lora_layers
 from records import read_json_object, write_json_atomic
 
 PEFT_PREFIX = "base_model.model."
+COLLATED_LABELS = ("label", "base_sq_error")  # columns a collator may need beyond the inputs (planted_task's)
 
 
 class TrainingBatches:
@@ -36,7 +37,11 @@ class TrainingBatches:
     cycles through it until its SVD converges), each batch a dict of the model's inputs. Draws no random number."""
 
     def __init__(self, dataset, collator, batch_size: int, input_names):
-        self.dataset = dataset.select_columns([name for name in input_names if name in dataset.column_names])
+        # The collator may need the label columns (the planted task's pads its vector labels by the tokens); the
+        # batches handed to EVA keep the model's inputs only.
+        self.input_names = [name for name in input_names if name in dataset.column_names]
+        collated = self.input_names + [name for name in COLLATED_LABELS if name in dataset.column_names]
+        self.dataset = dataset.select_columns(collated)
         self.collator = collator
         self.batch_size = batch_size
 
@@ -46,7 +51,8 @@ class TrainingBatches:
     def __iter__(self):
         for start in range(0, len(self.dataset), self.batch_size):
             rows = self.dataset.select(range(start, min(start + self.batch_size, len(self.dataset))))
-            yield dict(self.collator([rows[i] for i in range(len(rows))]))
+            batch = self.collator([rows[i] for i in range(len(rows))])
+            yield {name: batch[name] for name in self.input_names}
 
 
 class CountedForward:

@@ -368,3 +368,15 @@ def test_a_study_tunes_a_planting_on_its_tuning_split(tiny_bert, plantings, tmp_
     assert scored["eval_tuning_recovered"] == pytest.approx(hand, abs=1e-5) == scored["eval_tuning_combined_score"]
     (done,) = optuna.load_study(study_name="planted_lora", storage=make_storage(str(study_dir / "study.journal"))).trials
     assert done.state == TrialState.COMPLETE and done.value == pytest.approx(scored["eval_tuning_recovered"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_eva_runs_on_a_planting_and_spends_loras_rank_budget(tiny_bert, plantings, tmp_path, target):
+    """--method eva on a vector planting: EVA's batches are collated by the planted collator (which needs the label
+    columns) and handed to peft with the model's inputs only; the run finishes, scored by recovered, at LoRA's total
+    rank. (Raised KeyError 'label' before.)"""
+    results = run(tiny_bert, plantings[target], tmp_path / "eva", "--max_steps", "2", "--lora_r", "1", "--eva_rho", "4",
+                  method="eva")
+    ranks = json.loads((tmp_path / "eva" / "ranks.json").read_text())["modules"]
+    assert "eval_recovered" in results
+    assert sum(m["final_rank"] for m in ranks.values()) == sum(m["initial_rank"] for m in ranks.values()) == len(ranks)
