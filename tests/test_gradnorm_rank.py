@@ -324,11 +324,11 @@ def test_no_sys_path_edits_and_pytest_adds_only_the_repository_root():
 def test_a_budget_above_the_caps_or_below_the_floor_names_the_config_field():
     """Tiny: up 6 -> 10 and down 10 -> 5, rank caps min(d_in, d_out) = 6 + 5 = 11, floor 1 x (16 + 15) = 31 parameters."""
     model = get_peft_model(Tiny(), LoraConfig(r=2, target_modules=["up", "down"]))
-    with pytest.raises(ValueError, match=r"^GradNormRankConfig\.rank_budget 12 \(min_rank 1, max_rank None\) does not "
+    with pytest.raises(ValueError, match=r"^GradNormRankConfig\.rank_budget 12 \(min_rank 1, max_rank 4x\) does not "
                                          r"fit this model's 2 LoRA matrices: Rank budget 12 exceeds the sum of the "
                                          r"per-module caps \(11\)\.$"):
         gradnorm_rank.GradNormRank(model, GradNormRankConfig(rank_budget=12, warmup_steps=1))
-    with pytest.raises(ValueError, match=r"^GradNormRankConfig\.param_budget 30 \(min_rank 1, max_rank None\) does "
+    with pytest.raises(ValueError, match=r"^GradNormRankConfig\.param_budget 30 \(min_rank 1, max_rank 4x\) does "
                                          r"not fit this model's 2 LoRA matrices: Parameter budget 30 cannot give 2 "
                                          r"modules at least 1 rank each \(31\)\.$"):
         gradnorm_rank.GradNormRank(model, GradNormRankConfig(budget_unit="params", param_budget=30, warmup_steps=1))

@@ -219,7 +219,7 @@ def test_glue_metrics_hand_computed():
         (["--target_modules", "query", "gate"], "Unknown --target_modules"),
         (["--method", "adalora", "--tinit", "5", "--tfinal", "5"], "does not fit"),  # 8 steps in the epoch
         (["--method", "glora", "--glora_warmup_steps", "500"], "never ends"),
-        (["--method", "glora", "--rank_budget", "6"], "at least 1 each"),
+        (["--method", "glora", "--rank_budget", "6"], "below GLoRA.s floor: --glora_min_rank 1 on each of the 12 matrices"),
         (["--method", "glora", "--load_best_model_at_end", "True", "--eval_strategy", "steps", "--save_strategy",
           "steps"], "load_best_model_at_end"),
     ],
