@@ -20,9 +20,9 @@ import json
 from pathlib import Path
 
 from analysis.allocation import GroundTruth, quality_table, to_markdown
-from arguments import DataArguments
-from glue_data import data_fingerprint, load_glue_data
-from records import RANKS_FILE, RUN_ARGS_FILE, RunArgs
+from harness.arguments import DataArguments
+from harness.glue_data import data_fingerprint, load_glue_data
+from harness.records import RANKS_FILE, RUN_ARGS_FILE, RunArgs
 
 
 def main(argv=None):

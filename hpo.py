@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from arguments import check_args, config_to_flags, parse_args
-from records import RESULTS_FILE, RUN_ARGS_FILE, Results, RunArgs
+from harness.arguments import check_args, config_to_flags, parse_args
+from harness.records import RESULTS_FILE, RUN_ARGS_FILE, Results, RunArgs
 from search.identity import (
     ARM_FLAGS,
     arm_of,

@@ -35,7 +35,8 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
-from adapters import (
+from gradnorm_rank import GradNormRank, GradNormRankMixin, MethodOverhead
+from harness.adapters import (
     AdaLoraCallback,
     build_peft_config,
     current_ranks,
@@ -45,8 +46,8 @@ from adapters import (
     trainable_parameters,
     unit_costs,
 )
-from arguments import check_args, parse_args
-from checkpoints import (
+from harness.arguments import check_args, parse_args
+from harness.checkpoints import (
     IDENTITY_FILE,
     NO_PROGRESS,
     CheckpointSeal,
@@ -58,13 +59,12 @@ from checkpoints import (
     read_progress,
     unseal,
 )
-from eva_init import EvaInit
-from eval_log import EvalLog
-from glue_data import data_fingerprint, load_glue_data, tokenize_splits
-from glue_tasks import GLUE_TASKS, glue_metrics
-from gradnorm_rank import GradNormRank, GradNormRankMixin, MethodOverhead
-from plan import resolve_plan
-from planted_task import (
+from harness.eva_init import EvaInit
+from harness.eval_log import EvalLog
+from harness.glue_data import data_fingerprint, load_glue_data, tokenize_splits
+from harness.glue_tasks import GLUE_TASKS, glue_metrics
+from harness.plan import resolve_plan
+from harness.planted_task import (
     ReadoutModel,
     VectorLabelCollator,
     check_labels,
@@ -74,8 +74,8 @@ from planted_task import (
     real_outputs,
     write_predictions,
 )
-from records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, Results, RunArgs
-from run_folder import REPLACED_SUFFIX, discard_replaced, folder_lock, move_aside, sibling
+from harness.records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, Results, RunArgs
+from harness.run_folder import REPLACED_SUFFIX, discard_replaced, folder_lock, move_aside, sibling
 
 logger = logging.getLogger(__name__)
 TRAIN_FIGURES = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from records import RESULTS_FILE, RankRecord, Results
+from harness.records import RESULTS_FILE, RankRecord, Results
 
 
 def recall_at_k(values: dict, planted: set) -> float:

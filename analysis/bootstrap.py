@@ -17,7 +17,7 @@ import numpy as np
 
 from analysis.metrics import BASE_ERROR, SUM_PARTS, VECTOR_METRIC_FNS, weighted_metric
 from analysis.runs import MAIN_METRICS, metric_split
-from glue_tasks import GLUE_TASKS
+from harness.glue_tasks import GLUE_TASKS
 
 NAN = float("nan")
 BLOCK = 256  # resamples per matrix product: bounds memory to BLOCK x dev-set-size counts

@@ -22,7 +22,7 @@ from analysis.runs import (  # noqa: E402
     read_json,
 )
 from analysis.tables import GLUE_AVG  # noqa: E402
-from glue_tasks import GLUE_TASKS  # noqa: E402
+from harness.glue_tasks import GLUE_TASKS  # noqa: E402
 
 METHOD_COLORS = {"lora": "#4c72b0", "adalora": "#dd8452", "glora": "#55a868"}
 MATRIX_ORDER = ["query", "key", "value", "attention_output", "ffn_in", "ffn_out"]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from glue_tasks import recovered
+from harness.glue_tasks import recovered
 
 
 def accuracy(y, p):

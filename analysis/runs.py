@@ -11,14 +11,14 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from adapters import METHODS
 from analysis.comparable import ArmIdentity, Setting, arm_of
 from analysis.metrics import BASE_ERROR, METRIC_FNS, VECTOR_METRIC_FNS, example_sums
-from arguments import arm_settings, arm_suffix
-from glue_tasks import GLUE_TASKS
 from gradnorm_rank import MethodOverhead
-from records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, RecordError, Results, RunArgs
-from run_folder import REPLACED_SUFFIX
+from harness.adapters import METHODS
+from harness.arguments import arm_settings, arm_suffix
+from harness.glue_tasks import GLUE_TASKS
+from harness.records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, RecordError, Results, RunArgs
+from harness.run_folder import REPLACED_SUFFIX
 
 # task -> main metrics, in all_results.json as eval_<metric>; the task score is their mean.
 # From the task table the runs were made with; MNLI's mismatched split adds the `_mm` metrics.

@@ -32,10 +32,10 @@ import pandas as pd
 import torch
 from scipy.stats import rankdata, spearmanr
 
-from adapters import MATRIX_PATTERNS, module_matrix, resolve_targets
 from analysis.allocation import GroundTruth, recall_at_k
 from gradnorm_rank import GradNormRank, GradNormRankConfig, LoopHost, choices
 from gradnorm_rank.signals import NEEDS_TRAINING
+from harness.adapters import MATRIX_PATTERNS, module_matrix, resolve_targets
 
 TIMINGS = ("calibration", "warmup")
 # ground_truth.json's target -> (the task's text columns, the head's outputs, the loss of the model's forward).

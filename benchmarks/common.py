@@ -25,7 +25,8 @@ from peft import get_peft_model  # noqa: E402
 from transformers import get_linear_schedule_with_warmup  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from adapters import (  # noqa: E402
+from gradnorm_rank import GradNormRank, LoopHost  # noqa: E402
+from harness.adapters import (  # noqa: E402
     MATRIX_PATTERNS,
     build_peft_config,
     head_modules,
@@ -33,9 +34,8 @@ from adapters import (  # noqa: E402
     resolve_targets,
     unit_costs,
 )
-from arguments import PeftArguments  # noqa: E402
-from gradnorm_rank import GradNormRank, LoopHost  # noqa: E402
-from plan import RunPlan, resolve_adalora, resolve_glora, resolve_rank_budget  # noqa: E402
+from harness.arguments import PeftArguments  # noqa: E402
+from harness.plan import RunPlan, resolve_adalora, resolve_glora, resolve_rank_budget  # noqa: E402
 
 # DeBERTa-v3-base's architecture (microsoft/deberta-v3-base config.json), built with random weights.
 DEBERTA_V3_BASE = dict(

@@ -60,7 +60,7 @@ def tokenise_and_cache(args, task_name, tokenizer, cache_dir):
     """Load + tokenise with run_glue_peft.main's tokenize function, cold, then again from the cache."""
     from datasets import load_dataset
 
-    from glue_tasks import GLUE_TASKS
+    from harness.glue_tasks import GLUE_TASKS
 
     task = GLUE_TASKS[task_name]
     timings = {}
@@ -171,7 +171,7 @@ def main(argv=None):
     from datasets.utils.logging import disable_progress_bar
     from transformers import AutoTokenizer
 
-    from glue_tasks import GLUE_TASKS
+    from harness.glue_tasks import GLUE_TASKS
 
     disable_progress_bar()
     path = minilm_path() if args.model == "minilm" else args.model

@@ -15,10 +15,10 @@ import math
 import sys
 from pathlib import Path
 
-from adapters import current_ranks
 from benchmarks import common  # noqa: F401  (offline hub: the model is a local folder)
-from glue_tasks import GLUE_TASKS
-from records import RankRecord, Results, RunArgs
+from harness.adapters import current_ranks
+from harness.glue_tasks import GLUE_TASKS
+from harness.records import RankRecord, Results, RunArgs
 
 METRICS = ("accuracy", "f1", "matthews", "pearson")
 

@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from adapters import MATRIX_PATTERNS, resolve_targets
 from analysis.identifiability import Planting, Settings, diagnose
 from data.make_planted import VECTOR_TARGETS
+from harness.adapters import MATRIX_PATTERNS, resolve_targets
 
 REPORT = "identifiability.md"
 

@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from adapters import MATRIX_PATTERNS, module_matrix, resolve_targets
+from harness.adapters import MATRIX_PATTERNS, module_matrix, resolve_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 

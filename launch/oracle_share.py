@@ -14,8 +14,8 @@ from pathlib import Path
 
 from analysis.comparable import data_content
 from analysis.stats import paired_t, share_of_gain, welch
-from glue_tasks import GLUE_TASKS
-from records import RESULTS_FILE, RUN_ARGS_FILE, Results, RunArgs
+from harness.glue_tasks import GLUE_TASKS
+from harness.records import RESULTS_FILE, RUN_ARGS_FILE, Results, RunArgs
 
 
 def seed_scores(final_dir, arm) -> dict:

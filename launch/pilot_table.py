@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from records import Results, RunArgs
+from harness.records import Results, RunArgs
 
 
 def main(argv):

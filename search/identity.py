@@ -22,9 +22,9 @@ from functools import lru_cache
 
 from optuna.trial import TrialState
 
-from arguments import ARM_SETTING_FLAGS, STUDY_MAY_DIFFER, arm_settings, canonical_targets, parse_args
-from plan import arm_label
-from rank_pattern import RankPattern, read_rank_pattern_file
+from harness.arguments import ARM_SETTING_FLAGS, STUDY_MAY_DIFFER, arm_settings, canonical_targets, parse_args
+from harness.plan import arm_label
+from harness.rank_pattern import RankPattern, read_rank_pattern_file
 
 # What names the study, never searched: the task, the arm's label and what derives it (method, budget unit, rank
 # pattern and the settings that define an arm, arguments.ARM_SETTING_FLAGS).

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from arguments import DataArguments, GlueTrainingArguments, ModelArguments, PeftArguments
+from harness.arguments import DataArguments, GlueTrainingArguments, ModelArguments, PeftArguments
 
 SPACE_TYPES = ("loguniform", "uniform", "int", "categorical")
 RUN_FLAGS = {f.name for group in (ModelArguments, DataArguments, PeftArguments, GlueTrainingArguments)

@@ -118,8 +118,8 @@ def trial_args(model_dir, data_dir, task, method, out, *extra):
 
 def glora_plan(rank_budget, warmup_steps, **changes):
     """GLoRA's plan with the flags' defaults (arguments.PeftArguments) and the given changes."""
-    from arguments import PeftArguments
-    from plan import resolve_glora
+    from harness.arguments import PeftArguments
+    from harness.plan import resolve_glora
 
     peft = PeftArguments(method="glora")
     plan = resolve_glora(peft, rank_budget=rank_budget, param_budget=None, total_steps=10**6, trial_run=False)
@@ -145,7 +145,7 @@ def bert_peft(tiny_bert):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from adapters import lora_layers, resolve_targets
+    from harness.adapters import lora_layers, resolve_targets
 
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)

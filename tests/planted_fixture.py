@@ -13,7 +13,7 @@ from conftest import WORDS
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer
 
-from adapters import MATRIX_PATTERNS, resolve_targets
+from harness.adapters import MATRIX_PATTERNS, resolve_targets
 
 PLANTED = ("encoder.layer.0.attention.self.value", "encoder.layer.1.intermediate.dense")
 

@@ -225,7 +225,7 @@ def test_runs_on_one_data_content_are_one_group_whatever_path_named_it_and_other
 
 def test_a_run_recorded_before_the_data_fingerprint_is_grouped_by_its_data_path_as_before():
     from analysis.comparable import Setting
-    from records import RunArgs
+    from harness.records import RunArgs
 
     old = RunArgs.from_json(recorded(arm="lora")[0])
     assert old.data_fingerprint is None and Setting.of(old).data == "--dataset_dir data/glue"
@@ -321,7 +321,7 @@ def test_runs_of_the_release_and_of_today_at_the_new_defaults_are_one_group(tmp_
 
 def glora_peft(**settings):
     """run_args.json's peft block of a GLoRA run of today at these settings (the rest at their defaults)."""
-    from arguments import PeftArguments
+    from harness.arguments import PeftArguments
 
     return {"peft": {**dataclasses.asdict(PeftArguments(method="glora")), **settings}}
 

@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from arguments import ARM_NAME, ARM_SETTING_FLAGS, ArmPart, PeftArguments, check_args, parse_args
-from plan import resolve_plan
+from harness.arguments import ARM_NAME, ARM_SETTING_FLAGS, ArmPart, PeftArguments, check_args, parse_args
+from harness.plan import resolve_plan
 from search.identity import ARM_FLAGS
 
 # tiny_bert's shapes (tests/test_rank_pattern.py): 2 layers x 6 matrices, q/k/v/attention-output 64 per rank, ffn 96.

@@ -214,7 +214,7 @@ def test_e2e_check_holds_each_run_to_its_own_budget(tiny_bert, glue_dir, tmp_pat
 
     import run_glue_peft
     from benchmarks import e2e_check
-    from records import Results
+    from harness.records import Results
 
     out = tmp_path / "out"
     # AdaLoRA: 2,700 parameters is closest to target rank 3 over tiny BERT's 12 matrices, not lora_r 4

@@ -14,7 +14,7 @@ from analysis import metrics as metric_fns
 from analysis.bootstrap import paired_bootstrap
 from analysis.runs import load_runs
 from analysis.stats import share_of_gain, welch
-from records import ModuleRanks, RankRecord, Results, RunArgs
+from harness.records import ModuleRanks, RankRecord, Results, RunArgs
 
 N = 200  # dev examples per split
 B = 300  # bootstrap resamples: enough for p < 0.01 (the smallest possible p is 2/(B+1) = 0.0066)
@@ -434,7 +434,7 @@ def test_planted_r2_on_a_resample_of_examples_is_r2_of_the_drawn_rows():
     """weighted_r2 on count weights W equals glue_tasks.vector_metrics on the rows of the drawn examples, each
     example's rows repeated as often as it was drawn (and on the whole file with weights 1)."""
     from analysis.metrics import example_sums, weighted_r2
-    from glue_tasks import vector_metrics
+    from harness.glue_tasks import vector_metrics
 
     rng = np.random.default_rng(0)
     idx, example, label, prediction, base = planted_predictions(rng)
@@ -455,7 +455,7 @@ def test_planted_recovered_on_a_resample_of_examples_is_that_of_the_drawn_exampl
     outputs) / (their base errors summed), each example counted as often as it was drawn, computed directly from the
     materialised rows; and glue_tasks.vector_metrics' recovered on the whole file (weights 1)."""
     from analysis.metrics import example_sums, weighted_recovered
-    from glue_tasks import vector_metrics
+    from harness.glue_tasks import vector_metrics
 
     rng = np.random.default_rng(1)
     idx, example, label, prediction, base = planted_predictions(rng)
@@ -475,7 +475,7 @@ def test_planted_recovered_on_a_resample_of_examples_is_that_of_the_drawn_exampl
 def write_planted_run(root, arm, seed, noise):
     """A finished --task planted run (records.py) with predictions_validation.npz (planted_task.write_predictions'
     keys) and eval_recovered / eval_r2 / eval_pearson computed from it by glue_tasks.vector_metrics."""
-    from glue_tasks import vector_metrics
+    from harness.glue_tasks import vector_metrics
 
     idx, example, label, _, base = planted_predictions(np.random.default_rng(0))  # the same dev data in every run
     prediction = label + np.random.default_rng([seed, round(100 * noise)]).normal(0, noise, label.shape)

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import allocation_quality
 from analysis.allocation import GroundTruth, recall_at_k, run_quality, shares
 from data import make_planted
-from records import ModuleRanks, RankRecord, Results
+from harness.records import ModuleRanks, RankRecord, Results
 
 PLANTED = ["bert.encoder.layer.0.attention.self.value", "bert.encoder.layer.1.intermediate.dense"]
 
@@ -150,9 +150,9 @@ def test_allocation_quality_refuses_runs_trained_on_other_data_than_its_ground_t
 
     from conftest import write_glue_fixture
 
-    from arguments import DataArguments
-    from glue_data import data_fingerprint, load_glue_data
-    from records import RunArgs
+    from harness.arguments import DataArguments
+    from harness.glue_data import data_fingerprint, load_glue_data
+    from harness.records import RunArgs
 
     costs = {"a": 10, "b": 10, "c": 30, "d": 30}
     truth = tmp_path / "truth"
@@ -275,8 +275,8 @@ def test_oracle_share_pairs_the_arms_by_seed(tmp_path, capsys):
 
 
 def test_oracle_share_refuses_a_folder_without_lora_or_oracle_runs_and_two_runs_of_one_arm_and_seed(tmp_path):
+    from harness.records import RunArgs
     from launch import oracle_share
-    from records import RunArgs
 
     def final_run(name, arm, seed, value, sha="a"):
         folder = tmp_path / name

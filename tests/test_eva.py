@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification
 import compare_runs
 import hpo
 import run_glue_peft
-from eva_init import EvaInit
+from harness.eva_init import EvaInit
 
 N_MATRICES = 12  # tiny BERT: 2 layers x 6 matrices
 

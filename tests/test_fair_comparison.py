@@ -181,8 +181,8 @@ def preset_plan(preset, name, num_matrices):
     """The plan a preset resolves to on DeBERTa-v3-base's shapes (h 768, FFN 3072) with MNLI's training set size."""
     from conftest import ROOT
 
-    from arguments import parse_args
-    from plan import resolve_plan
+    from harness.arguments import parse_args
+    from harness.plan import resolve_plan
 
     args = parse_args([str(ROOT / "configs" / preset / f"{name}.yaml"), "--use_cpu", "True"])
     matrices = args.peft.target_modules
@@ -274,7 +274,7 @@ def test_glora_state_of_another_budget_is_refused():
 def test_eval_log_is_kept_on_resume_and_restarted_otherwise(tmp_path, resuming):
     from types import SimpleNamespace
 
-    from eval_log import EVAL_LOG, EvalLog, read_eval_log
+    from harness.eval_log import EVAL_LOG, EvalLog, read_eval_log
 
     (tmp_path / EVAL_LOG).write_text('{"step": 3, "max_steps": 9, "split": "dev", "metrics": {"accuracy": 0.5}}\n')
     EvalLog(tmp_path, "dev", resuming=resuming).on_train_begin(None, SimpleNamespace(is_world_process_zero=True), None)

@@ -16,9 +16,9 @@ from transformers import TrainerState
 
 import gradnorm_rank.core
 import run_glue_peft
-from adapters import lora_layers
 from gradnorm_rank import GradNormRank, LoopHost
 from gradnorm_rank.signals import make_signal
+from harness.adapters import lora_layers
 
 RECORDED = ("lora_b", "lora_ab", "delta")  # the signals record_run computes at its one observation
 

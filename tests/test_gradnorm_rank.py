@@ -18,9 +18,9 @@ from conftest import ROOT, Tiny, minilm_path
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 
-import arguments
 import gradnorm_rank
 from gradnorm_rank import GradNormRankConfig, GradNormRankMixin, lora_layers
+from harness import arguments
 
 SNIPPET = re.compile(r"<!-- snippet: (\w+) -->\n```python\n(.*?)```", re.S)
 WARMUP, STEPS, RANK = 4, 8, 4  # the snippets reallocate after optimizer step 4; every adapter starts at rank 4
@@ -296,7 +296,7 @@ def test_package_installs_and_imports_outside_the_repository(tmp_path):
                               "--target", str(site), str(src)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-3000:]
     code = ("import importlib.util, gradnorm_rank; print(gradnorm_rank.__file__); print(gradnorm_rank.__version__); "
-            "print(importlib.util.find_spec('adapters'))")
+            "print(importlib.util.find_spec('harness'))")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
                           timeout=300)

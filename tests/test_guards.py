@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, trial_args
 
 import run_glue_peft
-from arguments import (
+from harness.arguments import (
     ADDED_SINCE_RELEASE,
     FLAG_GROUPS,
     RESUME_MAY_CHANGE,
@@ -26,7 +26,7 @@ from arguments import (
     flag_fields,
     parse_args,
 )
-from checkpoints import checkpoint_problem, identity_differences, identity_of
+from harness.checkpoints import checkpoint_problem, identity_differences, identity_of
 
 
 def run(model_dir, data_dir, task, method, out, *extra):
@@ -177,7 +177,7 @@ def test_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tiny_bert
 def test_two_runs_taking_over_one_stale_lock_at_once_let_exactly_one_in(tmp_path, monkeypatch):
     """Both judge a dead run's lock stale at the same moment; the second goes on 0.2 s later, when the first has put
     its own lock in place. Only the first enters the folder; the second is refused in one line."""
-    import run_folder
+    from harness import run_folder
 
     out, lock = tmp_path / "out", tmp_path / "out.lock"
     dead = subprocess.Popen(["true"])
@@ -307,7 +307,7 @@ def test_a_checkpoint_from_before_the_resolved_trial_switch_resumes_when_its_fla
     """A checkpoint (and its folder's run_args.json) written while --trial_run was a plain switch (asked False, no
     resolved value) resumes with --trial_run false, which resolves to what it ran; left unset (now: on, for a --max_steps run) it is refused
     naming the flag, before anything is written."""
-    from checkpoints import SEAL_FILE, seal
+    from harness.checkpoints import SEAL_FILE, seal
 
     data, full = glora_checkpoints
     out = unfinished_copy(full, tmp_path / "older")
@@ -340,7 +340,7 @@ def test_a_resume_on_training_data_changed_at_the_same_path_is_refused_naming_th
     import pandas as pd
     from conftest import write_glue_fixture
 
-    from checkpoints import SEAL_FILE, seal
+    from harness.checkpoints import SEAL_FILE, seal
 
     data = write_glue_fixture(tmp_path / "glue", "sst2")
     out = tmp_path / "run"
@@ -417,7 +417,7 @@ def test_every_flag_added_since_the_release_is_listed_at_the_default_the_harness
     old, asked = release_identity("lora"), parse_args(["--task", "sst2", "--method", "glora"]).asked()
     for block in ("model", "data", "peft"):
         assert set(asked[block]) - RESUME_MAY_CHANGE - set(old[block]) == set(ADDED_SINCE_RELEASE.get(block, ()))
-    from plan import resolve_glora
+    from harness.plan import resolve_glora
 
     resolved = dataclasses.asdict(resolve_glora(PeftArguments(method="glora"), rank_budget=8, param_budget=None,
                                                 total_steps=90, trial_run=False))
@@ -431,7 +431,7 @@ def test_a_checkpoint_of_the_release_resumes_at_the_new_defaults_and_is_refused_
     """A checkpoint and its folder's run_args.json in the shape the release 6534415 wrote them (no new GLoRA flags
     nor resolved settings) resume with those settings at their defaults, to the uninterrupted run's loss; asked
     otherwise, the setting is named and nothing is written."""
-    from checkpoints import SEAL_FILE, seal
+    from harness.checkpoints import SEAL_FILE, seal
 
     data, full = glora_checkpoints
     out = unfinished_copy(full, tmp_path / "release")
@@ -731,7 +731,7 @@ def test_bad_steps_fractions_and_trial_switch_are_refused_in_one_line(change, li
 
 def test_each_pair_defaults_to_todays_fractions_in_steps():
     """Neither flag of a pair: the default fraction, rounded to steps as before (1/3, 10 %, 20 % of the run)."""
-    from plan import resolve_adalora, resolve_glora, schedule_steps
+    from harness.plan import resolve_adalora, resolve_glora, schedule_steps
 
     args = parse_args(["--task", "sst2"])
     assert (args.peft.tinit, args.peft.tinit_fraction, args.peft.glora_warmup_steps) == (None, None, None)
@@ -778,7 +778,7 @@ def test_run_identity_and_study_flags_cover_the_new_flags():
      "d_out) = 768 parameters; give a larger --param_budget or a smaller --glora_min_rank."),
 ])
 def test_a_glora_budget_below_its_floor_is_refused_naming_the_flags(flags, line):
-    from plan import resolve_plan
+    from harness.plan import resolve_plan
 
     args = parse_args(["--task", "sst2", "--method", "glora", "--max_steps", "8", *flags])
     with pytest.raises(ValueError) as refused:

@@ -25,9 +25,9 @@ from optuna.trial import TrialState
 
 import hpo
 import run_glue_peft
-from arguments import DataArguments, check_args, config_to_flags, parse_args
-from eval_log import read_eval_log
-from glue_data import load_glue_data
+from harness.arguments import DataArguments, check_args, config_to_flags, parse_args
+from harness.eval_log import read_eval_log
+from harness.glue_data import load_glue_data
 from search.report import FIGURES, intermediate_curves, plot_intermediate_values, write_figures
 from search.sampler import make_sampler, sampler_record
 from search.space import load_search_config, sample
@@ -372,7 +372,7 @@ def test_a_study_reopened_with_other_fixed_flags_is_refused(tmp_path):
 def test_study_flags_are_those_of_a_run_less_the_ones_its_runs_may_differ_in():
     """One declaration: a study ignores every flag a resume may change plus those hpo.py sets per run. A flag that an
     older harness recorded but that no longer defines a study is not compared on a reopen; a fixed flag still is."""
-    from arguments import RESUME_MAY_CHANGE, STUDY_MAY_DIFFER, flag_fields
+    from harness.arguments import RESUME_MAY_CHANGE, STUDY_MAY_DIFFER, flag_fields
     from search.identity import fixed_run_flags, pin_study
 
     assert RESUME_MAY_CHANGE < STUDY_MAY_DIFFER < set(flag_fields())  # no misspelt name

@@ -11,8 +11,8 @@ from conftest import ROOT
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from adapters import MATRIX_PATTERNS
 from data import make_planted
+from harness.adapters import MATRIX_PATTERNS
 
 SOURCE = str(ROOT / "data" / "glue" / "sst2")
 

@@ -17,8 +17,8 @@ from sklearn.metrics import r2_score
 from transformers import AutoModel, AutoTokenizer
 
 import run_glue_peft
-from glue_tasks import vector_metrics
-from planted_task import Planting, ReadoutModel, read_planting
+from harness.glue_tasks import vector_metrics
+from harness.planted_task import Planting, ReadoutModel, read_planting
 
 TARGETS = ("features", "token_features")
 
@@ -269,7 +269,7 @@ def test_arms_of_one_seed_see_the_same_batches_and_start_from_the_same_head(tiny
     classifier; another seed changes both."""
     from transformers import AutoModelForSequenceClassification
 
-    from adapters import MATRIX_PATTERNS, resolve_targets
+    from harness.adapters import MATRIX_PATTERNS, resolve_targets
 
     data = glue_dir("sst2")
     targets = resolve_targets(AutoModelForSequenceClassification.from_pretrained(tiny_bert), list(MATRIX_PATTERNS))

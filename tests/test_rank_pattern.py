@@ -9,8 +9,8 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 import run_glue_peft
-from adapters import current_ranks, lora_layers
-from rank_pattern import resolve_rank_pattern
+from harness.adapters import current_ranks, lora_layers
+from harness.rank_pattern import resolve_rank_pattern
 
 # tiny_bert: 2 layers x 6 matrices, hidden 32, intermediate 64: q/k/v/attention-output cost 64 per rank, ffn 96.
 MATRICES = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
@@ -115,8 +115,8 @@ def test_rank_pattern_over_a_given_budget_is_refused(tmp_path):
 def test_a_rank_pattern_run_records_the_patterns_total_as_its_budget_unless_a_budget_flag_caps_it(tmp_path):
     """A pattern above the default budget (lora_r 8 x 12 matrices = 96) is recorded at its own total, not at 96 beside
     uniform LoRA; a given --rank_budget / --param_budget is the recorded budget and the pattern is checked against it."""
-    from arguments import parse_args
-    from plan import resolve_plan
+    from harness.arguments import parse_args
+    from harness.plan import resolve_plan
 
     path = write(tmp_path, {name: 10 for name in TARGETS})  # R_total 120; parameters 10 x (64 x 8 + 96 x 4) = 8960
 

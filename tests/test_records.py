@@ -9,9 +9,9 @@ from conftest import trial_args
 
 import run_glue_peft
 from analysis.runs import load_run
-from glue_tasks import GLUE_TASKS
 from gradnorm_rank import MethodOverhead
-from records import RESULTS_FILE, ModuleRanks, RankRecord, RecordError, Results, RunArgs
+from harness.glue_tasks import GLUE_TASKS
+from harness.records import RESULTS_FILE, ModuleRanks, RankRecord, RecordError, Results, RunArgs
 from tests.table_sweeps import OLD_RUNS, SWEEPS, TABLE_FILES, write_tables
 from tests.test_compare_runs import predictions, sst2_metrics, write_run
 

@@ -7,8 +7,8 @@ import torch
 from conftest import Tiny
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from adapters import head_modules, lora_layers, resolve_targets
 from gradnorm_rank.lora_resize import components_to_keep, resize_lora_layer, resize_to_ranks
+from harness.adapters import head_modules, lora_layers, resolve_targets
 
 TOL = 1e-6
 

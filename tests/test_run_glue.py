@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import run_glue_peft
-from adapters import METHODS
-from arguments import check_args, parse_args
-from glue_tasks import GLUE_TASKS, glue_metrics
+from harness.adapters import METHODS
+from harness.arguments import check_args, parse_args
+from harness.glue_tasks import GLUE_TASKS, glue_metrics
 
 TASK_SHAPES = ["sst2", "rte", "stsb", "mnli"]  # single sentence, pair, regression, 3 classes + two dev splits
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import trial_args
 
 import run_glue_peft
-from records import RUN_ARGS_FILE
+from harness.records import RUN_ARGS_FILE
 from run_glue_peft import main, warn_single_process_launch
 
 

@@ -10,8 +10,8 @@ from conftest import glora_plan, trial_args, write_glue_fixture
 from peft import LoraConfig, get_peft_model
 
 import run_glue_peft
-from adapters import lora_layers
 from gradnorm_rank import GradNormRank
+from harness.adapters import lora_layers
 
 DAMPING = 1e-2
 

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from records import RESULTS_FILE
+from harness.records import RESULTS_FILE
 
 logger = logging.getLogger(__name__)
 

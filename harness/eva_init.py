@@ -26,7 +26,7 @@ from peft.tuners.lora import initialize_lora_eva_weights
 from transformers import TrainerCallback
 
 from gradnorm_rank import MethodOverhead, lora_layers
-from records import read_json_object, write_json_atomic
+from harness.records import read_json_object, write_json_atomic
 
 PEFT_PREFIX = "base_model.model."
 COLLATED_LABELS = ("label", "base_sq_error")  # columns a collator may need beyond the inputs (planted_task's)

@@ -16,9 +16,9 @@ import torch
 from peft import AdaLoraConfig, EvaConfig, LoraConfig, TaskType
 from transformers import TrainerCallback
 
-from glue_tasks import GLUE_TASKS
 from gradnorm_rank import MethodOverhead, lora_layers, pattern_key
-from records import ModuleRanks, RankRecord
+from harness.glue_tasks import GLUE_TASKS
+from harness.records import ModuleRanks, RankRecord
 
 METHODS = ("lora", "adalora", "glora", "eva")  # the arms of the comparison, in the order tables show them
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from arguments import FLAG_GROUPS, RESUME_MAY_CHANGE, added_since_release, canonical_targets
-from records import recorded_trial_run, write_json_atomic
+from harness.arguments import FLAG_GROUPS, RESUME_MAY_CHANGE, added_since_release, canonical_targets
+from harness.records import recorded_trial_run, write_json_atomic
 
 IDENTITY_FILE = "run_identity.json"  # in every checkpoint: `identity_of` the run that wrote it
 SEAL_FILE = "checkpoint_complete.json"  # written last: the checkpoint's files and sizes, and the run's progress

@@ -12,9 +12,9 @@ import logging
 import math
 from dataclasses import dataclass
 
-from arguments import STEPS_OR_FRACTION, arm_settings, arm_suffix
 from gradnorm_rank import GradNormRankConfig
-from rank_pattern import RankPattern, resolve_rank_pattern
+from harness.arguments import STEPS_OR_FRACTION, arm_settings, arm_suffix
+from harness.rank_pattern import RankPattern, resolve_rank_pattern
 
 logger = logging.getLogger(__name__)
 

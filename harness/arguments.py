@@ -14,12 +14,12 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from adapters import MATRIX_PATTERNS, METHODS
-from glue_tasks import GLUE_TASKS
 from gradnorm_rank import GradNormRankConfig
 from gradnorm_rank import choices as glora_choices
 from gradnorm_rank.signals import HOOKED_SIGNALS, SHARE_SIGNALS
-from records import FLAG_BLOCKS
+from harness.adapters import MATRIX_PATTERNS, METHODS
+from harness.glue_tasks import GLUE_TASKS
+from harness.records import FLAG_BLOCKS
 
 # GLoRA's choices as its config declares them (gradnorm_rank.GradNormRankConfig); the budget unit is every method's.
 BUDGET_UNITS = glora_choices("budget_unit")

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from datasets import load_dataset
 from datasets.exceptions import DatasetGenerationError
 
-from glue_tasks import GLUE_TASKS
+from harness.glue_tasks import GLUE_TASKS
 
 DATA_EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 
