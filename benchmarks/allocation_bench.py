@@ -373,14 +373,14 @@ def to_markdown(table: pd.DataFrame) -> str:
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows, scores = [], []
     for folder in args.planting:
         more_rows, more_scores = run_planting(folder, args)
         rows += more_rows
         scores += more_scores
     table, scores = pd.DataFrame(rows), pd.DataFrame(scores)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "allocation_bench.csv", index=False)
     scores.to_csv(out / "scores.csv", index=False)
     markdown = to_markdown(table)

@@ -120,3 +120,14 @@ def test_bad_signal_flags_are_refused_in_one_line(tmp_path, capsys):
         with pytest.raises(SystemExit):
             allocation_bench.parse_args(["--planting", "x", "--out_dir", str(tmp_path), "--signals", bad])
         assert message in capsys.readouterr().err
+
+
+def test_a_planting_it_cannot_run_is_refused_in_one_line(tiny_bert, tmp_path):
+    planting_dir = make_planting(tiny_bert, tmp_path / "planted")
+    flags = bench_flags(planting_dir, tmp_path / "bench", "lora_b")
+    for extra, message in ((["--warmup_steps", "10"], "60 training rows, fewer than the 10 batches x --batch_size 8"),
+                           (["--max_seq_length", "32"], "--max_seq_length 32: the planting's labels were computed at "
+                                                        "max_seq_length 24")):
+        with pytest.raises(SystemExit, match=message):
+            allocation_bench.main(flags + extra)
+    assert not (tmp_path / "bench").exists()  # refused before anything is written
