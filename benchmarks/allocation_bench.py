@@ -3,46 +3,97 @@
 
     python3 -m benchmarks.allocation_bench --planting outputs/planted [more plantings] --out_dir outputs/alloc_bench
 
-Each planting is a folder written by data/make_planted.py (ground_truth.json, oracle_pattern.json, <task>/train.parquet).
-Per planting x signal x timing the base model gets a fresh uniform LoRA adapter (rank --lora_r on every matrix the
-planting's model has, the same seed every time) and `gradnorm_rank.GradNormRank` collects the signal on the same
---batches batches of the planting's training rows:
-- calibration: `GradNormRank.calibrate` over the batches (no optimizer step);
-- warmup: --batches AdamW steps (learning rate --learning_rate) with the in-training EMA, then the allocation.
-Nothing is trained further. Reported from the signal's shares s_k (GradNormRank.scores): recall at k = the planted
-count (ties at random, analysis.allocation.recall_at_k), the mean place of the planted matrices (1 = top, ties
-averaged), the share of the score mass on them, the Spearman correlation of the shares with the oracle's rank pattern,
-and the cost: the signal's seconds (MethodOverhead's signal part: under calibration its whole forward/backward
-passes, under the warm-up its hooks and norms only), the bytes of the signal's own accumulators, and on CUDA the
-peak memory of the run. `update_concentration` has no calibration row (it reads a trained update).
+Each planting is a folder written by data/make_planted.py. A vector planting (target features or token_features) is
+run as the harness runs `--task planted` (planted_task.py): the base encoder with the planting's frozen affine
+read-out, its batches from planted_task.VectorLabelCollator, and its MSE loss over the outputs (and real tokens). A
+scalar planting (class, regression) is run as a sequence classifier (TARGETS).
+
+Per planting and timing, ONE fresh uniform LoRA adapter (rank --lora_r on every matrix the planting's model has, the
+same seed every time) carries one `gradnorm_rank.GradNormRank` per signal (each with its own hooks), and every
+signal observes the same forward/backward passes:
+- calibration: --calibration_batches batches, forward and backward with no optimizer step; each signal's value is
+  the mean of its observations, as `GradNormRank.calibrate` takes it;
+- warmup: --warmup_steps AdamW steps (constant learning rate --learning_rate, the harness's weight decay and gradient
+  clipping), each signal's in-training EMA; the warm-up's first batches are calibration's.
+The passes are shared because no signal changes them: the hooks only read, and calibration takes no optimizer step,
+so each signal's shares are those of a GradNormRank run alone on the same seed and batches (test:
+test_shared_passes_give_each_signal_its_own_runs_shares). Nothing is allocated, resized or trained further: the
+shares s_k (GradNormRank.scores) are read where the allocation would read them.
+
+Reported per planting x timing x signal (and score_norm): recall at k = the planted count (ties at random,
+analysis.allocation.recall_at_k), the mean place of the planted matrices (1 = top, ties averaged), the share of the
+score mass on them, the Spearman correlation of the shares with the oracle's rank pattern, and the cost:
+- signal_seconds: the signal's own work, measured by its GradNormRank (MethodOverhead's signal part: its hooks and
+  per-observation values) plus its shares at the allocation (scores(): update_concentration's SVDs); under calibration
+  also the shared passes' forward and backward (pass_seconds, what calibration adds to a run's work);
+- pass_seconds: the shared passes' wall-clock seconds less every signal's own work (forward, backward and, in the
+  warm-up, the optimizer steps);
+- signal_buffer_mb: the signal's own accumulators (Signal.buffer_bytes).
+`update_concentration` has no calibration row (it reads a trained update). Reference rows (timing `reference`): where
+ground_truth.json holds an `identifiability` block (data/identifiability.py), full fine-tuning's planting-blind
+change scores of each matrix at the block's verdict step, as the block holds them (not recomputed); they are no
+allocation signal.
 
 Written to --out_dir: allocation_bench.md (the table), allocation_bench.csv (the same rows), scores.csv (every
-matrix's share per planting x signal x timing) and heatmap_<planting>_<timing>.png (shares, signals x matrices, the
+matrix's share per planting x timing x signal) and heatmap_<planting>_<timing>.png (shares, signals x matrices, the
 planted matrices marked).
 """
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import rankdata, spearmanr
 
 from analysis.allocation import GroundTruth, recall_at_k
-from gradnorm_rank import GradNormRank, GradNormRankConfig, LoopHost, choices
-from gradnorm_rank.signals import NEEDS_TRAINING
+from gradnorm_rank import GradNormRank, GradNormRankConfig, choices
+from gradnorm_rank.signals import NEEDS_TRAINING, SHARE_SIGNALS
+from harness import planted_task
 from harness.adapters import MATRIX_PATTERNS, module_matrix, resolve_targets
+from harness.arguments import GlueTrainingArguments
 
 TIMINGS = ("calibration", "warmup")
-# ground_truth.json's target -> (the task's text columns, the head's outputs, the loss of the model's forward).
-# A new target (e.g. a vector read-out) adds its row here.
+# A scalar planting's target -> (the task's text columns, the head's outputs, the loss of the model's forward).
+# The vector targets (planted_task.TARGETS) are run through planted_task's model, collator and loss.
 TARGETS = {"class": (("sentence",), 2, "single_label_classification"),
            "regression": (("sentence1", "sentence2"), 1, "regression")}
-DEFAULT_SIGNALS = [s for s in choices("signal") if s != "delta"]  # delta is weight_grad under its older name
+# delta is weight_grad under its older name; lora_b also under the two score normalisations that correct its width.
+DEFAULT_SIGNALS = [s for s in choices("signal") if s != "delta"] + ["lora_b:per_rank_unit", "lora_b:per_sqrt_d_in"]
+HARNESS = {f.name: f.default for f in dataclasses.fields(GlueTrainingArguments)}
+# The planting-blind scores of full fine-tuning's change that the identifiability block holds per matrix.
+REFERENCE_SCORES = ("relative_change", "top_k_share")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One signal as benchmarked: its name and the score normalisation its shares are taken under."""
+
+    signal: str
+    score_norm: str
+
+    @property
+    def label(self) -> str:
+        return self.signal if self.score_norm == "raw" else f"{self.signal}:{self.score_norm}"
+
+
+def parse_spec(text: str, default_norm: str) -> Spec:
+    """SIGNAL or SIGNAL:SCORE_NORM; a signal that gives shares is always raw."""
+    signal, _, norm = text.partition(":")
+    if signal not in choices("signal"):
+        raise ValueError(f"--signals {text}: unknown signal {signal!r}; choose from {', '.join(choices('signal'))}.")
+    if norm and norm not in choices("score_norm"):
+        raise ValueError(f"--signals {text}: unknown score_norm {norm!r}; choose from {', '.join(choices('score_norm'))}.")
+    if norm and norm != "raw" and signal in SHARE_SIGNALS:
+        raise ValueError(f"--signals {text}: {signal} gives shares, not norms; its score_norm is raw.")
+    return Spec(signal, norm or ("raw" if signal in SHARE_SIGNALS else default_norm))
 
 
 def parse_args(argv=None):
@@ -51,88 +102,180 @@ def parse_args(argv=None):
     p.add_argument("--out_dir", required=True, help="Where the table, CSVs and figures go.")
     p.add_argument("--model_name_or_path", default=None,
                    help="The base model (default: the one ground_truth.json names).")
-    p.add_argument("--signals", nargs="+", default=DEFAULT_SIGNALS, choices=choices("signal"))
+    p.add_argument("--signals", nargs="+", default=DEFAULT_SIGNALS,
+                   help="SIGNAL or SIGNAL:SCORE_NORM (gradnorm_rank's choices of signal and score_norm).")
     p.add_argument("--timings", nargs="+", default=list(TIMINGS), choices=TIMINGS)
-    p.add_argument("--batches", type=int, default=8, help="Calibration batches = warm-up steps.")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--max_seq_length", type=int, default=64)
+    p.add_argument("--calibration_batches", type=int, default=8, help="Batches of the calibration.")
+    p.add_argument("--warmup_steps", type=int, default=40, help="Optimizer steps of the warm-up.")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_seq_length", type=int, default=None,
+                   help="Default: the planting's (ground_truth.json), else 64; a vector planting needs its own.")
     p.add_argument("--lora_r", type=int, default=2, help="The uniform starting rank (the budget: r x matrices).")
     p.add_argument("--lora_alpha", type=float, default=None, help="Default: 2 x --lora_r.")
-    p.add_argument("--learning_rate", type=float, default=5e-4, help="AdamW's, in the warm-up.")
+    p.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW's (constant), in the warm-up.")
+    p.add_argument("--weight_decay", type=float, default=HARNESS["weight_decay"], help="AdamW's, in the warm-up.")
+    p.add_argument("--max_grad_norm", type=float, default=HARNESS["max_grad_norm"],
+                   help="Gradient clipping in the warm-up, after the signals read the gradients (0 disables).")
     p.add_argument("--score_norm", default="raw", choices=choices("score_norm"),
-                   help="For the norm signals (the share signals always use raw).")
+                   help="For the norm signals given without :SCORE_NORM (the share signals always use raw).")
     p.add_argument("--seed", type=int, default=0, help="Adapter initialisation, batch order and the nulls' seed.")
+    p.add_argument("--threads", type=int, default=1, help="torch's CPU threads.")
     args = p.parse_args(argv)
-    if args.batches < 1 or args.batch_size < 1 or args.lora_r < 1:
-        p.error("--batches, --batch_size and --lora_r must be >= 1.")
+    if min(args.calibration_batches, args.warmup_steps, args.batch_size, args.lora_r, args.threads) < 1:
+        p.error("--calibration_batches, --warmup_steps, --batch_size, --lora_r and --threads must be >= 1.")
+    try:
+        args.specs = list(dict.fromkeys(parse_spec(s, args.score_norm) for s in args.signals))
+    except ValueError as error:
+        p.error(str(error))
     return args
 
 
-def read_planting(folder, tokenizer, args):
-    """(GroundTruth, the target's row of TARGETS, the tokenised batches) of one planting folder."""
+@dataclass
+class Planting:
+    """One planting folder as the benchmark runs it: the base model (no adapter), its batches and its ground truth."""
+
+    name: str
+    truth: GroundTruth
+    truth_json: dict
+    base: torch.nn.Module
+    task_type: str | None  # peft's: a sequence classifier, or None for planted_task's read-out model
+    batches: list
+
+
+def sample_rows(folder, truth, args) -> pd.DataFrame:
+    """The training rows of the longest timing's batches, in an order drawn from --seed."""
+    rows = pd.read_parquet(Path(folder, truth["task"], "train.parquet"))
+    steps = max(args.calibration_batches if "calibration" in args.timings else 0,
+                args.warmup_steps if "warmup" in args.timings else 0)
+    needed = steps * args.batch_size
+    if len(rows) < needed:
+        raise SystemExit(f"--planting {folder}: {len(rows)} training rows, fewer than the {steps} batches x "
+                         f"--batch_size {args.batch_size} = {needed} the timings need.")
+    return rows.iloc[np.random.default_rng(args.seed).permutation(len(rows))[:needed]]
+
+
+def scalar_planting(folder, truth, model_path, tokenizer, args):
+    """(base, peft task type, batches) of a scalar planting: a sequence classifier with a fresh head."""
+    from transformers import AutoModelForSequenceClassification
+
+    columns, num_labels, problem = TARGETS[truth["target"]]
+    rows = sample_rows(folder, truth, args)
+    max_length = args.max_seq_length or truth.get("max_seq_length") or 64
+    label_dtype = torch.long if num_labels > 1 else torch.float32
+    batches = []
+    for start in range(0, len(rows), args.batch_size):
+        part = rows.iloc[start:start + args.batch_size]
+        batch = tokenizer(*[part[c].astype(str).tolist() for c in columns], truncation=True,
+                          max_length=max_length, padding=True, return_tensors="pt")
+        batch["labels"] = torch.tensor(part["label"].to_numpy(), dtype=label_dtype)
+        batches.append(dict(batch))
+    torch.manual_seed(args.seed)
+    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, problem_type=problem)
+    return base, "SEQ_CLS", batches
+
+
+def vector_planting(folder, truth, model_path, tokenizer, args):
+    """(base, peft task type, batches) of a vector planting, as the harness's --task planted builds them: checked by
+    planted_task (one line naming the file or row), tokenised as glue_data.tokenize_splits does, batched by
+    VectorLabelCollator."""
+    planting = planted_task.read_planting(folder)
+    base = planted_task.ReadoutModel.load(model_path, planting)
+    planted_task.check_planting(planting, base, args.max_seq_length or planting.max_seq_length)
+    rows = sample_rows(folder, truth, args)
+    columns = {"sentence": rows["sentence"].tolist(), "label": [np.asarray(v).tolist() for v in rows["label"]]}
+    if planted_task.BASE_ERROR in rows:
+        columns[planted_task.BASE_ERROR] = rows[planted_task.BASE_ERROR].tolist()
+    split = datasets.Dataset.from_dict(columns)  # checked as the harness checks its splits
+    planted_task.check_labels({"train": split}, planting)
+    planted_task.check_token_counts({"train": split}, tokenizer, planting)
+    collator = planted_task.VectorLabelCollator(tokenizer, planting, pad_to_max_length=False)
+    features = [{**tokenizer(sentence, truncation=True, max_length=planting.max_seq_length), "label": label,
+                 planted_task.BASE_ERROR: error}
+                for sentence, label, error in zip(split["sentence"], split["label"], split[planted_task.BASE_ERROR])]
+    batches = [dict(collator(features[start:start + args.batch_size]))
+               for start in range(0, len(features), args.batch_size)]
+    return base, None, batches
+
+
+def read_planting(folder, args) -> Planting:
+    """The planting in `folder`, its model and batches; one error line naming the folder otherwise."""
+    from transformers import AutoTokenizer
+
     path = Path(folder, "ground_truth.json")
     if not path.is_file():
         raise SystemExit(f"--planting {folder}: no ground_truth.json (not a data/make_planted.py folder).")
     truth = json.loads(path.read_text())
-    if truth.get("target") not in TARGETS:
-        raise SystemExit(f"{path}: target {truth.get('target')!r}; this benchmark knows {', '.join(TARGETS)}.")
-    columns, num_labels, problem = TARGETS[truth["target"]]
-    rows = pd.read_parquet(Path(folder, truth["task"], "train.parquet"))
-    needed = args.batches * args.batch_size
-    if len(rows) < needed:
-        raise SystemExit(f"{folder}: {len(rows)} training rows, fewer than --batches x --batch_size = {needed}.")
-    rows = rows.iloc[np.random.default_rng(args.seed).permutation(len(rows))[:needed]]
-    label_dtype = torch.long if num_labels > 1 else torch.float32
-    batches = []
-    for start in range(0, needed, args.batch_size):
-        part = rows.iloc[start:start + args.batch_size]
-        batch = tokenizer(*[part[c].astype(str).tolist() for c in columns], truncation=True,
-                          max_length=args.max_seq_length, padding=True, return_tensors="pt")
-        batch["labels"] = torch.tensor(part["label"].to_numpy(), dtype=label_dtype)
-        batches.append(dict(batch))
-    return truth, (num_labels, problem), GroundTruth.read(path), batches
+    target = truth.get("target")
+    if target not in TARGETS and target not in planted_task.TARGETS:
+        raise SystemExit(f"{path}: target {target!r}; this benchmark knows "
+                         f"{', '.join([*TARGETS, *planted_task.TARGETS])}.")
+    model_path = args.model_name_or_path or truth["model"]
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    build = vector_planting if target in planted_task.TARGETS else scalar_planting
+    try:
+        base, task_type, batches = build(folder, truth, model_path, tokenizer, args)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"--planting {folder}: {error}") from None
+    return Planting(Path(folder).name, GroundTruth.read(path), truth, base, task_type, batches)
 
 
-def fresh_adapter(base, targets, args):
+def fresh_adapter(planting: Planting, args):
     from peft import LoraConfig, get_peft_model
 
+    targets = resolve_targets(planting.base, list(MATRIX_PATTERNS))
     torch.manual_seed(args.seed)
-    config = LoraConfig(task_type="SEQ_CLS", r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r,
+    config = LoraConfig(task_type=planting.task_type, r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r,
                         target_modules=targets, lora_dropout=0.0)
-    return get_peft_model(copy.deepcopy(base), config)
+    return get_peft_model(copy.deepcopy(planting.base), config)
 
 
-def signal_config(signal, timing, args):
-    norm = "raw" if signal in ("activation_variance", "update_concentration", "random") else args.score_norm
-    when = {"calibration_steps": args.batches} if timing == "calibration" else {"warmup_steps": args.batches}
-    return GradNormRankConfig(signal=signal, score_norm=norm, signal_seed=args.seed, **when)
+def signal_config(spec: Spec, timing, args):
+    when = ({"calibration_steps": args.calibration_batches} if timing == "calibration"
+            else {"warmup_steps": args.warmup_steps})
+    return GradNormRankConfig(signal=spec.signal, score_norm=spec.score_norm, signal_seed=args.seed, **when)
 
 
-def collect(base, targets, batches, signal, timing, args):
-    """One signal x timing on a fresh adapter: the GradNormRank after its allocation, and the CUDA peak (None)."""
-    model = fresh_adapter(base, targets, args)
-    grn = GradNormRank(model, signal_config(signal, timing, args))
-    buffer = grn.signal.buffer_bytes()
-    loss = lambda batch: model(**batch).loss  # noqa: E731
-    if timing == "calibration":
-        grn.calibrate(iter(batches), loss)
-    else:
-        params = lambda: [p for p in model.parameters() if p.requires_grad]  # noqa: E731
-        optimizer = torch.optim.AdamW(params(), lr=args.learning_rate)
-        constant = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)  # noqa: E731
-        host = LoopHost(optimizer, constant(optimizer), lambda: torch.optim.AdamW(params(), lr=args.learning_rate),
-                        constant)
-        grn.attach(host)
-        model.train()
-        for step, batch in enumerate(batches, start=1):
-            loss(batch).backward()
+def observe(model, trackers, batches, args, optimizer=None):
+    """Forward and backward over `batches`, every tracker observing each one; with an optimizer, an AdamW step after
+    each (clipped at --max_grad_norm after the trackers read the gradients), as the warm-up's loop; without, none, as
+    GradNormRank.calibrate. The dropout draws are --seed's. Returns the wall-clock seconds."""
+    torch.manual_seed(args.seed)
+    model.train()
+    start = time.perf_counter()
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        for grn in trackers.values():
             grn.observe_gradients()
-            host.optimizer.step()
-            grn.after_optimizer_step()
-            host.lr_scheduler.step()
-            host.optimizer.zero_grad(set_to_none=True)
-            grn.maybe_reallocate(step)
-    return grn, buffer
+        if optimizer is not None:
+            if args.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
+            optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def collect(planting: Planting, specs, timing, args):
+    """Every signal of `specs` over one timing's shared passes: {spec: (shares, signal seconds, buffer bytes)} and
+    the passes' own seconds (less the signals' work)."""
+    model = fresh_adapter(planting, args)
+    trackers = {spec: GradNormRank(model, signal_config(spec, timing, args)) for spec in specs}
+    buffers = {spec: grn.signal.buffer_bytes() for spec, grn in trackers.items()}
+    if timing == "calibration":
+        wall = observe(model, trackers, planting.batches[:args.calibration_batches], args)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        wall = observe(model, trackers, planting.batches[:args.warmup_steps], args, optimizer)
+    passes = wall - sum(grn.overhead.signal_seconds for grn in trackers.values())
+    results = {}
+    for spec, grn in trackers.items():
+        start = time.perf_counter()
+        shares = grn.scores()
+        own = grn.overhead.signal_seconds + time.perf_counter() - start
+        results[spec] = (shares, own + (passes if timing == "calibration" else 0.0), buffers[spec])
+        grn.signal.remove()
+    return results, passes
 
 
 def placement(scores: dict, truth: GroundTruth) -> dict:
@@ -141,44 +284,53 @@ def placement(scores: dict, truth: GroundTruth) -> dict:
     places = rankdata(-values, method="average")
     planted = [n in truth.planted for n in names]
     oracle = np.array([truth.oracle[n] for n in names], dtype=float)
-    rho = spearmanr(values, oracle).statistic if values.std() > 0 else float("nan")
+    rho = spearmanr(values, oracle).statistic if values.std() > 0 and oracle.std() > 0 else float("nan")
     return {"recall_at_k": recall_at_k(scores, set(truth.planted)),
             "mean_planted_place": float(places[planted].mean()),
             "planted_score_share": float(values[planted].sum() / values.sum()) if values.sum() > 0 else float("nan"),
             "spearman_oracle": float(rho)}
 
 
-def run_planting(folder, args):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def reference_scores(truth_json) -> dict:
+    """{name: (step, {matrix: score})} of full fine-tuning's change scores at the identifiability block's verdict step
+    (none without a block)."""
+    block = truth_json.get("identifiability")
+    if not block or "full_finetuning" not in block:
+        return {}
+    step = block["verdict"]["step"]
+    scores = block["full_finetuning"][str(step)]["scores"]
+    return {f"full_ft_{name}": (step, scores[name]) for name in REFERENCE_SCORES if name in scores}
 
-    truth_json = json.loads(Path(folder, "ground_truth.json").read_text())
-    model_path = args.model_name_or_path or truth_json["model"]
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    _, (num_labels, problem), truth, batches = read_planting(folder, tokenizer, args)
-    torch.manual_seed(args.seed)
-    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, problem_type=problem)
-    targets = resolve_targets(base, list(MATRIX_PATTERNS))
+
+def row(planting: Planting, timing, label, signal, score_norm, observations, shares) -> dict:
+    return {"planting": planting.name, "timing": timing, "signal": label, "base_signal": signal,
+            "score_norm": score_norm, "observations": observations, "planted": len(planting.truth.planted),
+            "matrices": len(shares), **placement(shares, planting.truth)}
+
+
+def share_rows(planting: Planting, timing, label, shares) -> list:
+    total = sum(shares.values())
+    return [{"planting": planting.name, "timing": timing, "signal": label, "module": name,
+             "planted": name in planting.truth.planted, "share": value / total if total > 0 else 0.0}
+            for name, value in shares.items()]
+
+
+def run_planting(folder, args):
+    planting = read_planting(folder, args)
     rows, scores = [], []
     for timing in args.timings:
-        for signal in args.signals:
-            if timing == "calibration" and signal in NEEDS_TRAINING:
-                continue
-            cuda = torch.cuda.is_available() and next(base.parameters()).is_cuda
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            grn, buffer = collect(base, targets, batches, signal, timing, args)
-            wall = time.perf_counter() - start
-            shares = grn.scores()
-            rows.append({"planting": Path(folder).name, "timing": timing, "signal": signal,
-                         "score_norm": grn.config.score_norm, "planted": len(truth.planted), "matrices": len(shares),
-                         **placement(shares, truth), "signal_seconds": grn.overhead.signal_seconds,
-                         "wall_seconds": wall, "signal_buffer_mb": buffer / 2**20,
-                         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None})
-            scores += [{"planting": Path(folder).name, "timing": timing, "signal": signal, "module": name,
-                        "planted": name in truth.planted, "share": share} for name, share in shares.items()]
-            print(f"{Path(folder).name} {timing} {signal}: recall {rows[-1]['recall_at_k']:.2f}, "
-                  f"{rows[-1]['signal_seconds']:.1f} s", flush=True)
+        specs = [s for s in args.specs if not (timing == "calibration" and s.signal in NEEDS_TRAINING)]
+        results, passes = collect(planting, specs, timing, args)
+        observations = args.calibration_batches if timing == "calibration" else args.warmup_steps
+        for spec, (shares, seconds, buffer) in results.items():
+            rows.append({**row(planting, timing, spec.label, spec.signal, spec.score_norm, observations, shares),
+                         "signal_seconds": seconds, "pass_seconds": passes, "signal_buffer_mb": buffer / 2**20})
+            scores += share_rows(planting, timing, spec.label, shares)
+            print(f"{planting.name} {timing} {spec.label}: recall {rows[-1]['recall_at_k']:.2f}, "
+                  f"{seconds:.1f} s", flush=True)
+    for name, (step, values) in reference_scores(planting.truth_json).items():
+        rows.append(row(planting, "reference", name, name, "", step, values))
+        scores += share_rows(planting, "reference", name, values)
     return rows, scores
 
 
@@ -189,6 +341,7 @@ def heatmap(scores: pd.DataFrame, path):
     import matplotlib.pyplot as plt
 
     table = scores.pivot(index="signal", columns="module", values="share")
+    table = table.loc[list(dict.fromkeys(scores["signal"]))]  # the table's order of signals
     modules = sorted(table.columns, key=lambda n: module_matrix(n) or (0, n))
     table = table[modules]
     planted = set(scores.loc[scores["planted"], "module"])
@@ -204,13 +357,13 @@ def heatmap(scores: pd.DataFrame, path):
     fig.colorbar(image, ax=ax, label="share of the score")
     ax.set_title(f"{path.stem}: planted matrices in red")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    columns = ["planting", "timing", "signal", "recall_at_k", "mean_planted_place", "planted_score_share",
-               "spearman_oracle", "signal_seconds", "signal_buffer_mb", "cuda_peak_mb"]
+    columns = ["planting", "timing", "signal", "observations", "recall_at_k", "mean_planted_place",
+               "planted_score_share", "spearman_oracle", "signal_seconds", "pass_seconds", "signal_buffer_mb"]
 
     def cell(value):
         if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -218,20 +371,21 @@ def to_markdown(table: pd.DataFrame) -> str:
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in table.to_dict("records")]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in table.to_dict("records")]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     args = parse_args(argv)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
     rows, scores = [], []
     for folder in args.planting:
         more_rows, more_scores = run_planting(folder, args)
         rows += more_rows
         scores += more_scores
     table, scores = pd.DataFrame(rows), pd.DataFrame(scores)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "allocation_bench.csv", index=False)
     scores.to_csv(out / "scores.csv", index=False)
     markdown = to_markdown(table)

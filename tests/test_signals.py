@@ -3,11 +3,9 @@ calibration timing (gradnorm_rank.GradNormRank.calibrate; --glora_calibration_st
 
 import json
 
-import pandas as pd
 import pytest
 import torch
 from conftest import glora_plan, trial_args, write_glue_fixture
-from peft import LoraConfig, get_peft_model
 
 import run_glue_peft
 from gradnorm_rank import GradNormRank
@@ -258,44 +256,3 @@ def test_bad_signal_flags_fail_before_training(tiny_bert, glue_dir, tmp_path, ch
     with pytest.raises(ValueError, match=message):
         run_glue_peft.main(trial_args(tiny_bert, glue_dir("sst2"), "sst2", "glora", out, "--max_steps", "4", *change))
     assert not out.exists()
-
-
-# ---------------------------------------------------------------- the benchmark of signals
-
-
-def test_allocation_bench_reproduces_lora_b_recall(tiny_bert, tmp_path):
-    """benchmarks.allocation_bench on a tiny planting (data/make_planted.py): its lora_b calibration recall equals
-    the recall of the shares a GradNormRank run made here directly on the same model, seed and batches; it writes
-    the table, the CSVs and one heatmap per timing."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from analysis.allocation import recall_at_k
-    from benchmarks import allocation_bench
-    from data import make_planted
-
-    planting = tmp_path / "planted"
-    make_planted.main(["--out_dir", str(planting), "--model_name_or_path", str(tiny_bert), "--train_rows", "64",
-                       "--dev_rows", "16", "--planted", "0:value", "1:ffn_out", "--rank", "2", "--max_seq_length", "32"])
-    out = tmp_path / "bench"
-    flags = ["--batches", "2", "--batch_size", "8", "--max_seq_length", "32", "--seed", "3"]
-    table, scores = allocation_bench.main(["--planting", str(planting), "--out_dir", str(out), "--signals", "lora_b",
-                                           "random", "update_concentration", *flags])
-    assert len(table) == 5  # update_concentration has no calibration row
-    assert {f.name for f in out.iterdir()} == {"allocation_bench.md", "allocation_bench.csv", "scores.csv",
-                                               "heatmap_planted_calibration.png", "heatmap_planted_warmup.png"}
-    assert len(pd.read_csv(out / "allocation_bench.csv")) == 5 and len(pd.read_csv(out / "scores.csv")) == 5 * 12
-
-    args = allocation_bench.parse_args(["--planting", str(planting), "--out_dir", str(out), *flags])
-    truth, _, ground, batches = allocation_bench.read_planting(planting, AutoTokenizer.from_pretrained(tiny_bert), args)
-    torch.manual_seed(3)
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
-    torch.manual_seed(3)
-    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, lora_dropout=0.0,
-                                            target_modules=list(json.loads((planting / "oracle_pattern.json").read_text()))))
-    grn = GradNormRank(model, glora_plan(24, None, calibration_steps=2, signal="lora_b"))
-    grn.calibrate(iter(batches), lambda batch: model(**batch).loss)
-    direct = recall_at_k(grn.scores(), set(truth["planted"]))
-    row = table[(table.timing == "calibration") & (table.signal == "lora_b")].iloc[0]
-    assert row.recall_at_k == direct
-    bench_scores = scores[(scores.timing == "calibration") & (scores.signal == "lora_b")].set_index("module")["share"]
-    assert bench_scores.to_dict() == pytest.approx(grn.scores(), rel=1e-9)
