@@ -182,13 +182,26 @@ class ReadoutOutput(ModelOutput):
     base_sq_error: torch.Tensor | None = None
 
 
+def without_dropout(encoder):
+    """Every dropout of `encoder` off, in its modules (p = 0) and in its config (what a reload would build)."""
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for name, value in vars(encoder.config).items():
+        if "dropout" in name and isinstance(value, float):
+            setattr(encoder.config, name, 0.0)
+
+
 class ReadoutModel(torch.nn.Module):
     """The base encoder, under the attribute its sequence classifier gives it (bert, deberta: the module paths of the
     planting's ground truth and oracle pattern), and the planting's frozen affine read-out; no trainable head and no
-    pooler."""
+    pooler. The encoder's dropout is off (`without_dropout`): the labels are the teacher's outputs without dropout,
+    and a regression on them trained through dropout learns to undo its noise, which the evaluation (no dropout) then
+    pays for. (LoRA's own dropout, --lora_dropout, acts on the adapter's input only and stays the flag's.)"""
 
     def __init__(self, encoder, planting: Planting):
         super().__init__()
+        without_dropout(encoder)
         self.prefix = encoder.base_model_prefix
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused: the read-out takes the last hidden state

@@ -74,6 +74,9 @@ COMMON=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task "$TASK" --use
         --per_device_eval_batch_size 128 --max_seq_length "${STUDY_SEQ_LENGTH:-128}" --warmup_steps 0.06
         --train_sampling_strategy group_by_length --tuning_split_fraction 0.1 --tuning_split_max 2000
         --save_strategy no --logging_steps 10 --report_to none --dataloader_num_workers 0)
+# A planting's labels are its teacher's outputs without dropout: the read-out model trains without the encoder's
+# (harness/planted_task.py), and here without LoRA's either, as the identifiability diagnostic's LoRA.
+[ "$TASK" = planted ] && COMMON+=(--lora_dropout 0)
 TUNING=(--eval_split tuning --eval_strategy epoch --seed 1)
 
 mkdir -p "$ROOT"

@@ -380,3 +380,20 @@ def test_eva_runs_on_a_planting_and_spends_loras_rank_budget(tiny_bert, planting
     ranks = json.loads((tmp_path / "eva" / "ranks.json").read_text())["modules"]
     assert "eval_recovered" in results
     assert sum(m["final_rank"] for m in ranks.values()) == sum(m["initial_rank"] for m in ranks.values()) == len(ranks)
+
+
+def test_the_readout_model_trains_without_the_encoders_dropout(tiny_bert, plantings):
+    """The labels are the teacher's outputs without dropout: in training mode the read-out model gives the outputs
+    of evaluation mode exactly (the encoder's dropout off, in its modules and its config), so a run regresses on the
+    planted change, not on dropout's noise. (Before: train-mode outputs differed from eval-mode outputs.)"""
+    from transformers import AutoModel
+
+    model = ReadoutModel(AutoModel.from_pretrained(tiny_bert), read_planting(plantings["features"]))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    batch = tokenizer(["a very good movie", "not bad at all"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        trained = model.train()(**batch).logits
+        evaluated = model.eval()(**batch).logits
+    assert torch.equal(trained, evaluated)
+    dropouts = {k: v for k, v in vars(model.config).items() if "dropout" in k and isinstance(v, float)}
+    assert dropouts and set(dropouts.values()) == {0.0}
