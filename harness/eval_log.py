@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-EVAL_LOG = "eval_log.jsonl"
+from harness.records import EVAL_LOG
 
 
 class EvalLog(TrainerCallback):
@@ -51,17 +51,3 @@ class EvalLog(TrainerCallback):
         }
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def read_eval_log(output_dir) -> list:
-    """The evaluations logged so far (a line still being written is left for the next read)."""
-    path = Path(output_dir, EVAL_LOG)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records

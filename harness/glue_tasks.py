@@ -7,8 +7,6 @@ metrics are written out here.
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,9 @@ GLUE_TASKS = {
 def glue_metrics(task: str, predictions, labels, base_sq_error=None) -> dict:
     """GLUE metrics for one task. `predictions` are logits (classification) or scores (STS-B); a vector-label task
     also needs the base model's squared error of each example scored (`base_sq_error`, vector_metrics)."""
+    from scipy.stats import pearsonr, spearmanr  # here, not at the top: every tool that reads GLUE_TASKS imports
+    from sklearn.metrics import f1_score, matthews_corrcoef  # this module, and these two cost ~0.7 s of CPU
+
     spec = GLUE_TASKS[task]
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if spec.is_vector:

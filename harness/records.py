@@ -1,4 +1,5 @@
-"""A run folder's three records, each written and read here only (as eval_log.py does for the evaluation log):
+"""A run folder's three records, each written and read here only, and the evaluation log's name and reader
+(eval_log.EvalLog writes it; kept here so that launch/choose_rates.py reads it without importing torch):
 
     run_args.json     RunArgs     what was asked and what it resolved to; written before training starts
     ranks.json        RankRecord  per adapted matrix its place, shape and ranks, and the method's own block
@@ -27,6 +28,7 @@ import numpy as np
 RUN_ARGS_FILE = "run_args.json"
 RANKS_FILE = "ranks.json"
 RESULTS_FILE = "all_results.json"
+EVAL_LOG = "eval_log.jsonl"  # written by eval_log.EvalLog as training evaluates; read_eval_log below
 
 
 class RecordError(ValueError):
@@ -267,3 +269,17 @@ class Results(Record):
             raise RecordError(f"missing keys in {RESULTS_FILE}: {', '.join(missing)}")
         known, metrics = _known_and_other(cls, obj)
         return cls(**_typed(RESULTS_FILE, cls, known), metrics=metrics)
+
+
+def read_eval_log(output_dir) -> list:
+    """The evaluations logged so far (a line still being written is left for the next read)."""
+    path = Path(output_dir, EVAL_LOG)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records

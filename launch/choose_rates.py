@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.eval_log import read_eval_log
+from harness.records import read_eval_log
 
 
 def main(root, metric, arms):

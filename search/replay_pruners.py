@@ -29,7 +29,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from harness.eval_log import read_eval_log
+from harness.records import read_eval_log
 from search.pruning import PRUNING_RATE_MARGIN, PruningSettings, make_pruner, may_prune, report_step
 
 BASELINE = PruningSettings(pruner="none", evaluations_per_trial=1, warmup_fraction=0.0, startup_trials=0,

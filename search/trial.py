@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 
-from harness.eval_log import read_eval_log
+from harness.records import read_eval_log
 from search.pruning import PruningSettings, may_prune, report_step
 from search.study import TrialHeartbeat
 

@@ -274,7 +274,8 @@ def test_glora_state_of_another_budget_is_refused():
 def test_eval_log_is_kept_on_resume_and_restarted_otherwise(tmp_path, resuming):
     from types import SimpleNamespace
 
-    from harness.eval_log import EVAL_LOG, EvalLog, read_eval_log
+    from harness.eval_log import EvalLog
+    from harness.records import EVAL_LOG, read_eval_log
 
     (tmp_path / EVAL_LOG).write_text('{"step": 3, "max_steps": 9, "split": "dev", "metrics": {"accuracy": 0.5}}\n')
     EvalLog(tmp_path, "dev", resuming=resuming).on_train_begin(None, SimpleNamespace(is_world_process_zero=True), None)

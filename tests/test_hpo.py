@@ -26,8 +26,8 @@ from optuna.trial import TrialState
 import hpo
 import run_glue_peft
 from harness.arguments import DataArguments, check_args, config_to_flags, parse_args
-from harness.eval_log import read_eval_log
 from harness.glue_data import load_glue_data
+from harness.records import read_eval_log
 from search.report import FIGURES, intermediate_curves, plot_intermediate_values, write_figures
 from search.sampler import make_sampler, sampler_record
 from search.space import load_search_config, sample
