@@ -212,9 +212,13 @@ def test_the_trainer_log_gets_the_settings_the_reallocation_and_the_outcome(tmp_
     assert len([e for e in history if "loss" in e]) == STEPS
 
 
-def test_the_settings_reach_a_trackers_config(tmp_path):
-    """report_to wandb (offline): the run's config holds the method's resolved settings."""
+def test_the_settings_reach_a_trackers_config(tmp_path, monkeypatch):
+    """report_to wandb (offline): the run's config holds the method's resolved settings. Its files go to tmp_path, and
+    wandb's process-wide settings are torn down after it (they keep the first run's folder: a later test's WANDB_DIR
+    was otherwise ignored)."""
     pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     trainer = GradNormRankTrainer(model=tiny_bert_classifier(), args=training_args(tmp_path, report_to="wandb"),
                                   train_dataset=classification_rows(),
                                   gradnorm_rank=GradNormRankConfig(warmup_steps=WARMUP))
@@ -225,6 +229,7 @@ def test_the_settings_reach_a_trackers_config(tmp_path):
         recorded = dict(wandb.run.config["gradnorm_rank"])
     finally:
         wandb.finish()
+        wandb.teardown()
     assert recorded == json.loads(json.dumps(trainer.gradnorm_rank.settings()))
 
 
