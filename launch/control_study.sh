@@ -15,7 +15,9 @@
 # 5. compare_runs.py (verdicts by arm) and allocation_quality.py (where each run put its rank).
 # Arms: lora (uniform rank 2), oracle (--rank_pattern: rank 8 on the planted matrices, 1 elsewhere; positive only:
 # under the negative control it is uniform LoRA), glora_params, adalora_params (the closest uniform target, 2); on
-# request (STUDY_ARMS) glora_params_pru (GLoRA's score per rank unit).
+# request (STUDY_ARMS) glora_params_pru (GLoRA's score per rank unit), glora_cal (the proposal's signal over 8 batches
+# before training: --glora_calibration_steps), eva (peft's EVA, rho 2, at LoRA's rank budget: EVA redistributes ranks,
+# not parameters) and lora_r1, lora_r3, lora_r4 (uniform LoRA at other ranks: the accuracy-cost frontier).
 # Two workers, one thread each; finished runs are skipped, so an interrupted study can be restarted.
 # Environment: STUDY_ROOT, STUDY_MODEL, STUDY_SOURCE (SST-2 parquet folder whose sentences are labelled), STUDY_GRID,
 # STUDY_RATES_FROM (a chosen_rates.json to use instead of tuning), STUDY_ARMS (a subset), STUDY_SEEDS, STUDY_SIGNALS and
@@ -65,7 +67,16 @@ declare -A ARM_FLAGS=(
   [glora_params]="--method glora --glora_warmup_fraction 0.3333 --arm glora_params"
   [adalora_params]="--method adalora --arm adalora_params"
   [glora_params_pru]="--method glora --glora_warmup_fraction 0.3333 --glora_score_norm per_rank_unit --arm glora_params_pru"
+  [glora_cal]="--method glora --glora_calibration_steps 8 --arm glora_cal"
+  [eva]="--method eva --budget_unit rank --arm eva"
+  [lora_r1]="--method lora --lora_r 1 --lora_alpha 2 --arm lora_r1"
+  [lora_r3]="--method lora --lora_r 3 --lora_alpha 6 --arm lora_r3"
+  [lora_r4]="--method lora --lora_r 4 --lora_alpha 8 --arm lora_r4"
 )
+for arm in "${ARMS[@]}"; do
+  [ -n "${ARM_FLAGS[$arm]+set}" ] || { echo "control_study.sh: STUDY_ARMS: unknown arm '$arm'; choose from \
+${!ARM_FLAGS[*]}" >&2; exit 2; }
+done
 # Average rank 2 on all six matrices of every layer, counted in parameters: 2 x sum(d_in + d_out) = 82,944 on
 # MiniLM. alpha 4 keeps LoRA's scaling alpha / r = 2 (the project's 16 / 8); the oracle's layers keep it too.
 COMMON=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task "$TASK" --use_cpu True --lora_r 2 --lora_alpha 4

@@ -233,6 +233,19 @@ def test_control_study_launcher_dry_run(tiny_bert, tmp_path):
     assert len(truth["planted"]) == 12 and {e["rank"] for e in truth["planted"].values()} == {2}
 
 
+def test_control_study_refuses_an_unknown_arm_in_one_line(tmp_path):
+    """A misspelt STUDY_ARMS entry stops the launcher before anything runs, naming the arm and the known ones."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "STUDY_ROOT": str(tmp_path), "STUDY_MODEL": "unused", "STUDY_ARMS": "lora glora_paramz"}
+    done = subprocess.run(["bash", str(ROOT / "launch" / "control_study.sh"), "positive"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and not list(tmp_path.iterdir())
+    assert done.stderr.count("\n") == 1 and "unknown arm 'glora_paramz'" in done.stderr
+    assert {"eva", "glora_cal", "lora_r1", "lora_r4", "glora_params"} <= set(done.stderr.split("choose from ")[1].split())
+
+
 def test_oracle_share_is_the_arms_gain_over_the_oracles(tmp_path, capsys):
     from launch import oracle_share
 
