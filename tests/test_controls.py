@@ -1,6 +1,7 @@
 """The planted-structure control: the generator (data/make_planted.py) and allocation quality (analysis/allocation.py)."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -196,11 +197,20 @@ def test_control_study_launcher_dry_run(tiny_bert, tmp_path):
            "STUDY_SIGNALS": "lora_ab", "STUDY_NORMS": "per_entry",
            "STUDY_GENERATOR_ARGS": "--planted 0:value 1:ffn_in --rank 2 --train_rows 80 --dev_rows 24 --max_seq_length 32",
            "STUDY_EXTRA_ARGS": "--max_steps 3 --max_seq_length 32"}
+    # STUDY_STAGE=tune stops after the chosen rates; the whole study then reuses its tuning runs.
+    done = subprocess.run(["bash", str(ROOT / "launch" / "control_study.sh"), "positive"], env={**env, "STUDY_STAGE": "tune"},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    positive = root / "positive"
+    tuned = json.loads((positive / "chosen_rates.json").read_text())
+    assert not (positive / "final").exists() and len(list((positive / "tuning").glob("*/lr*/all_results.json"))) == 8
     done = subprocess.run(["bash", str(ROOT / "launch" / "control_study.sh"), "positive"], env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    positive = root / "positive"
+    started = re.findall(r"^\d\d:\d\d:\d\d start (\S+)$", done.stdout, re.M)
+    assert len(started) == 5 and "tuning" not in " ".join(started)  # the 4 finals and the ablation: no tuning again
     chosen = json.loads((positive / "chosen_rates.json").read_text())
+    assert chosen == tuned
     assert set(chosen) == {"lora", "oracle", "glora_params", "adalora_params"} and set(chosen.values()) <= {1e-3, 4e-3}
     oracle = json.loads((positive / "final" / "oracle_seed1" / "ranks.json").read_text())
     pattern = json.loads((positive / "data" / "oracle_pattern.json").read_text())
@@ -233,8 +243,9 @@ def test_control_study_launcher_dry_run(tiny_bert, tmp_path):
     assert len(truth["planted"]) == 12 and {e["rank"] for e in truth["planted"].values()} == {2}
 
 
-def test_control_study_refuses_an_unknown_arm_in_one_line(tmp_path):
-    """A misspelt STUDY_ARMS entry stops the launcher before anything runs, naming the arm and the known ones."""
+def test_control_study_refuses_an_unknown_arm_or_stage_in_one_line(tmp_path):
+    """A misspelt STUDY_ARMS entry or STUDY_STAGE stops the launcher before anything runs, naming the value and the
+    known ones."""
     import os
     import subprocess
 
@@ -244,6 +255,11 @@ def test_control_study_refuses_an_unknown_arm_in_one_line(tmp_path):
     assert done.returncode == 2 and not list(tmp_path.iterdir())
     assert done.stderr.count("\n") == 1 and "unknown arm 'glora_paramz'" in done.stderr
     assert {"eva", "glora_cal", "lora_r1", "lora_r4", "glora_params"} <= set(done.stderr.split("choose from ")[1].split())
+    env = {**os.environ, "STUDY_ROOT": str(tmp_path), "STUDY_MODEL": "unused", "STUDY_STAGE": "tuning"}
+    done = subprocess.run(["bash", str(ROOT / "launch" / "control_study.sh"), "positive"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and not list(tmp_path.iterdir())
+    assert done.stderr == "control_study.sh: STUDY_STAGE is all, tune, train or report, got 'tuning'\n"
 
 
 def test_oracle_share_is_the_arms_gain_over_the_oracles(tmp_path, capsys):
