@@ -19,13 +19,16 @@ from postgres import PASSWORD, postgres_server
 from test_hpo import LR_SPACE, fake_hpo_args, load_study, start_worker, write_space
 
 import hpo
+from search.report import trials_table
 from search.study import (
     TrialHeartbeat,
     counted_trials,
     fail_interrupted_trials,
     make_storage,
     retried_numbers,
+    run_worker,
     silent_trials,
+    surplus,
     take_over,
 )
 
@@ -116,6 +119,9 @@ def test_a_killed_workers_trial_is_rerun_once_by_the_other_workers(storage_flags
     assert resumed.returncode == 0 and survivor.returncode == 0, outputs
 
     trials = study.get_trials()
+    unrun = [t for t in trials if surplus(t)]  # asked for by the two workers at once for the retry: given up
+    assert all(t.state == TrialState.FAIL and not t.params and "trial_dir" not in t.user_attrs for t in unrun)
+    trials = [t for t in trials if not surplus(t)]
     by_number = {t.number: t for t in trials}
     original = by_number[interrupted.number]
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == original.number]
@@ -130,6 +136,40 @@ def test_a_killed_workers_trial_is_rerun_once_by_the_other_workers(storage_flags
     assert all("study sst2_lora in " in output and PASSWORD not in output for output in outputs)
     if storage_flags:
         assert all("study sst2_lora in postgresql+psycopg2://postgres:***@127.0.0.1" in output for output in outputs)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+@pytest.mark.parametrize("taken_by", ["the retry", "a new trial"])
+def test_a_worker_that_loses_the_last_trial_between_its_check_and_its_ask_runs_no_extra_trial(tmp_path, storage,
+                                                                                                taken_by):
+    """A study of 2 trials, one done. Worker B sees a trial to take (the retry of an interrupted trial waiting, or one
+    trial short) and asks for it; between its check and its ask, worker A takes it (the interleaving of two workers
+    polling at once, forced here). B's ask then makes a new trial past --n_trials: it is never run, not counted, and
+    the study ends with its 2 trials."""
+    location = str(tmp_path / "study.journal") if storage == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
+    a = optuna.create_study(study_name="s", storage=make_storage(location, 1, 2), direction="maximize")
+    b = optuna.load_study(study_name="s", storage=make_storage(location, 1, 2))  # another process's handle
+    lr = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True)}
+    a.tell(a.ask(lr), 0.5)
+    if taken_by == "the retry":
+        take_over(a, a.ask(lr))  # its worker died: FAIL, and its retry WAITING
+    pop = b._pop_waiting_trial_id
+
+    def a_takes_it_first():  # what A does between B's check (run_worker) and B's ask (study.optimize)
+        b._pop_waiting_trial_id = pop
+        a.tell(a.ask(lr), 0.7)
+        return pop()
+
+    b._pop_waiting_trial_id = a_takes_it_first
+    ran = []
+    run_worker(b, 2, lambda trial: ran.append(trial.number) or 0.9, on_trial_end=lambda study, trial: None, catch=(),
+               poll_seconds=0.1)
+    trials = b.get_trials()
+    (extra,) = [t for t in trials if t.number == len(trials) - 1]
+    assert ran == [] and extra.state == TrialState.FAIL and extra.params == {} and surplus(extra)
+    assert [t.value for t in counted_trials(b)] == [0.5, 0.7]
+    assert trials_table(b)["state"].iloc[-1] == "SURPLUS (not run)"
 
 
 def test_of_two_workers_taking_over_one_silent_trial_only_the_first_enqueues_it(tmp_path):
