@@ -169,8 +169,9 @@ def open_study(name: str, location: str, direction: str, pruning: PruningSetting
 
 
 def retried_numbers(trials) -> set:
-    """Trials that were interrupted and whose parameters were enqueued again."""
-    return {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
+    """Trials that were interrupted and whose parameters were enqueued again: each retry's history, the original
+    and the retries before it that were interrupted in their turn."""
+    return {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
 
 
 def counted_trials(study) -> list:

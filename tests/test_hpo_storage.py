@@ -193,6 +193,23 @@ def test_of_two_workers_taking_over_one_silent_trial_only_the_first_enqueues_it(
     assert rerun.number == retry.number and rerun.number not in [t.number for t in silent_trials(second, 2)]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_retry_interrupted_in_its_turn_is_not_counted_beside_its_own_retry(tmp_path):
+    """Trial 0 is interrupted, its retry 1 too; retry 2 completes. 0 and 1 are both interrupted and rerun: the study
+    counts one trial, 2."""
+    study = optuna.create_study(study_name="s", storage=make_storage(str(tmp_path / "study.journal"), 1, 2),
+                                direction="maximize")
+    lr = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True)}
+    assert take_over(study, study.ask(lr))
+    retry = study.ask(lr)  # pops the retry of trial 0; its worker dies in its turn
+    assert retry.number == 1 and take_over(study, retry)
+    study.tell(study.ask(lr), 0.5)
+    trials = study.get_trials()
+    assert trials[2].system_attrs["retry_history"] == [0, 1] and retried_numbers(trials) == {0, 1}
+    assert [t.number for t in counted_trials(study)] == [2]
+    assert trials_table(study)["state"].tolist() == ["INTERRUPTED (rerun)"] * 2 + ["COMPLETE"]
+
+
 def test_a_trial_longer_than_the_grace_period_is_not_taken_over_while_its_worker_beats(tmp_path, monkeypatch):
     """Another worker (a thread here, with its own handle on the journal) looks for silent trials all along, while
     the one trial runs for over twice the grace period: the trial's beats keep it, and it completes."""
