@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from search.study import counted_trials, retried_numbers
+from search.study import counted_trials, retried_numbers, surplus
 
 
 def progress_line(study, trial) -> str:
@@ -35,7 +35,8 @@ def format_value(v):
 
 
 def trials_table(study) -> pd.DataFrame:
-    """Every trial, interrupted ones included (marked): parameters, value, state, duration, steps trained."""
+    """Every trial, interrupted and surplus ones included (marked): parameters, value, state, duration, steps
+    trained."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
     rows = []
@@ -43,7 +44,7 @@ def trials_table(study) -> pd.DataFrame:
         a = t.user_attrs
         rows.append({
             "number": t.number,
-            "state": "INTERRUPTED (rerun)" if t.number in retried else t.state.name,
+            "state": state_shown(t, retried),
             "value": t.value,
             "last_intermediate": list(t.intermediate_values.values())[-1] if t.intermediate_values else None,
             "duration_s": round(t.duration.total_seconds(), 1) if t.duration else None,
@@ -55,6 +56,13 @@ def trials_table(study) -> pd.DataFrame:
             "trial_dir": a.get("trial_dir", ""),
         })
     return pd.DataFrame(rows)
+
+
+def state_shown(trial, retried: set) -> str:
+    """A trial's state in trials.csv: Optuna's, or why a FAILED trial is not counted."""
+    if trial.number in retried:
+        return "INTERRUPTED (rerun)"
+    return "SURPLUS (not run)" if surplus(trial) else trial.state.name
 
 
 def compute_spent(table: pd.DataFrame) -> dict:

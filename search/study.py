@@ -17,6 +17,12 @@ differently:
   grace period and enqueues their retry. Beat and check read the clock of the one machine that holds the file.
   The FAIL is a state update that Optuna refuses (UpdateFinishedTrialError) on a trial that is already finished, and
   the journal orders the updates, so of two workers that fail the same trial at once only the first enqueues it.
+
+A worker checks that the study needs a trial and then asks for one; between the two, another worker may take the
+last one (pop the waiting retry, or make the last new trial), and the ask then makes a new trial past --n_trials.
+Such a trial is never run: the storage numbers trials in one order for every worker, and a trial that is not a retry
+is the study's only while fewer than --n_trials such trials come before it (a retry takes its original's place), so
+the worker marks it `surplus` (FAIL, never trained, not counted) and the study runs exactly --n_trials trials.
 """
 
 import time
@@ -37,6 +43,7 @@ from search.pruning import PruningSettings, make_pruner
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 JOURNAL_SUFFIX = ".journal"
 HEARTBEAT = "heartbeat"  # a journal trial's user attribute: time.time() of its worker's last beat
+SURPLUS = "surplus"  # a trial's system attribute: made past --n_trials by a worker that lost a race; never run
 
 
 def storage_location(given: str | None, study_dir: Path) -> str:
@@ -162,15 +169,36 @@ def open_study(name: str, location: str, direction: str, pruning: PruningSetting
 
 
 def retried_numbers(trials) -> set:
-    """Trials that were interrupted and whose parameters were enqueued again."""
-    return {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
+    """Trials that were interrupted and whose parameters were enqueued again: each retry's history, the original
+    and the retries before it that were interrupted in their turn."""
+    return {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
 
 
 def counted_trials(study) -> list:
-    """Finished trials that count against --n_trials: complete, pruned, failed — not the interrupted ones rerun."""
+    """Finished trials that count against --n_trials: complete, pruned, failed — not the interrupted ones rerun, nor
+    the surplus ones never run."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
-    return [t for t in trials if t.state in FINISHED and t.number not in retried]
+    return [t for t in trials if t.state in FINISHED and t.number not in retried and not surplus(t)]
+
+
+def surplus(trial) -> bool:
+    """A trial made past --n_trials by a worker that another worker beat to the study's last trial (never run)."""
+    return bool(trial.system_attrs.get(SURPLUS))
+
+
+def beyond_n_trials(study, trial_id: int, n_trials: int) -> bool:
+    """Whether a trial just taken is past the study's --n_trials: not a retry, with n_trials trials that are not
+    retries (nor surplus) numbered before it. Every worker sees the same numbers, so they agree without a lock."""
+    trials = study.get_trials(deepcopy=False)
+    (trial,) = [t for t in trials if t._trial_id == trial_id]
+    retry = RetryHeartbeatStaleTrialCallback.retried_trial_number
+    earlier = [t for t in trials if t.number < trial.number and retry(t) is None and not surplus(t)]
+    return retry(trial) is None and len(earlier) >= n_trials
+
+
+class SurplusTrial(Exception):
+    """The trial a worker was given is past --n_trials (beyond_n_trials): it ends FAILED, marked surplus, unrun."""
 
 
 class TrialHeartbeat:
@@ -225,14 +253,23 @@ def take_over(study, trial) -> bool:
 
 def run_worker(study, n_trials: int, objective, on_trial_end, catch: tuple, poll_seconds: float):
     """Run trials one at a time until the study holds n_trials counted trials, then wait for the other workers'
-    running trials to end (an interrupted one ends after the grace period, and its retry is taken here)."""
+    running trials to end (an interrupted one ends after the grace period, and its retry is taken here). A trial
+    another worker's race made surplus (see the module docstring) is given up before `objective` runs."""
+
+    def within_n_trials(trial):
+        if beyond_n_trials(study, trial._trial_id, n_trials):
+            study._storage.set_trial_system_attr(trial._trial_id, SURPLUS, True)
+            trial.set_user_attr("fail_reason", f"not run: other workers took the study's {n_trials} trials first")
+            raise SurplusTrial()
+        return objective(trial)
+
     while True:
         fail_interrupted_trials(study)
         trials = study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         if waiting or len(counted_trials(study)) + len(running) < n_trials:
-            study.optimize(objective, n_trials=1, catch=catch, callbacks=[on_trial_end])
+            study.optimize(within_n_trials, n_trials=1, catch=catch + (SurplusTrial,), callbacks=[on_trial_end])
         elif running:
             time.sleep(poll_seconds)
         else:

@@ -19,13 +19,16 @@ from postgres import PASSWORD, postgres_server
 from test_hpo import LR_SPACE, fake_hpo_args, load_study, start_worker, write_space
 
 import hpo
+from search.report import trials_table
 from search.study import (
     TrialHeartbeat,
     counted_trials,
     fail_interrupted_trials,
     make_storage,
     retried_numbers,
+    run_worker,
     silent_trials,
+    surplus,
     take_over,
 )
 
@@ -116,6 +119,9 @@ def test_a_killed_workers_trial_is_rerun_once_by_the_other_workers(storage_flags
     assert resumed.returncode == 0 and survivor.returncode == 0, outputs
 
     trials = study.get_trials()
+    unrun = [t for t in trials if surplus(t)]  # asked for by the two workers at once for the retry: given up
+    assert all(t.state == TrialState.FAIL and not t.params and "trial_dir" not in t.user_attrs for t in unrun)
+    trials = [t for t in trials if not surplus(t)]
     by_number = {t.number: t for t in trials}
     original = by_number[interrupted.number]
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == original.number]
@@ -130,6 +136,40 @@ def test_a_killed_workers_trial_is_rerun_once_by_the_other_workers(storage_flags
     assert all("study sst2_lora in " in output and PASSWORD not in output for output in outputs)
     if storage_flags:
         assert all("study sst2_lora in postgresql+psycopg2://postgres:***@127.0.0.1" in output for output in outputs)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+@pytest.mark.parametrize("taken_by", ["the retry", "a new trial"])
+def test_a_worker_that_loses_the_last_trial_between_its_check_and_its_ask_runs_no_extra_trial(tmp_path, storage,
+                                                                                                taken_by):
+    """A study of 2 trials, one done. Worker B sees a trial to take (the retry of an interrupted trial waiting, or one
+    trial short) and asks for it; between its check and its ask, worker A takes it (the interleaving of two workers
+    polling at once, forced here). B's ask then makes a new trial past --n_trials: it is never run, not counted, and
+    the study ends with its 2 trials."""
+    location = str(tmp_path / "study.journal") if storage == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
+    a = optuna.create_study(study_name="s", storage=make_storage(location, 1, 2), direction="maximize")
+    b = optuna.load_study(study_name="s", storage=make_storage(location, 1, 2))  # another process's handle
+    lr = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True)}
+    a.tell(a.ask(lr), 0.5)
+    if taken_by == "the retry":
+        take_over(a, a.ask(lr))  # its worker died: FAIL, and its retry WAITING
+    pop = b._pop_waiting_trial_id
+
+    def a_takes_it_first():  # what A does between B's check (run_worker) and B's ask (study.optimize)
+        b._pop_waiting_trial_id = pop
+        a.tell(a.ask(lr), 0.7)
+        return pop()
+
+    b._pop_waiting_trial_id = a_takes_it_first
+    ran = []
+    run_worker(b, 2, lambda trial: ran.append(trial.number) or 0.9, on_trial_end=lambda study, trial: None, catch=(),
+               poll_seconds=0.1)
+    trials = b.get_trials()
+    (extra,) = [t for t in trials if t.number == len(trials) - 1]
+    assert ran == [] and extra.state == TrialState.FAIL and extra.params == {} and surplus(extra)
+    assert [t.value for t in counted_trials(b)] == [0.5, 0.7]
+    assert trials_table(b)["state"].iloc[-1] == "SURPLUS (not run)"
 
 
 def test_of_two_workers_taking_over_one_silent_trial_only_the_first_enqueues_it(tmp_path):
@@ -151,6 +191,23 @@ def test_of_two_workers_taking_over_one_silent_trial_only_the_first_enqueues_it(
     assert retry.params == trials[silent.number].params and len(trials) == 3
     rerun = second.ask(lr)  # a worker takes the retry: it inherited the old beat, but its start is new
     assert rerun.number == retry.number and rerun.number not in [t.number for t in silent_trials(second, 2)]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_retry_interrupted_in_its_turn_is_not_counted_beside_its_own_retry(tmp_path):
+    """Trial 0 is interrupted, its retry 1 too; retry 2 completes. 0 and 1 are both interrupted and rerun: the study
+    counts one trial, 2."""
+    study = optuna.create_study(study_name="s", storage=make_storage(str(tmp_path / "study.journal"), 1, 2),
+                                direction="maximize")
+    lr = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True)}
+    assert take_over(study, study.ask(lr))
+    retry = study.ask(lr)  # pops the retry of trial 0; its worker dies in its turn
+    assert retry.number == 1 and take_over(study, retry)
+    study.tell(study.ask(lr), 0.5)
+    trials = study.get_trials()
+    assert trials[2].system_attrs["retry_history"] == [0, 1] and retried_numbers(trials) == {0, 1}
+    assert [t.number for t in counted_trials(study)] == [2]
+    assert trials_table(study)["state"].tolist() == ["INTERRUPTED (rerun)"] * 2 + ["COMPLETE"]
 
 
 def test_a_trial_longer_than_the_grace_period_is_not_taken_over_while_its_worker_beats(tmp_path, monkeypatch):
