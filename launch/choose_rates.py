@@ -12,20 +12,26 @@ from pathlib import Path
 from harness.records import read_eval_log
 
 
+def tuning_scores(root, arm, metric) -> list:
+    """[(learning rate, the tuning-split metric at the end of training)] of ROOT/tuning/ARM/lr*/, by rate."""
+    scores = []
+    for run in sorted((Path(root) / "tuning" / arm).glob("lr*/")):
+        last = read_eval_log(run)[-1]
+        if last["step"] != last["max_steps"]:
+            raise SystemExit(f"{run}: the last tuning evaluation is at step {last['step']}, not at the end "
+                             f"({last['max_steps']}); the run did not finish.")
+        scores.append((float(run.name[2:]), last["metrics"][metric]))
+    if not scores:
+        raise SystemExit(f"{Path(root) / 'tuning' / arm}: no tuning runs.")
+    return sorted(scores)
+
+
 def main(root, metric, arms):
     root = Path(root)
     chosen, lines = {}, [f"| arm | learning rate | tuning-split {metric} |", "| --- | --- | --- |"]
     for arm in arms:
-        scores = []
-        for run in sorted((root / "tuning" / arm).glob("lr*/")):
-            last = read_eval_log(run)[-1]
-            if last["step"] != last["max_steps"]:
-                raise SystemExit(f"{run}: the last tuning evaluation is at step {last['step']}, not at the end "
-                                 f"({last['max_steps']}); the run did not finish.")
-            scores.append((float(run.name[2:]), last["metrics"][metric]))
-        if not scores:
-            raise SystemExit(f"{root / 'tuning' / arm}: no tuning runs.")
-        for lr, score in sorted(scores):
+        scores = tuning_scores(root, arm, metric)
+        for lr, score in scores:
             lines.append(f"| {arm} | {lr:g} | {score:.4f} |")
         chosen[arm] = max(scores, key=lambda s: (s[1], -s[0]))[0]
     (root / "chosen_rates.json").write_text(json.dumps(chosen, indent=1) + "\n")
