@@ -24,15 +24,16 @@ Reported per planting x timing x signal (and score_norm): recall at k = the plan
 analysis.allocation.recall_at_k), the mean place of the planted matrices (1 = top, ties averaged), the share of the
 score mass on them, the Spearman correlation of the shares with the oracle's rank pattern, and the cost:
 - signal_seconds: the signal's own work, measured by its GradNormRank (MethodOverhead's signal part: its hooks and
-  per-observation values) plus its shares at the allocation (scores(): update_concentration's SVDs); under calibration
-  also the shared passes' forward and backward (pass_seconds, what calibration adds to a run's work);
+  per-observation values) plus its shares at the allocation (scores(): update_concentration's SVDs, update_norm's
+  r x r products); under calibration also the shared passes' forward and backward (pass_seconds, what calibration
+  adds to a run's work);
 - pass_seconds: the shared passes' wall-clock seconds less every signal's own work (forward, backward and, in the
   warm-up, the optimizer steps);
 - signal_buffer_mb: the signal's own accumulators (Signal.buffer_bytes).
-`update_concentration` has no calibration row (it reads a trained update). Reference rows (timing `reference`): where
-ground_truth.json holds an `identifiability` block (data/identifiability.py), full fine-tuning's planting-blind
-change scores of each matrix at the block's verdict step, as the block holds them (not recomputed); they are no
-allocation signal.
+`update_concentration` and `update_norm` have no calibration row (they read a trained update). Reference rows
+(timing `reference`): where ground_truth.json holds an `identifiability` block (data/identifiability.py), full
+fine-tuning's planting-blind change scores of each matrix at the block's verdict step, as the block holds them (not
+recomputed); they are no allocation signal.
 
 Written to --out_dir: allocation_bench.md (the table), allocation_bench.csv (the same rows), scores.csv (every
 matrix's share per planting x timing x signal) and heatmap_<planting>_<timing>.png (shares, signals x matrices, the
@@ -92,7 +93,7 @@ def parse_spec(text: str, default_norm: str) -> Spec:
     if norm and norm not in choices("score_norm"):
         raise ValueError(f"--signals {text}: unknown score_norm {norm!r}; choose from {', '.join(choices('score_norm'))}.")
     if norm and norm != "raw" and signal in SHARE_SIGNALS:
-        raise ValueError(f"--signals {text}: {signal} gives shares, not norms; its score_norm is raw.")
+        raise ValueError(f"--signals {text}: {signal} gives shares or ratios, not norms; its score_norm is raw.")
     return Spec(signal, norm or ("raw" if signal in SHARE_SIGNALS else default_norm))
 
 

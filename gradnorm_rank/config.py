@@ -65,7 +65,7 @@ class GradNormRankConfig:
                           "signal is collected); sensitivity = sum |W * G| (GoRA); whitened = ||G C_x^-1/2||; kfac = "
                           "||C_g^-1/2 G C_x^-1/2||; activation_variance = EVA's explained variance of the top r input "
                           "components; update_concentration = share of ||s B A||^2 in its top r singular values; "
-                          "random, shuffled = seeded nulls.", "choices": SIGNALS},
+                          "update_norm = ||s B A|| / ||W|| (both read the warm-up's update); random, shuffled = seeded nulls.", "choices": SIGNALS},
     )
     signal_seed: int = field(default=0, metadata={"help": "Seed of the nulls random and shuffled."})
     shuffle_base: str = field(
@@ -146,8 +146,8 @@ class GradNormRankConfig:
             raise ValueError(f"GradNormRankConfig.signal {measured} reads the trained update, which calibration "
                              "(no optimizer step) does not have: give warmup_steps instead of calibration_steps.")
         if measured in SHARE_SIGNALS and self.score_norm != "raw":
-            raise ValueError(f"GradNormRankConfig.signal {measured} gives shares, not norms: score_norm must be raw; "
-                             f"got {self.score_norm!r}.")
+            raise ValueError(f"GradNormRankConfig.signal {measured} gives shares or ratios, not norms: score_norm "
+                             f"must be raw; got {self.score_norm!r}.")
         if not self.signal_damping > 0:
             raise ValueError(f"GradNormRankConfig.signal_damping must be > 0; got {self.signal_damping!r}.")
 

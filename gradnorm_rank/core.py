@@ -39,7 +39,8 @@ cost (measured figures: docs/benchmarks.md, docs/allocation.md):
   buffer as large as the adapted matrices, all-reduced once per step under DDP.
 - `whitened`, `kfac`, `activation_variance`: also d_in x d_in (and for kfac d_out x d_out) covariance buffers and a
   Cholesky factorisation (an eigvalsh for activation_variance) per matrix per observation.
-- `update_concentration`, `random`, `shuffled`: one SVD per matrix at the allocation; nothing (or the base's cost).
+- `update_concentration`, `update_norm`, `random`, `shuffled`: one SVD (update_norm: an r x r product) per matrix
+  at the allocation; nothing (or the base's cost).
 
 Timing: the in-training warm-up above (`warmup_steps`), or calibration (`calibration_steps`): `calibrate(batches,
 loss)` before training runs forward and backward over N batches with no optimizer step, takes the mean of the N
@@ -396,7 +397,7 @@ class GradNormRank(TrainerCallback):
             return
         start = time.perf_counter()
         norms = self._gradient_norms()
-        if norms is None:  # a signal read at the allocation (update_concentration, random)
+        if norms is None:  # a signal read at the allocation (update_concentration, update_norm, random)
             return
         norms = norms.to(torch.float64) / loss_scale
         finite = torch.isfinite(norms).all()

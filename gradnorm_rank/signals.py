@@ -31,6 +31,9 @@ x and output gradient g; the statistics are summed over the observation's micro-
 - `update_concentration`: the share of ||s B A||_F^2 in its top r singular values (r = `top_r`, default 1; B A has
   rank at most the LoRA rank, where the share is always 1), at the allocation. It observes nothing, so it needs
   training steps before the allocation (the warm-up, not calibration).
+- `update_norm`: ||s B A||_F / ||W||_F, the size of the update relative to the frozen weight, at the allocation
+  (||B A||_F^2 = tr(B^T B A A^T), r x r). Like `update_concentration` it reads s B A as it stands, which is the
+  update since the start under peft's default initialisation (B = 0); it observes nothing and needs the warm-up.
 - `random`: scores drawn uniformly in [0, 1) from a generator seeded by `signal_seed` (observes nothing).
 - `shuffled`: the shares of `shuffle_base` (a signal above), permuted over the matrices by a permutation seeded by
   `signal_seed`: the base's distribution of shares, placed at random.
@@ -44,12 +47,13 @@ import torch
 import torch.distributed as dist
 
 SIGNALS = ("lora_b", "lora_ab", "delta", "weight_grad", "sensitivity", "whitened", "kfac", "activation_variance",
-           "update_concentration", "random", "shuffled")
+           "update_concentration", "update_norm", "random", "shuffled")
 NULLS = ("random", "shuffled")
-# Their values are shares in [0, 1] (or draws), not norms: a score normalisation would have nothing to divide.
-SHARE_SIGNALS = ("activation_variance", "update_concentration", "random")
-# Observe nothing during the warm-up; update_concentration reads the trained update, which calibration does not have.
-NEEDS_TRAINING = ("update_concentration",)
+# Their values are shares in [0, 1], draws, or (update_norm) already relative to the weight's norm, not norms over
+# entries: a score normalisation would have nothing to divide.
+SHARE_SIGNALS = ("activation_variance", "update_concentration", "update_norm", "random")
+# Observe nothing during the warm-up; they read the trained update, which calibration does not have.
+NEEDS_TRAINING = ("update_concentration", "update_norm")
 
 
 def _distributed() -> bool:
@@ -280,6 +284,18 @@ class UpdateConcentration(Signal):
         return torch.stack(shares).to(aggregated)
 
 
+class UpdateNorm(Signal):
+    """||s B A||_F / ||W||_F per matrix, read at the allocation (observes nothing)."""
+
+    def final_values(self, aggregated):
+        a, values = self.adapter_name, []
+        for layer in self.layers.values():
+            b, down = layer.lora_B[a].weight.detach().double(), layer.lora_A[a].weight.detach().double()
+            update = torch.trace((b.T @ b) @ (down @ down.T)).clamp(min=0).sqrt() * abs(layer.scaling[a])
+            values.append(update / layer.get_base_layer().weight.detach().double().norm())
+        return torch.stack(values).to(aggregated)
+
+
 class Random(Signal):
     """Uniform draws in [0, 1), one per matrix, from a generator seeded by `signal_seed`."""
 
@@ -321,7 +337,7 @@ class Shuffled(Signal):
 
 HOOKED_SIGNALS = tuple(Hooked.needs)  # hooks on the forward pass while the signal is collected
 CLASSES = {"lora_b": LoraGradient, "lora_ab": LoraGradient, "update_concentration": UpdateConcentration,
-           "random": Random, "shuffled": Shuffled, **{name: Hooked for name in Hooked.needs}}
+           "update_norm": UpdateNorm, "random": Random, "shuffled": Shuffled, **{name: Hooked for name in Hooked.needs}}
 
 
 def make_signal(name, model, layers, adapter_name, ranks, config, overhead) -> Signal:

@@ -16,7 +16,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from gradnorm_rank import GradNormRankConfig
 from gradnorm_rank import choices as glora_choices
-from gradnorm_rank.signals import HOOKED_SIGNALS, SHARE_SIGNALS
+from gradnorm_rank.signals import HOOKED_SIGNALS, NEEDS_TRAINING, SHARE_SIGNALS
 from harness.adapters import MATRIX_PATTERNS, METHODS
 from harness.glue_tasks import GLUE_TASKS
 from harness.records import FLAG_BLOCKS
@@ -577,12 +577,12 @@ def check_glora_timing(peft: PeftArguments):
         if given:
             raise ValueError(f"--glora_calibration_steps and --{given[0]} are both given: GLoRA's signal is collected "
                              "either before training (calibration) or in a warm-up, not both.")
-        if measured == "update_concentration":
-            raise ValueError("--glora_signal update_concentration reads the trained update: it needs the warm-up, not "
+        if measured in NEEDS_TRAINING:
+            raise ValueError(f"--glora_signal {measured} reads the trained update: it needs the warm-up, not "
                              "--glora_calibration_steps.")
     if measured in SHARE_SIGNALS and peft.glora_score_norm != "raw":
-        raise ValueError(f"--glora_signal {measured} gives shares, not norms: --glora_score_norm must be raw, got "
-                         f"{peft.glora_score_norm}.")
+        raise ValueError(f"--glora_signal {measured} gives shares or ratios, not norms: --glora_score_norm must be "
+                         f"raw, got {peft.glora_score_norm}.")
     if not peft.glora_signal_damping > 0:
         raise ValueError(f"--glora_signal_damping must be > 0, got {peft.glora_signal_damping}.")
     if peft.glora_top_r is not None and peft.glora_top_r < 1:

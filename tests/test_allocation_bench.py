@@ -16,7 +16,7 @@ from gradnorm_rank import GradNormRank, LoopHost
 
 SOURCE = str(ROOT / "data" / "glue" / "sst2")
 SIGNALS = ["lora_b", "lora_b:per_sqrt_d_in", "weight_grad", "kfac", "activation_variance", "random", "shuffled",
-           "update_concentration"]
+           "update_concentration", "update_norm"]
 
 
 def make_planting(model_dir, out, target="token_features"):
@@ -65,7 +65,7 @@ def test_shared_passes_give_each_signal_its_own_runs_shares(tiny_bert, tmp_path,
     planting_dir = make_planting(tiny_bert, tmp_path / "planted", target)
     out = tmp_path / "bench"
     table, scores = allocation_bench.main(bench_flags(planting_dir, out, *SIGNALS))
-    assert len(table) == 2 * len(SIGNALS) - 1  # update_concentration has no calibration row
+    assert len(table) == 2 * len(SIGNALS) - 2  # update_concentration and update_norm have no calibration row
     args = allocation_bench.parse_args(bench_flags(planting_dir, out, *SIGNALS))
     planting = allocation_bench.read_planting(planting_dir, args)
     for (timing, label), part in scores.groupby(["timing", "signal"]):

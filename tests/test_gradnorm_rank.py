@@ -246,7 +246,8 @@ def test_overhead_is_measured_where_each_part_runs_and_its_parts_sum_to_the_tota
                            "'0.5x'."),
     ({"max_rank": 0}, "GradNormRankConfig.max_rank must be an integer >= 1, 'Kx' or None; got 0."),
     ({"signal": "fisher"}, "GradNormRankConfig.signal must be one of lora_b, lora_ab, delta, weight_grad, sensitivity, "
-                         "whitened, kfac, activation_variance, update_concentration, random, shuffled; got 'fisher'."),
+                         "whitened, kfac, activation_variance, update_concentration, update_norm, random, shuffled; "
+                         "got 'fisher'."),
     ({"score_norm": "l1"}, "GradNormRankConfig.score_norm must be one of raw, per_entry, per_rank_unit, "
                            "per_sqrt_d_in; got 'l1'."),
     ({"adam_rule": "fresh"}, "GradNormRankConfig.adam_rule must be one of slice_bias_correction, inherit_step; got "

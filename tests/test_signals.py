@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import glora_plan, trial_args, write_glue_fixture
+from conftest import Tiny, glora_plan, trial_args, write_glue_fixture
 
 import run_glue_peft
 from gradnorm_rank import GradNormRank
@@ -111,6 +111,30 @@ def test_update_concentration_is_the_top_singular_share_of_scaled_ba(bert_peft):
     torch.testing.assert_close(scores, expected / expected.sum(), rtol=1e-9, atol=0)
 
 
+def test_update_norm_is_the_scaled_update_relative_to_the_weight():
+    """On a two-layer model with B, A and W set by hand: ||s B A||_F / ||W||_F per matrix (s = alpha / r = 3), and 0
+    at peft's initialisation (B = 0: no update yet)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(Tiny(), LoraConfig(r=2, lora_alpha=6, target_modules=["up", "down"]))
+    grn = GradNormRank(model, glora_plan(4, 5, signal="update_norm"))
+    assert grn._gradient_norms() is None  # it observes nothing
+    assert grn.signal.final_values(grn.ema).tolist() == [0.0, 0.0]
+    expected = []
+    with torch.no_grad():
+        for k, layer in enumerate(grn.layers.values()):
+            base, down, up = layer.get_base_layer().weight, layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            base.copy_(torch.linspace(-1, 2 + k, base.numel()).reshape(base.shape))
+            down.copy_(torch.linspace(0.5, -0.3 * (k + 1), down.numel()).reshape(down.shape))
+            up.copy_(torch.linspace(-0.2, 0.7, up.numel()).reshape(up.shape) ** (k + 1))
+            expected.append(torch.linalg.norm(3.0 * up.double() @ down.double()) / torch.linalg.norm(base.double()))
+    expected = torch.stack(expected)
+    torch.testing.assert_close(grn.signal.final_values(grn.ema.double()), expected, rtol=1e-12, atol=0)
+    assert expected[0] != expected[1]
+    scores = torch.tensor(list(grn.scores().values()), dtype=torch.float64)
+    torch.testing.assert_close(scores, expected / expected.sum(), rtol=1e-9, atol=0)
+
+
 def nulls(model, signal, seed):
     grn = method(model, signal, signal_seed=seed)
     model.zero_grad()
@@ -162,6 +186,8 @@ def test_per_sqrt_d_in_divides_lora_b_by_the_input_width(bert_peft):
     (dict(warmup_steps=None), "exactly one of warmup_steps"),
     (dict(calibration_steps=3), "exactly one of warmup_steps"),
     (dict(warmup_steps=None, calibration_steps=3, signal="update_concentration"), "reads the trained update"),
+    (dict(warmup_steps=None, calibration_steps=3, signal="update_norm"), "signal update_norm reads the trained update"),
+    (dict(signal="update_norm", score_norm="per_entry"), "score_norm must be raw"),
     (dict(signal="random", score_norm="per_entry"), "score_norm must be raw"),
     (dict(signal_damping=0.0), "signal_damping must be > 0"),
 ])
@@ -247,6 +273,8 @@ def test_calibrated_run_trains_the_same_batches_at_the_allocated_ranks(tiny_bert
     (["--glora_calibration_steps", "2", "--glora_warmup_steps", "1"], "--glora_calibration_steps and --glora_warmup_steps"),
     (["--glora_calibration_steps", "0"], "--glora_calibration_steps must be >= 1"),
     (["--glora_calibration_steps", "2", "--glora_signal", "update_concentration"], "needs the warm-up"),
+    (["--glora_calibration_steps", "2", "--glora_signal", "update_norm"], "update_norm reads the trained update: it "
+                                                                          "needs the warm-up"),
     (["--glora_signal", "random", "--glora_score_norm", "per_entry"], "--glora_score_norm must be raw"),
     (["--glora_signal_damping", "0"], "--glora_signal_damping must be > 0"),
     (["--glora_shuffle_base", "random"], "Unknown --glora_shuffle_base"),
