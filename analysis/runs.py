@@ -14,8 +14,7 @@ import pandas as pd
 from analysis.comparable import ArmIdentity, Setting, arm_of
 from analysis.metrics import BASE_ERROR, METRIC_FNS, VECTOR_METRIC_FNS, example_sums
 from gradnorm_rank import MethodOverhead
-from harness.adapters import METHODS
-from harness.arguments import arm_settings, arm_suffix
+from harness.arguments import METHODS, arm_settings, arm_suffix
 from harness.glue_tasks import GLUE_TASKS
 from harness.records import RESULTS_FILE, RUN_ARGS_FILE, RankRecord, RecordError, Results, RunArgs
 from harness.run_folder import REPLACED_SUFFIX

@@ -56,10 +56,10 @@ from scipy.stats import rankdata, spearmanr
 
 from analysis.allocation import GroundTruth, recall_at_k
 from gradnorm_rank import GradNormRank, GradNormRankConfig, choices
-from gradnorm_rank.signals import NEEDS_TRAINING, SHARE_SIGNALS
+from gradnorm_rank.config import NEEDS_TRAINING, SHARE_SIGNALS
 from harness import planted_task
 from harness.adapters import MATRIX_PATTERNS, module_matrix, resolve_targets
-from harness.arguments import GlueTrainingArguments
+from harness.training_arguments import GlueTrainingArguments
 
 TIMINGS = ("calibration", "warmup")
 # A scalar planting's target -> (the task's text columns, the head's outputs, the loss of the model's forward).

@@ -13,12 +13,21 @@ and reloads with peft as usual (the ranks are written into its `rank_pattern` / 
 - `MethodOverhead`: the seconds the method adds (`GradNormRank.overhead`), by part: signal, resize, grown slices.
 """
 
-from .callback import GradNormRankCallback
-from .config import GradNormRankConfig, choices
-from .core import RECORD_FILE, STATE_FILE, GradNormRank, LoopHost, MethodOverhead, TrainerHost
-from .lora_resize import lora_layers, pattern_key, resize_to_ranks
-from .rank_allocation import apportion_parameters, apportion_ranks
-from .trainer import GradNormRankMixin, GradNormRankTrainer
+import importlib
+
+# Where each public name lives. Imported on first use (PEP 562), so that `GradNormRankConfig`, `choices`,
+# `apportion_*` and `MethodOverhead` come without torch and transformers: tools that only read configs or records start
+# in a fraction of a second.
+_HOMES = {
+    "callback": ("GradNormRankCallback",),
+    "config": ("GradNormRankConfig", "choices"),
+    "core": ("RECORD_FILE", "STATE_FILE", "GradNormRank", "LoopHost", "TrainerHost"),
+    "lora_resize": ("lora_layers", "pattern_key", "resize_to_ranks"),
+    "overhead": ("MethodOverhead",),
+    "rank_allocation": ("apportion_parameters", "apportion_ranks"),
+    "trainer": ("GradNormRankMixin", "GradNormRankTrainer"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __version__ = "0.1.0"
 
@@ -28,3 +37,15 @@ __all__ = [
     "RECORD_FILE", "STATE_FILE", "apportion_parameters", "apportion_ranks", "choices", "lora_layers", "pattern_key",
     "resize_to_ranks", "__version__",
 ]
+
+
+def __getattr__(name):
+    if name not in _HOME_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_HOME_OF])

@@ -10,7 +10,16 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .signals import NEEDS_TRAINING, NULLS, SHARE_SIGNALS, SIGNALS
+# The signals (gradnorm_rank/signals.py says what each measures), named here so that the config and the tools that
+# read its choices need not import torch.
+SIGNALS = ("lora_b", "lora_ab", "delta", "weight_grad", "sensitivity", "whitened", "kfac", "activation_variance",
+           "update_concentration", "update_norm", "random", "shuffled")
+NULLS = ("random", "shuffled")
+# Their values are shares in [0, 1], draws, or (update_norm) already relative to the weight's norm, not norms over
+# entries: a score normalisation would have nothing to divide.
+SHARE_SIGNALS = ("activation_variance", "update_concentration", "update_norm", "random")
+# Observe nothing during the warm-up; they read the trained update, which calibration does not have.
+NEEDS_TRAINING = ("update_concentration", "update_norm")
 
 CAP_FACTOR = re.compile(r"^(\d+(?:\.\d+)?)x$")  # max_rank as a multiple of the average rank: "4x"
 

@@ -46,15 +46,6 @@ import time
 import torch
 import torch.distributed as dist
 
-SIGNALS = ("lora_b", "lora_ab", "delta", "weight_grad", "sensitivity", "whitened", "kfac", "activation_variance",
-           "update_concentration", "update_norm", "random", "shuffled")
-NULLS = ("random", "shuffled")
-# Their values are shares in [0, 1], draws, or (update_norm) already relative to the weight's norm, not norms over
-# entries: a score normalisation would have nothing to divide.
-SHARE_SIGNALS = ("activation_variance", "update_concentration", "update_norm", "random")
-# Observe nothing during the warm-up; they read the trained update, which calibration does not have.
-NEEDS_TRAINING = ("update_concentration", "update_norm")
-
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -341,7 +332,7 @@ CLASSES = {"lora_b": LoraGradient, "lora_ab": LoraGradient, "update_concentratio
 
 
 def make_signal(name, model, layers, adapter_name, ranks, config, overhead) -> Signal:
-    """The signal `name` (one of SIGNALS) over `layers`, not yet installed."""
+    """The signal `name` (one of config.SIGNALS) over `layers`, not yet installed."""
     signal = CLASSES[name](model, layers, adapter_name, ranks, config, overhead)
     signal.name = name
     return signal

@@ -17,23 +17,10 @@ from peft import AdaLoraConfig, EvaConfig, LoraConfig, TaskType
 from transformers import TrainerCallback
 
 from gradnorm_rank import MethodOverhead, lora_layers, pattern_key
+from harness.arguments import MATRIX_PATTERNS
 from harness.glue_tasks import GLUE_TASKS
 from harness.records import ModuleRanks, RankRecord
 
-METHODS = ("lora", "adalora", "glora", "eva")  # the arms of the comparison, in the order tables show them
-
-# The six matrices of a transformer layer that the AdaLoRA paper adapts, as regexes on the module
-# path after `.layer.<i>.`. Covers BERT-style (query/key/value) and DeBERTa-v2/v3 (query_proj, ...)
-# names. Anchoring on the layer index keeps `attention.output.dense` out of `ffn_out` and the pooler
-# and classifier out of everything.
-MATRIX_PATTERNS = {
-    "query": r"attention\.self\.(query|query_proj)",
-    "key": r"attention\.self\.(key|key_proj)",
-    "value": r"attention\.self\.(value|value_proj)",
-    "attention_output": r"attention\.output\.dense",
-    "ffn_in": r"intermediate\.dense",
-    "ffn_out": r"output\.dense",
-}
 _LAYER_RE = re.compile(r"\.layer\.(\d+)\.(.+)$")
 
 

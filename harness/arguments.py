@@ -1,25 +1,26 @@
-"""Every flag of run_glue_peft.py: four dataclasses, an optional YAML/JSON config file, and the checks a user
-can fail before anything is loaded. Parsed arguments are what the user asked for and are never changed;
+"""Every flag of run_glue_peft.py: four dataclasses (the fourth, GlueTrainingArguments, and the parser in
+harness/training_arguments.py: they need transformers, which this module does not import), an optional YAML/JSON
+config file, and the checks a user can fail before anything is loaded. Parsed arguments are what the user asked for and are never changed;
 resolved numbers (budget, steps, schedules) live in `plan.RunPlan`."""
 
 import argparse
-import copy
 import dataclasses
 import difflib
 import re
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
 
 from gradnorm_rank import GradNormRankConfig
 from gradnorm_rank import choices as glora_choices
-from gradnorm_rank.signals import HOOKED_SIGNALS, NEEDS_TRAINING, SHARE_SIGNALS
-from harness.adapters import MATRIX_PATTERNS, METHODS
+from gradnorm_rank.config import NEEDS_TRAINING, SHARE_SIGNALS
 from harness.glue_tasks import GLUE_TASKS
 from harness.records import FLAG_BLOCKS
+
+if TYPE_CHECKING:
+    from harness.training_arguments import GlueTrainingArguments
 
 # GLoRA's choices as its config declares them (gradnorm_rank.GradNormRankConfig); the budget unit is every method's.
 BUDGET_UNITS = glora_choices("budget_unit")
@@ -30,6 +31,20 @@ ADAM_RULES = glora_choices("adam_rule")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 OWN_METADATA = {"methods", "arm"}  # field metadata of ours, not argparse's: the methods a flag is for, its ArmPart
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+METHODS = ("lora", "adalora", "glora", "eva")  # the arms of the comparison, in the order tables show them
+
+# The six matrices of a transformer layer that the AdaLoRA paper adapts, as regexes on the module
+# path after `.layer.<i>.`. Covers BERT-style (query/key/value) and DeBERTa-v2/v3 (query_proj, ...)
+# names. Anchoring on the layer index keeps `attention.output.dense` out of `ffn_out` and the pooler
+# and classifier out of everything.
+MATRIX_PATTERNS = {
+    "query": r"attention\.self\.(query|query_proj)",
+    "key": r"attention\.self\.(key|key_proj)",
+    "value": r"attention\.self\.(value|value_proj)",
+    "attention_output": r"attention\.output\.dense",
+    "ffn_in": r"intermediate\.dense",
+    "ffn_out": r"output\.dense",
+}
 # Schedule points a user gives either in optimizer steps or as a fraction of the run, each with its own flag so that a
 # value never changes meaning: {steps flag: (fraction flag, the fraction used when neither is given)}.
 EVA_DEFAULT_RHO = 2.0  # peft's EvaConfig default
@@ -280,50 +295,6 @@ class PeftArguments:
     )
 
 
-@dataclass
-class GlueTrainingArguments(TrainingArguments):
-    """TrainingArguments with the proposal's defaults."""
-
-    output_dir: str | None = field(
-        default=None, metadata={"help": "Where results go (default outputs/<task>/<method>_r<budget>_seed<seed>)."}
-    )
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs (ignored if max_steps > 0)."})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule."})
-    warmup_steps: float = field(default=1000, metadata={"help": "LR warm-up: steps (int) or a ratio in [0, 1)."})
-    trial_run: bool | None = field(
-        default=None,
-        metadata={"help": "A trial of the code path: a schedule that does not fit the run (an LR warm-up, AdaLoRA's "
-                          "tinit + tfinal or GLoRA's warm-up in steps) is scaled into it, each with a log line. Unset: "
-                          "on for a --max_steps run (logged), off for a run over epochs; --trial_run false makes such "
-                          "a schedule an error. Asked and resolved values are both recorded in run_args.json: "
-                          "compare_runs.py compares trial runs only with trial runs.",
-                  "nargs": "?", "const": True},  # a bare --trial_run is true (argparse's own keywords)
-    )
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
-    seed: int = field(default=42, metadata={"help": "Random seed."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate during training."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to write checkpoints."})
-    logging_steps: float = field(default=50, metadata={"help": "Log the training loss every N steps."})
-    average_tokens_across_devices: bool = field(
-        default=False, metadata={"help": "Must stay False: True doubles BERT-style losses under DDP (transformers 5)."}
-    )
-    ddp_find_unused_parameters: bool | None = field(
-        default=False, metadata={"help": "Every adapter parameter is used each step, so DDP need not search."}
-    )
-
-    def __post_init__(self):
-        # transformers fills a missing output_dir with "trainer_output"; keep None so that the plan can name the
-        # run's directory after its task, method, budget and seed.
-        unset = self.output_dir is None
-        super().__post_init__()
-        if unset:
-            self.output_dir = None
-
-
 @dataclass(frozen=True)
 class RunArguments:
     """The four argument groups of one run, as parsed."""
@@ -331,7 +302,7 @@ class RunArguments:
     model: ModelArguments
     data: DataArguments
     peft: PeftArguments
-    training: GlueTrainingArguments
+    training: "GlueTrainingArguments"  # harness/training_arguments.py
 
     def asked(self) -> dict:
         """What the user asked for (run_args.json's first half)."""
@@ -339,7 +310,6 @@ class RunArguments:
                 "peft": dataclasses.asdict(self.peft), "training": self.training.to_dict()}
 
 
-GROUPS = (ModelArguments, DataArguments, PeftArguments, GlueTrainingArguments)
 FLAG_GROUPS = FLAG_BLOCKS  # RunArguments' fields: run_args.json's blocks of flags (records.RunArgs)
 
 # The flags a resume may change (--resume_from_checkpoint): where the run writes, how it reports, logs and checkpoints,
@@ -394,30 +364,6 @@ STUDY_MAY_DIFFER = RESUME_MAY_CHANGE | frozenset({
 })
 
 
-class FlagParser(HfArgumentParser):
-    """HfArgumentParser without prefix matching (`--glora_warmup` is not `--glora_warmup_steps`), which passes a
-    field's metadata to argparse except our own entries (OWN_METADATA), parses the step flags of
-    STEPS_OR_FRACTION as whole steps only, and reports a bad value in one line (ValueError) instead of argparse's
-    usage block."""
-
-    def __init__(self):
-        super().__init__(GROUPS, allow_abbrev=False)
-
-    @staticmethod
-    def _parse_dataclass_field(parser, field):
-        if OWN_METADATA & set(field.metadata) or field.name in STEPS_OR_FRACTION:
-            field = copy.copy(field)
-            field.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k not in OWN_METADATA})
-            if field.name in STEPS_OR_FRACTION:
-                field.type = whole_steps(field.name)  # HfArgumentParser passes a plain callable on as argparse's type
-        HfArgumentParser._parse_dataclass_field(parser, field)
-
-    def error(self, message):
-        # argparse's "argument --lora_r/--lora-r: invalid int value: '1.5'" as "--lora_r: invalid int value: '1.5'."
-        flag = re.match(r"argument (--\w+)(?:/--[\w-]+)?: (.*)", message)
-        raise ValueError(f"{flag[1]}: {flag[2]}." if flag else f"{message}; the flags are listed by --help.")
-
-
 def whole_steps(flag: str):
     """argparse's type of a flag that counts optimizer steps: a whole number. A fraction is refused with the flag that
     takes one, so that `0.5` can never mean half the run on one flag and a step count on another."""
@@ -452,11 +398,15 @@ def canonical_targets(matrix_types) -> list:
 
 def flag_fields() -> dict:
     """Every flag's dataclass field, by name."""
+    from harness.training_arguments import GROUPS  # transformers' TrainingArguments: imported where flags are parsed
+
     return {f.name: f for group in GROUPS for f in dataclasses.fields(group) if f.init}
 
 
 def parse_args(argv) -> RunArguments:
     """Dataclasses from an optional leading YAML/JSON config file, overridden by the flags that follow it."""
+    from harness.training_arguments import FlagParser  # transformers' HfArgumentParser: imported where flags are parsed
+
     if argv and Path(argv[0]).suffix in CONFIG_SUFFIXES:
         argv = config_to_flags(read_config(argv[0]), argv[0]) + list(argv[1:])  # later flags win in argparse
     *groups, unknown = FlagParser().parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
@@ -605,6 +555,8 @@ def check_eva(peft: PeftArguments):
 
 def check_args(args: RunArguments):
     """Errors a user can make on the command line, caught before anything is loaded."""
+    from gradnorm_rank.signals import HOOKED_SIGNALS  # the signal classes (torch): imported where a run is checked
+
     data, peft, training = args.data, args.peft, args.training
     if data.task not in GLUE_TASKS:
         raise ValueError(f"Unknown --task {data.task!r}; choose from {', '.join(GLUE_TASKS)}.")

@@ -153,7 +153,7 @@ class ModuleRanks:
     """One adapted matrix in ranks.json."""
 
     layer: int
-    matrix: str  # query, key, value, attention_output, ffn_in, ffn_out (adapters.MATRIX_PATTERNS)
+    matrix: str  # query, key, value, attention_output, ffn_in, ffn_out (arguments.MATRIX_PATTERNS)
     d_in: int
     d_out: int
     initial_rank: int

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from harness.arguments import DataArguments, GlueTrainingArguments, ModelArguments, PeftArguments
+from harness.arguments import DataArguments, ModelArguments, PeftArguments
+from harness.training_arguments import GlueTrainingArguments
 
 SPACE_TYPES = ("loguniform", "uniform", "int", "categorical")
 RUN_FLAGS = {f.name for group in (ModelArguments, DataArguments, PeftArguments, GlueTrainingArguments)

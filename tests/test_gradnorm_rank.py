@@ -277,7 +277,7 @@ def test_mixin_refuses_deepspeed_or_fsdp_and_a_setting_of_the_wrong_type():
 
 
 def test_choices_are_declared_once_and_the_harness_flags_use_them():
-    assert gradnorm_rank.choices("signal") == gradnorm_rank.signals.SIGNALS
+    assert gradnorm_rank.choices("signal") == gradnorm_rank.config.SIGNALS
     assert gradnorm_rank.choices("signal")[:3] == ("lora_b", "lora_ab", "delta")
     assert (arguments.SIGNALS, arguments.SCORE_NORMS, arguments.ADAM_RULES, arguments.BUDGET_UNITS) == tuple(
         gradnorm_rank.choices(name) for name in ("signal", "score_norm", "adam_rule", "budget_unit"))

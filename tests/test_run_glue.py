@@ -19,8 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import run_glue_peft
-from harness.adapters import METHODS
-from harness.arguments import check_args, parse_args
+from harness.arguments import METHODS, check_args, parse_args
 from harness.glue_tasks import GLUE_TASKS, glue_metrics
 
 TASK_SHAPES = ["sst2", "rte", "stsb", "mnli"]  # single sentence, pair, regression, 3 classes + two dev splits
