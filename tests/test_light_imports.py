@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 REPORT_TOOLS = ["compare_runs", "allocation_quality", "launch.choose_rates", "launch.study_compute",
-                "launch.oracle_share"]
+                "launch.oracle_share", "launch.frontier"]
 
 
 @pytest.mark.parametrize("module", REPORT_TOOLS)
