@@ -245,6 +245,29 @@ def test_low_budget_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
     comparison = (root / "comparison" / "comparison.md").read_text()  # one call on every final run
     assert "| LoRA |" in comparison and "| AdaLoRA |" in comparison
     assert not list(root.glob("comparison_*"))
+    frontier = (root / "frontier" / "frontier.md").read_text()  # every arm once, and each arm's tuning curve
+    assert all(f"| sst2 | {arm} |" in frontier for arm in chosen)
+    curves = (root / "frontier" / "lr_curves.md").read_text()
+    assert "lr 0.001 | lr 0.002" in curves and all(f"| {arm} |" in curves for arm in chosen)
+
+
+def test_low_budget_study_refuses_an_unknown_arm_or_task_in_one_line(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    refusals = {}
+    for name, value, line in (("STUDY_ARMS", "lora lora_r5", "STUDY_ARMS: unknown arm 'lora_r5'; choose from "),
+                              ("STUDY_TASK", "mnli", "STUDY_TASK is sst2 or rte, got 'mnli'")):
+        env = {**os.environ, "STUDY_ROOT": str(tmp_path / "study"), "STUDY_MODEL": "unused", name: value}
+        done = subprocess.run(["bash", str(ROOT / "launch" / "low_budget_study.sh")], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and line in done.stderr
+        assert not (tmp_path / "study").exists()
+        refusals[name] = done.stderr
+    known = set(refusals["STUDY_ARMS"].split("choose from ")[1].split())
+    assert {"lora", "lora_r1", "lora_r3", "lora_r4", "eva", "glora_cal", "glora_pru", "glora_un", "adalora"} <= known
 
 
 def test_trial_run_scales_adaloras_schedule_into_the_run(tiny_bert, glue_dir, tmp_path):
