@@ -162,3 +162,22 @@ def bert_peft(tiny_bert):
     for batch, labels in zip(batches, ([0, 1], [1, 1, 0])):
         batch["labels"] = torch.tensor(labels)
     return model, batches
+
+
+@pytest.fixture(scope="session")
+def zygote_python(tmp_path_factory):
+    """tests/zygote.py's client: an interpreter whose heavy libraries are imported once per session (see there)."""
+    import zygote
+
+    server, client = zygote.start_server(str(tmp_path_factory.mktemp("zygote")))
+    yield client
+    server.terminate()
+    server.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def python_for_launchers(request):
+    """PYTHON for the tests that run a launcher (many runs): the zygote's client, or sys.executable with ZYGOTE=0."""
+    import sys
+
+    return sys.executable if os.environ.get("ZYGOTE") == "0" else request.getfixturevalue("zygote_python")

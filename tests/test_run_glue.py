@@ -423,12 +423,12 @@ def test_configs_hold_only_what_differs_from_the_defaults():
             assert value != default, f"{config}: {key}: {value} repeats the default"
 
 
-def test_cpu_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
+def test_cpu_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path, python_for_launchers):
     """launch/cpu_study.sh end to end on fixtures: every method x task runs, then compare_runs writes its table."""
     data = glue_dir("sst2", n_train=32, n_eval=16)
     glue_dir("rte", n_train=32, n_eval=16)
     root = tmp_path / "study"
-    env = {**os.environ, "PYTHON": sys.executable, "STUDY_ROOT": str(root), "STUDY_SEEDS": "1", "STUDY_MODEL": str(tiny_bert),
+    env = {**os.environ, "PYTHON": python_for_launchers, "STUDY_ROOT": str(root), "STUDY_SEEDS": "1", "STUDY_MODEL": str(tiny_bert),
            "STUDY_EXTRA_ARGS": "--max_steps 2 --max_seq_length 32"}
     done = subprocess.run(["bash", str(ROOT / "launch" / "cpu_study.sh"), str(data)], env=env, capture_output=True,
                           text=True, timeout=900)
