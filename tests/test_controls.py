@@ -184,15 +184,14 @@ def test_allocation_quality_refuses_runs_trained_on_other_data_than_its_ground_t
     assert f"note: {old} records no data fingerprint" in capsys.readouterr().out
 
 
-def test_control_study_launcher_dry_run(tiny_bert, tmp_path):
+def test_control_study_launcher_dry_run(tiny_bert, tmp_path, python_for_launchers):
     """launch/control_study.sh end to end on the tiny model: the planted data, tuning per arm, the chosen rates, final
     runs (the oracle from the generated pattern), one signal ablation, and both reports."""
     import os
     import subprocess
-    import sys
 
     root = tmp_path / "controls"
-    env = {**os.environ, "PYTHON": sys.executable, "STUDY_ROOT": str(root), "STUDY_MODEL": str(tiny_bert),
+    env = {**os.environ, "PYTHON": python_for_launchers, "STUDY_ROOT": str(root), "STUDY_MODEL": str(tiny_bert),
            "STUDY_SOURCE": str(ROOT / "data" / "glue" / "sst2"), "STUDY_GRID": "1e-3 4e-3", "STUDY_SEEDS": "1",
            "STUDY_SIGNALS": "lora_ab", "STUDY_NORMS": "per_entry",
            "STUDY_GENERATOR_ARGS": "--planted 0:value 1:ffn_in --rank 2 --train_rows 80 --dev_rows 24 --max_seq_length 32",

@@ -214,18 +214,17 @@ def test_equal_parameter_presets_spend_uniform_loras_parameters():
     assert adalora.lora_alpha / adalora.init_r == lora.lora_alpha / lora.lora_r
 
 
-def test_low_budget_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path):
+def test_low_budget_study_launcher_dry_run(tiny_bert, glue_dir, tmp_path, python_for_launchers):
     """launch/low_budget_study.sh end to end on fixtures: tuning on the held-out split (and only on it), the chosen
     rate per arm, final runs at it labelled with their arm, and one comparison of them all."""
     import os
     import subprocess
-    import sys
 
     from conftest import ROOT
 
     data = glue_dir("sst2", n_train=64, n_eval=16)
     root = tmp_path / "study"
-    env = {**os.environ, "PYTHON": sys.executable, "STUDY_ROOT": str(root), "STUDY_MODEL": str(tiny_bert),
+    env = {**os.environ, "PYTHON": python_for_launchers, "STUDY_ROOT": str(root), "STUDY_MODEL": str(tiny_bert),
            "STUDY_GRID": "1e-3 2e-3", "STUDY_SEEDS": "1", "STUDY_EXTRA_ARGS": "--max_steps 3 --max_seq_length 32"}
     done = subprocess.run(["bash", str(ROOT / "launch" / "low_budget_study.sh"), str(data)], env=env,
                           capture_output=True, text=True, timeout=900)

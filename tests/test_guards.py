@@ -825,10 +825,10 @@ def test_reordered_target_modules_naming_the_same_matrices_are_one_run_and_one_s
 # ---- the quickstart ----
 
 
-def test_quickstart_tiny_mode(tiny_bert, glue_dir, tmp_path):
+def test_quickstart_tiny_mode(tiny_bert, glue_dir, tmp_path, python_for_launchers):
     """launch/quickstart.sh end to end on fixtures: three methods, progress lines, then the comparison table."""
     root = tmp_path / "quickstart"
-    env = {**os.environ, "QUICKSTART_ROOT": str(root), "QUICKSTART_MODEL": str(tiny_bert),
+    env = {**os.environ, "PYTHON": python_for_launchers, "QUICKSTART_ROOT": str(root), "QUICKSTART_MODEL": str(tiny_bert),
            "QUICKSTART_DATA": str(glue_dir("sst2", n_train=32, n_eval=16)),
            "QUICKSTART_EXTRA_ARGS": "--max_steps 2 --max_seq_length 32 --logging_steps 1"}
     done = subprocess.run(["bash", str(ROOT / "launch" / "quickstart.sh")], env=env, capture_output=True, text=True,

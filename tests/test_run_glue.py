@@ -6,7 +6,6 @@ import math
 import os
 import shlex
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd

@@ -365,11 +365,10 @@ def run(argv, base, cwd):
     """Run the script, module, code or stdin in a fresh __main__ as CPython does; the exit code."""
     import atexit
     import builtins
+    import importlib.machinery
     import runpy
     import threading
     import types
-
-    import importlib.machinery
 
     main = types.ModuleType("__main__")
     main.__dict__.update(__loader__=importlib.machinery.BuiltinImporter, __annotations__={}, __builtins__=builtins)
