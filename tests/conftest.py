@@ -1,5 +1,6 @@
 """Fixtures: tiny random DeBERTa-v2 and BERT models and GLUE-format data written by the tests (no hub)."""
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -13,6 +14,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def environment_kept():
+    """os.environ as it was, whatever the block set or removed (a W&B run in the process sets WANDB_SERVICE)."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        if dict(os.environ) != before:
+            os.environ.clear()
+            os.environ.update(before)
+
+
+@pytest.fixture(autouse=True)
+def _environment_kept():
+    """No test's environment reaches a later one: a later test's subprocesses, and the session's zygote (which refuses
+    a client whose environment differs from its own in a variable its libraries read), see the session's."""
+    with environment_kept():
+        yield
 
 
 def minilm_path() -> Path:

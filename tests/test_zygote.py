@@ -114,3 +114,18 @@ def alive(pid):
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_tests_environment_changes_do_not_outlive_it(monkeypatch):
+    """conftest.environment_kept, the autouse fixture's body: what a block sets, changes or removes is undone (a W&B
+    run left WANDB_SERVICE behind, and every later zygote client was refused)."""
+    from conftest import environment_kept
+
+    monkeypatch.setenv("ZYGOTE_KEPT", "before")
+    monkeypatch.setenv("ZYGOTE_REMOVED", "here")
+    with environment_kept():
+        os.environ["WANDB_SERVICE"] = "3-1-unix-/tmp/socket"
+        os.environ["ZYGOTE_KEPT"] = "changed"
+        del os.environ["ZYGOTE_REMOVED"]
+    assert "WANDB_SERVICE" not in os.environ and os.getenv("ZYGOTE_KEPT") == "before"
+    assert os.getenv("ZYGOTE_REMOVED") == "here"

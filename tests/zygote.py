@@ -105,8 +105,10 @@ def write_client(directory):
     """DIR/python: an absolute, executable path (benchmarks/gpu_check.sh resolves PYTHON with `command -v`)."""
     path = os.path.join(directory, "python")
     with open(path, "w") as out:
-        out.write(f"#!{sys.executable} -IS\nimport sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-                  f"import zygote\nzygote.client({os.path.join(directory, 'socket')!r}, sys.argv[1:])\n")
+        out.write(f"#!{sys.executable} -IS\nimport importlib.util, sys\n"
+                  f"spec = importlib.util.spec_from_file_location('zygote', {os.path.abspath(__file__)!r})\n"
+                  f"zygote = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(zygote)\n"
+                  f"zygote.client({os.path.join(directory, 'socket')!r}, sys.argv[1:])\n")
     os.chmod(path, 0o755)
     return path
 
