@@ -5,8 +5,8 @@
 
 Per run: the share of its rank and of its adapter parameters on the planted matrices beside the oracle pattern's and
 uniform LoRA's, and recall at k (k = planted matrices) of the planted matrices in its final-rank order and, for
-GLoRA, in its score order (analysis/allocation.py). Writes allocation_quality.md/.csv in --out_dir and prints the
-Markdown table.
+GLoRA, in its score order (analysis/allocation.py); then per arm, their means over its runs. Writes
+allocation_quality.md/.csv and allocation_by_arm.csv in --out_dir and prints the Markdown tables.
 
 Only runs trained on the ground truth's own data are scored: the data content each run recorded (run_args.json's
 data_fingerprint) must equal that of the ground truth's folder under the run's row selection (its data flags). A run
@@ -19,7 +19,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from analysis.allocation import GroundTruth, quality_table, to_markdown
+from analysis.allocation import GroundTruth, arm_summary, quality_table, to_markdown
 from harness.arguments import DataArguments
 from harness.glue_data import data_fingerprint, load_glue_data
 from harness.records import RANKS_FILE, RUN_ARGS_FILE, RunArgs
@@ -45,11 +45,15 @@ def main(argv=None):
     check_data(run_dirs, Path(args.ground_truth).parent, args.allow_unfingerprinted)
     table = quality_table(run_dirs, truth)
     markdown = to_markdown(table)
+    summary = arm_summary(table)
+    by_arm = to_markdown(summary, ["arm", "runs", "rank_share", "oracle_rank_share", "uniform_rank_share", "param_share",
+                                   "recall_at_k_rank", "recall_at_k_score"])
     if args.out_dir:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        Path(args.out_dir, "allocation_quality.md").write_text(markdown)
+        Path(args.out_dir, "allocation_quality.md").write_text(markdown + "\nMeans per arm:\n\n" + by_arm)
         table.to_csv(Path(args.out_dir, "allocation_quality.csv"), index=False)
-    print(markdown, end="")
+        summary.to_csv(Path(args.out_dir, "allocation_by_arm.csv"), index=False)
+    print(markdown + "\nMeans per arm:\n\n" + by_arm, end="")
     return table
 
 

@@ -92,11 +92,28 @@ def quality_table(run_dirs, truth: GroundTruth) -> pd.DataFrame:
     return pd.DataFrame([run_quality(d, truth) for d in run_dirs])
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+BY_ARM = ["rank_share", "param_share", "recall_at_k_rank", "recall_at_k_score"]
+
+
+def arm_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm: its runs, and the mean over them of the shares on the planted matrices and of recall at k
+    (the oracle's and uniform LoRA's shares beside them; recall by score only where every run of the arm has one)."""
+    rows = []
+    for arm, runs in table.groupby("arm", sort=False):
+        row = {"arm": arm, "runs": len(runs), "oracle_rank_share": runs["oracle_rank_share"].mean(),
+               "uniform_rank_share": runs["uniform_rank_share"].mean()}
+        for column in BY_ARM:
+            values = pd.to_numeric(runs[column], errors="coerce")
+            row[column] = values.mean() if values.notna().all() else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(table: pd.DataFrame, columns=None) -> str:
     """The table as Markdown, shares in %, recall as a fraction."""
-    columns = ["run", "arm", "seed", "signal", "score_norm", "rank_share", "oracle_rank_share", "uniform_rank_share",
-               "param_share", "oracle_param_share", "uniform_param_share", "recall_at_k_rank", "recall_at_k_score",
-               "planted_score_places"]
+    columns = columns or ["run", "arm", "seed", "signal", "score_norm", "rank_share", "oracle_rank_share",
+                          "uniform_rank_share", "param_share", "oracle_param_share", "uniform_param_share",
+                          "recall_at_k_rank", "recall_at_k_score", "planted_score_places"]
 
     def cell(column, value):
         if value is None or (isinstance(value, float) and pd.isna(value)):

@@ -142,6 +142,19 @@ def test_allocation_quality_on_a_hand_made_allocation_is_exact(tmp_path):
     assert "| lora | lora | 1 |" in (tmp_path / "out" / "allocation_quality.md").read_text()
     assert len(pd.read_csv(tmp_path / "out" / "allocation_quality.csv")) == 2
 
+    # Per arm: the means over its runs; a second GLoRA seed ranks a and c first (rank share 6/8, recall 1).
+    write_run(tmp_path / "glora2", {"a": 3, "b": 1, "c": 3, "d": 1}, costs, "glora",
+              scores={"a": 0.4, "b": 0.1, "c": 0.3, "d": 0.2}, arm="glora_params", seed=2)
+    allocation_quality.main([str(tmp_path / "truth" / "ground_truth.json"), str(lora), str(glora),
+                             str(tmp_path / "glora2"), "--out_dir", str(tmp_path / "out"), "--allow_unfingerprinted"])
+    by_arm = pd.read_csv(tmp_path / "out" / "allocation_by_arm.csv").set_index("arm")
+    assert by_arm.loc["glora_params", "runs"] == 2
+    assert by_arm.loc["glora_params", "rank_share"] == pytest.approx((5 / 8 + 6 / 8) / 2)
+    assert by_arm.loc["glora_params", "recall_at_k_rank"] == pytest.approx((0.75 + 1.0) / 2)
+    assert by_arm.loc["glora_params", "recall_at_k_score"] == pytest.approx((0.5 + 1.0) / 2)
+    assert by_arm.loc["lora", "rank_share"] == 0.5 and pd.isna(by_arm.loc["lora", "recall_at_k_score"])
+    assert "| glora_params | 2 | 68.8% |" in (tmp_path / "out" / "allocation_quality.md").read_text()
+
 
 def test_allocation_quality_refuses_runs_trained_on_other_data_than_its_ground_truth(tmp_path, capsys):
     """The ground truth's folder holds the task's data; each run's recorded data fingerprint must be that folder's
