@@ -17,7 +17,7 @@
 # under the negative control it is uniform LoRA), glora_params, adalora_params (the closest uniform target, 2); on
 # request (STUDY_ARMS) glora_params_pru (GLoRA's score per rank unit), glora_cal (the proposal's signal over 8 batches
 # before training: --glora_calibration_steps), glora_un (the signal update_norm, docs/allocation.md), eva (peft's EVA, rho 2, at LoRA's rank budget: EVA redistributes ranks,
-# not parameters) and lora_r1, lora_r3, lora_r4 (uniform LoRA at other ranks: the accuracy-cost frontier).
+# not parameters), eva_rho1 (EVA's initialisation at uniform ranks) and lora_r1, lora_r3, lora_r4 (uniform LoRA at other ranks: the accuracy-cost frontier).
 # Two workers, one thread each; finished runs are skipped, so an interrupted study can be restarted.
 # Environment: STUDY_ROOT, STUDY_MODEL, STUDY_SOURCE (SST-2 parquet folder whose sentences are labelled), STUDY_GRID,
 # STUDY_RATES_FROM (a chosen_rates.json to use instead of tuning), STUDY_ARMS (a subset), STUDY_SEEDS, STUDY_SIGNALS and
@@ -72,6 +72,7 @@ declare -A ARM_FLAGS=(
   [glora_cal]="--method glora --glora_calibration_steps 8 --arm glora_cal"
   [glora_un]="--method glora --glora_warmup_fraction 0.3333 --glora_signal update_norm --arm glora_un"
   [eva]="--method eva --budget_unit rank --arm eva"
+  [eva_rho1]="--method eva --budget_unit rank --eva_rho 1 --arm eva_rho1"
   [lora_r1]="--method lora --lora_r 1 --lora_alpha 2 --arm lora_r1"
   [lora_r3]="--method lora --lora_r 3 --lora_alpha 6 --arm lora_r3"
   [lora_r4]="--method lora --lora_r 4 --lora_alpha 8 --arm lora_r4"

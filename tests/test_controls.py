@@ -266,7 +266,7 @@ def test_control_study_refuses_an_unknown_arm_or_stage_in_one_line(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 2 and not list(tmp_path.iterdir())
     assert done.stderr.count("\n") == 1 and "unknown arm 'glora_paramz'" in done.stderr
-    assert {"eva", "glora_cal", "glora_un", "lora_r1", "lora_r4", "glora_params"} <= set(done.stderr.split("choose from ")[1].split())
+    assert {"eva", "eva_rho1", "glora_cal", "glora_un", "lora_r1", "lora_r4", "glora_params"} <= set(done.stderr.split("choose from ")[1].split())
     env = {**os.environ, "STUDY_ROOT": str(tmp_path), "STUDY_MODEL": "unused", "STUDY_STAGE": "tuning"}
     done = subprocess.run(["bash", str(ROOT / "launch" / "control_study.sh"), "positive"], env=env, capture_output=True,
                           text=True, timeout=60)
