@@ -102,7 +102,8 @@ def lr_curves(roots, metric) -> pd.DataFrame:
     for root in roots:
         for arm_dir in sorted((Path(root) / "tuning").iterdir()):
             for lr, score in tuning_scores(root, arm_dir.name, metric):
-                rows.append({"study": str(root), "arm": arm_dir.name, "learning rate": lr, f"tuning {metric}": score})
+                rows.append({"study": "/".join(Path(root).resolve().parts[-2:]), "arm": arm_dir.name,
+                             "learning rate": lr, f"tuning {metric}": score})
     return pd.DataFrame(rows)
 
 
@@ -119,7 +120,7 @@ def plot_lr_curves(curves: pd.DataFrame, metric: str, out: Path):
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel(f"tuning-split {metric} (seed 1)")
-        ax.set_title(Path(study).name, fontsize=9)
+        ax.set_title(study, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

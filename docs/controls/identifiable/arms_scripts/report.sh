@@ -30,11 +30,11 @@ report() {  # report NAME GROUND_TRUTH ARMS...
   python3 allocation_quality.py "$truth" "$A/farm/$name/final" --out_dir "$out/allocation" > /dev/null
   if [ -n "$*" ]; then python3 -m launch.oracle_share "$A/farm/$name/final" "$@" > "$out/oracle_share.txt" 2>&1; fi
 }
-farm s0 $B/s0/positive/final $A/s0/positive/final $A/s0un/positive/final $A/s0f/positive/final
-report s0 $I/s0/ground_truth.json glora_params glora_params_pru glora_cal glora_un adalora_params eva lora_r1 lora_r3 lora_r4
-for d in $A/s0 $A/s0un $A/s0f $A/s0ada; do [ -d "$d/positive/tuning" ] && records "$d/positive" "$(pwd)/$D/arms_s0/$(basename "$d")"; done
+farm s0 $B/s0/positive/final $A/s0/positive/final $A/s0un/positive/final $A/s0f/positive/final $A/s0eva1/positive/final
+report s0 $I/s0/ground_truth.json glora_params glora_params_pru glora_cal glora_un adalora_params eva eva_rho1 lora_r1 lora_r3 lora_r4
+for d in $A/s0 $A/s0un $A/s0f $A/s0ada $A/s0eva1; do [ -d "$d/positive/tuning" ] && records "$d/positive" "$(pwd)/$D/arms_s0/$(basename "$d")"; done
 python3 -m launch.frontier $D/arms_s0/comparison/comparison.csv --out_dir $D/arms_s0/frontier \
-  --tuning $B/s0/positive $A/s0/positive $A/s0un/positive $A/s0f/positive > /dev/null
+  --tuning $B/s0/positive $A/s0/positive $A/s0un/positive $A/s0f/positive $A/s0eva1/positive > /dev/null
 farm neg $A/neg/negative/final
 report neg $I/neg/ground_truth.json
 for p in s1 s2; do
