@@ -108,21 +108,20 @@ def lr_curves(roots, metric) -> pd.DataFrame:
 
 
 def plot_lr_curves(curves: pd.DataFrame, metric: str, out: Path):
+    """One panel, a line per arm (labelled with its study where two studies tuned one arm)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    studies = sorted(curves["study"].unique())
-    fig, axes = plt.subplots(1, len(studies), figsize=(5.5 * len(studies), 4), squeeze=False)
-    for ax, study in zip(axes[0], studies):
-        for arm, rows in curves[curves["study"] == study].groupby("arm"):
-            ax.plot(rows["learning rate"], rows[f"tuning {metric}"], "-o", label=arm)
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel(f"tuning-split {metric} (seed 1)")
-        ax.set_title(study, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    shared = curves.groupby("arm")["study"].nunique() > 1
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (study, arm), rows in curves.groupby(["study", "arm"], sort=False):
+        ax.plot(rows["learning rate"], rows[f"tuning {metric}"], "-o", label=f"{study}: {arm}" if shared[arm] else arm)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"tuning-split {metric} (seed 1, end of training)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
