@@ -5,7 +5,11 @@ import dataclasses
 import os
 from pathlib import Path
 
-import numpy as np
+# One OpenMP thread per test process (and so per run a test starts), as the README advises on a small machine: the
+# launchers' runs already use one, and the zygote (tests/zygote.py) serves only clients whose thread settings it has.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 import pandas as pd
 import pytest
 import torch

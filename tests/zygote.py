@@ -122,9 +122,11 @@ def start_server(directory, timeout=300):
     import time
 
     log = open(os.path.join(directory, "server.log"), "w+")
-    # os.environ, not the C environment: a library imported by the tests calls setenv (COLUMNS) behind its back
+    # os.environ, not the C environment: a library imported by the tests calls setenv (COLUMNS) behind its back.
+    # One OpenMP thread: without OMP_NUM_THREADS, OpenBLAS (under numpy and scipy) starts a worker thread per core
+    # when imported, and a server with threads is not forked; the launchers run with OMP_NUM_THREADS=1 anyway.
     server = subprocess.Popen([sys.executable, __file__, "serve", directory], stdin=subprocess.DEVNULL, stdout=log,
-                              stderr=subprocess.STDOUT, env=dict(os.environ))
+                              stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + timeout
     while not os.path.exists(os.path.join(directory, "socket")):
         if server.poll() is not None or time.monotonic() > deadline:
