@@ -9,11 +9,11 @@ B=/work/wt/study3/outputs/binding
 I=/work/wt/study3/outputs/ident
 D=docs/controls/identifiable
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline
-farm() {  # farm NAME SOURCE_FINAL_DIR ...: links to every finished run
+farm() {  # farm NAME SOURCE_FINAL_DIR ...: copies of every finished run (rglob does not follow links)
   local name=$1; shift
   rm -rf "$A/farm/$name"; mkdir -p "$A/farm/$name/final"
   for src in "$@"; do for run in "$src"/*/; do
-    [ -f "$run/all_results.json" ] && ln -sfn "$(readlink -f "$run")" "$A/farm/$name/final/$(basename "$run")"
+    [ -f "$run/all_results.json" ] && cp -rL "$run" "$A/farm/$name/final/$(basename "$run")"
   done; done
 }
 records() {  # records SOURCE_ROOT DEST: the small per-run files, paths kept
