@@ -80,14 +80,16 @@ def plot_frontier(table: pd.DataFrame, out: Path):
         rows = table[table["task"] == task]
         uniform = rows["arm"].map(lambda a: bool(UNIFORM.match(a)))
         for ax, x, label in ((row[0], "adapter_params_effective", "adapter parameters"),
-                             (row[1], time, "train CPU seconds" if time.startswith("train_cpu") else "train seconds")):
-            u = rows[uniform].sort_values(x)
-            ax.errorbar(u[x], 100 * u["score_mean"], yerr=100 * u["score_std"], fmt="-o", color="grey",
-                        label="uniform LoRA (ranks)")
+                             (row[1], time, ("train CPU seconds" if time.startswith("train_cpu") else "train seconds")
+                              + " (runs one after another: noise-bound)")):
+            u = rows[uniform].sort_values("adapter_params_effective")  # joined in rank order on both axes
+            ax.errorbar(u[x], 100 * u["score_mean"], yerr=100 * u["score_std"], fmt="-o", color="black", alpha=0.5,
+                        label="uniform LoRA, by rank")
             for _, r in u.iterrows():
-                ax.annotate(r["arm"], (r[x], 100 * r["score_mean"]), fontsize=7, color="grey")
-            for _, r in rows[~uniform].iterrows():
-                ax.errorbar(r[x], 100 * r["score_mean"], yerr=100 * r["score_std"], fmt="o", label=r["arm"])
+                ax.annotate(r["arm"], (r[x], 100 * r["score_mean"]), fontsize=7, color="black", alpha=0.6)
+            for i, (_, r) in enumerate(rows[~uniform].iterrows()):
+                ax.errorbar(r[x], 100 * r["score_mean"], yerr=100 * r["score_std"], fmt="sD^v<>p*hX"[i % 10],
+                            color=f"C{i % 10}", label=r["arm"])
             ax.set_xlabel(label)
             ax.set_ylabel(f"{task}: score x100 (mean ± sd over seeds)")
             ax.grid(alpha=0.3)
