@@ -44,16 +44,16 @@ def main(argv=None):
         run_dirs += found
     check_data(run_dirs, Path(args.ground_truth).parent, args.allow_unfingerprinted)
     table = quality_table(run_dirs, truth)
-    markdown = to_markdown(table)
     summary = arm_summary(table)
-    by_arm = to_markdown(summary, ["arm", "runs", "rank_share", "oracle_rank_share", "uniform_rank_share", "param_share",
-                                   "recall_at_k_rank", "recall_at_k_score"])
+    markdown = to_markdown(table) + "\nMeans per arm:\n\n" + to_markdown(summary, [
+        "arm", "runs", "rank_share", "oracle_rank_share", "uniform_rank_share", "param_share", "recall_at_k_rank",
+        "recall_at_k_score"])
     if args.out_dir:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        Path(args.out_dir, "allocation_quality.md").write_text(markdown + "\nMeans per arm:\n\n" + by_arm)
+        Path(args.out_dir, "allocation_quality.md").write_text(markdown)
         table.to_csv(Path(args.out_dir, "allocation_quality.csv"), index=False)
         summary.to_csv(Path(args.out_dir, "allocation_by_arm.csv"), index=False)
-    print(markdown + "\nMeans per arm:\n\n" + by_arm, end="")
+    print(markdown, end="")
     return table
 
 

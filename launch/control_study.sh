@@ -69,18 +69,11 @@ declare -A ARM_FLAGS=(
   [glora_params]="--method glora --glora_warmup_fraction 0.3333 --arm glora_params"
   [adalora_params]="--method adalora --arm adalora_params"
   [glora_params_pru]="--method glora --glora_warmup_fraction 0.3333 --glora_score_norm per_rank_unit --arm glora_params_pru"
-  [glora_cal]="--method glora --glora_calibration_steps 8 --arm glora_cal"
-  [glora_un]="--method glora --glora_warmup_fraction 0.3333 --glora_signal update_norm --arm glora_un"
   [eva]="--method eva --budget_unit rank --arm eva"
   [eva_rho1]="--method eva --budget_unit rank --eva_rho 1 --arm eva_rho1"
-  [lora_r1]="--method lora --lora_r 1 --lora_alpha 2 --arm lora_r1"
-  [lora_r3]="--method lora --lora_r 3 --lora_alpha 6 --arm lora_r3"
-  [lora_r4]="--method lora --lora_r 4 --lora_alpha 8 --arm lora_r4"
 )
-for arm in "${ARMS[@]}"; do
-  [ -n "${ARM_FLAGS[$arm]+set}" ] || { echo "control_study.sh: STUDY_ARMS: unknown arm '$arm'; choose from \
-${!ARM_FLAGS[*]}" >&2; exit 2; }
-done
+add_shared_arms
+require_known_arms control_study.sh
 # Average rank 2 on all six matrices of every layer, counted in parameters: 2 x sum(d_in + d_out) = 82,944 on
 # MiniLM. alpha 4 keeps LoRA's scaling alpha / r = 2 (the project's 16 / 8); the oracle's layers keep it too.
 COMMON=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task "$TASK" --use_cpu True --lora_r 2 --lora_alpha 4

@@ -39,21 +39,14 @@ ARMS=(lora adalora glora_rank glora_params)
 [ -n "${STUDY_ARMS:-}" ] && read -r -a ARMS <<< "$STUDY_ARMS"
 declare -A ARM_FLAGS=(  # --arm: the label every record carries and compare_runs.py groups by
   [lora]="--method lora --arm lora"
-  [lora_r1]="--method lora --lora_r 1 --lora_alpha 2 --arm lora_r1"
-  [lora_r3]="--method lora --lora_r 3 --lora_alpha 6 --arm lora_r3"
-  [lora_r4]="--method lora --lora_r 4 --lora_alpha 8 --arm lora_r4"
   [eva]="--method eva --arm eva"
-  [glora_cal]="--method glora --glora_calibration_steps 8 --arm glora_cal"
   [glora_pru]="--method glora --glora_warmup_fraction 0.3333 --glora_score_norm per_rank_unit --arm glora_pru"
-  [glora_un]="--method glora --glora_warmup_fraction 0.3333 --glora_signal update_norm --arm glora_un"
   [adalora]="--method adalora --arm adalora"
   [glora_rank]="--method glora --glora_warmup_fraction 0.3333 --arm glora_rank"
   [glora_params]="--method glora --glora_warmup_fraction 0.3333 --budget_unit params --arm glora_params"
 )
-for arm in "${ARMS[@]}"; do
-  [ -n "${ARM_FLAGS[$arm]+set}" ] || { echo "low_budget_study.sh: STUDY_ARMS: unknown arm '$arm'; choose from \
-${!ARM_FLAGS[*]}" >&2; exit 2; }
-done
+add_shared_arms
+require_known_arms low_budget_study.sh
 # Average rank 2 on all six matrices of every layer; alpha 4 keeps LoRA's scaling alpha / r = 2, the project's
 # default (16 / 8). AdaLoRA: the project's defaults (init 1.5 x target, scaling parity); GLoRA: the new Adam rule.
 COMMON=(--model_name_or_path "$MODEL" --dataset_dir "$DATA" --task "$TASK" --use_cpu True --lora_r 2 --lora_alpha 4

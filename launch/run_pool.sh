@@ -1,4 +1,5 @@
-# Sourced by the study launchers (cpu_study.sh, low_budget_study.sh): a pool of workers over a list of runs.
+# Sourced by the study launchers (cpu_study.sh, low_budget_study.sh, control_study.sh): a pool of workers over a list
+# of runs, and the arms the launchers share.
 #
 #   run_pool "OUT_DIR|run flags" ...
 #
@@ -32,5 +33,24 @@ _pool_worker() {
     echo "$(date +%T) done  $out ($("$PYTHON" -c "import json, sys; r = json.load(open(sys.argv[1])); \
 k = 'eval_combined_score' if 'eval_combined_score' in r else 'eval_tuning_combined_score'; \
 print(f\"{k} {r[k]:.4f}, train {r['train_runtime']:.0f} s\")" "$out/all_results.json"))"
+  done
+}
+
+# The arms both control_study.sh and low_budget_study.sh offer (issue 27), added to the caller's ARM_FLAGS: uniform LoRA
+# at ranks 1, 3 and 4 (the accuracy-cost frontier; alpha 2r keeps LoRA's scaling 2), GLoRA's signal over 8 batches
+# before training (glora_cal) and GLoRA with the signal update_norm (glora_un).
+add_shared_arms() {
+  local r
+  for r in 1 3 4; do ARM_FLAGS[lora_r$r]="--method lora --lora_r $r --lora_alpha $((2 * r)) --arm lora_r$r"; done
+  ARM_FLAGS[glora_cal]="--method glora --glora_calibration_steps 8 --arm glora_cal"
+  ARM_FLAGS[glora_un]="--method glora --glora_warmup_fraction 0.3333 --glora_signal update_norm --arm glora_un"
+}
+
+# Exit 2 with one line, naming LAUNCHER, at the first of the caller's ARMS that ARM_FLAGS does not hold.
+require_known_arms() {
+  local launcher=$1 arm
+  for arm in "${ARMS[@]}"; do
+    [ -n "${ARM_FLAGS[$arm]+set}" ] || { echo "$launcher: STUDY_ARMS: unknown arm '$arm'; choose from \
+${!ARM_FLAGS[*]}" >&2; exit 2; }
   done
 }
