@@ -7,7 +7,8 @@ each tuned arm's score against the learning rate (its tuning runs: does allocati
 COMPARISON_CSV: compare_runs.py's comparison.csv (one row per task and arm; the rows of several files are joined,
 an arm in two files refused). ROOT: a study root whose tuning/<arm>/lr<rate>/ runs launch/choose_rates.py read.
 Writes DIR/frontier.md (per arm: params, time, score, and the score minus the uniform frontier's at the arm's
-parameters, linear between the two uniform ranks around it; blank outside their range), DIR/frontier.png and, with
+parameters, linear between the two uniform ranks around it; blank outside their range; with 2 standard errors of
+that difference, seeds taken as independent), DIR/frontier.png and, with
 --tuning, DIR/lr_curves.md and DIR/lr_curves.png.
 """
 
@@ -42,17 +43,26 @@ def time_column(table: pd.DataFrame) -> str:
     return cpu if cpu in table and table[cpu].notna().all() else "train_time_mean"
 
 
-def above_frontier(table: pd.DataFrame) -> pd.Series:
-    """Each arm's score minus the uniform frontier's at its adapter parameters (NaN outside the uniform range)."""
-    out = pd.Series(np.nan, index=table.index)
+def above_frontier(table: pd.DataFrame) -> pd.DataFrame:
+    """Each arm's score minus the uniform frontier's at its adapter parameters, and that difference's standard error
+    with the arm's and the two interpolated ranks' seeds taken as independent (runs of one seed share their data order,
+    so this overstates the noise of a paired difference). NaN outside the uniform range; the SE is NaN on the uniform
+    arms themselves (their difference is 0 by construction) and where an arm has one seed."""
+    out = pd.DataFrame(np.nan, index=table.index, columns=["diff", "se"])
     for _, rows in table.groupby("task"):
         uniform = rows[rows["arm"].map(lambda a: bool(UNIFORM.match(a)))].sort_values("adapter_params_effective")
         if len(uniform) < 2:
             continue
         x, y = uniform["adapter_params_effective"].to_numpy(float), uniform["score_mean"].to_numpy(float)
-        inside = rows["adapter_params_effective"].between(x[0], x[-1])
-        at = np.interp(rows.loc[inside, "adapter_params_effective"].to_numpy(float), x, y)
-        out[rows.index[inside]] = rows.loc[inside, "score_mean"].to_numpy(float) - at
+        var = (uniform["score_std"] ** 2 / uniform["n_seeds"]).to_numpy(float)  # of each uniform rank's mean
+        for i, r in rows[rows["adapter_params_effective"].between(x[0], x[-1])].iterrows():
+            p = float(r["adapter_params_effective"])
+            b = min(int(np.searchsorted(x, p, side="right")), len(x) - 1)  # interpolate between ranks b-1 and b
+            t = (p - x[b - 1]) / (x[b] - x[b - 1])
+            out.loc[i, "diff"] = r["score_mean"] - ((1 - t) * y[b - 1] + t * y[b])
+            if not UNIFORM.match(r["arm"]):
+                out.loc[i, "se"] = np.sqrt(r["score_std"] ** 2 / r["n_seeds"] + (1 - t) ** 2 * var[b - 1]
+                                           + t ** 2 * var[b])
     return out
 
 
@@ -63,7 +73,8 @@ def frontier_table(table: pd.DataFrame) -> pd.DataFrame:
         "adapter params": table["adapter_params_effective"].astype(int),
         time: table[time].round(1),
         "score x100": (100 * table["score_mean"]).round(2), "sd x100": (100 * table["score_std"]).round(2),
-        "minus uniform frontier x100": (100 * above_frontier(table)).round(2),
+        "minus uniform frontier x100": (100 * (above := above_frontier(table))["diff"]).round(2),
+        "2 SE x100": (200 * above["se"]).round(2),
     })
     return out.sort_values(["task", "adapter params", "arm"])
 

@@ -20,6 +20,8 @@
 # before training), glora_pru (its score per rank unit), glora_un (the signal update_norm), all at the rank budget.
 # Environment: STUDY_ROOT, STUDY_MODEL, STUDY_TASK (sst2 | rte; default sst2), STUDY_TRAIN_ROWS (8000),
 # STUDY_EPOCHS (1), STUDY_ARMS, STUDY_GRID, STUDY_SEEDS, STUDY_WORKERS, STUDY_EXTRA_ARGS (dry runs), PYTHON.
+# STUDY_EXTRA_ARGS come after the launcher's flags and a flag given twice takes its last value: on a GPU,
+# STUDY_EXTRA_ARGS="--use_cpu False" (and STUDY_WORKERS=1 per GPU); RTE's published recipes train for tens of epochs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/run_pool.sh

@@ -269,6 +269,15 @@ def test_low_budget_study_refuses_an_unknown_arm_or_task_in_one_line(tmp_path):
     assert {"lora", "lora_r1", "lora_r3", "lora_r4", "eva", "glora_cal", "glora_pru", "glora_un", "adalora"} <= known
 
 
+def test_a_flag_given_twice_takes_its_last_value_so_study_extra_args_override_the_launchers():
+    """The study launchers put STUDY_EXTRA_ARGS after their own flags (e.g. --use_cpu True): the last one wins."""
+    from harness.arguments import parse_args
+
+    args = parse_args(["--task", "sst2", "--use_cpu", "True", "--learning_rate", "1e-3", "--use_cpu", "False",
+                       "--learning_rate", "3e-3"])
+    assert args.training.use_cpu is False and args.training.learning_rate == 3e-3
+
+
 def test_trial_run_scales_adaloras_schedule_into_the_run(tiny_bert, glue_dir, tmp_path):
     """The proposal's AdaLoRA space starts pruning at step 500-1500: in a 6-step run with --trial_run false an error;
     as a trial run (--max_steps alone) scaled into the run, which still prunes."""

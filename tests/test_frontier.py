@@ -17,7 +17,7 @@ def write_comparison(path, rows):
     return path
 
 
-def test_an_arm_is_scored_against_the_uniform_frontier_interpolated_at_its_parameters(tmp_path, capsys):
+def test_an_arm_is_scored_against_the_uniform_frontier_interpolated_at_its_parameters_with_its_error(tmp_path, capsys):
     csv = write_comparison(tmp_path / "comparison.csv", [
         ("planted", "lora_r1", 3, 50, 60.0, 30.0, 0.40, 0.01),
         ("planted", "lora", 3, 100, 70.0, 35.0, 0.50, 0.01),
@@ -31,6 +31,9 @@ def test_an_arm_is_scored_against_the_uniform_frontier_interpolated_at_its_param
     assert table.loc["glora_params", "minus uniform frontier x100"] == pytest.approx(8.0)
     assert table.loc["lora", "minus uniform frontier x100"] == pytest.approx(0.0)
     assert math.isnan(table.loc["oracle", "minus uniform frontier x100"])  # below the uniform range: no claim
+    # its SE: sqrt(0.02^2/3 + (0.6^2 + 0.4^2) x 0.01^2/3) = 0.012275 (seeds independent); uniform arms have none
+    assert table.loc["glora_params", "2 SE x100"] == pytest.approx(2.45)
+    assert math.isnan(table.loc["lora", "2 SE x100"]) and math.isnan(table.loc["oracle", "2 SE x100"])
     assert "train_cpu_time_mean" in table.columns
     written = (tmp_path / "out" / "frontier.md").read_text()
     assert "| planted | glora_params |" in written and "8" in written.split("glora_params")[1].split("\n")[0]
