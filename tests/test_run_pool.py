@@ -42,3 +42,33 @@ def test_a_finished_run_made_with_other_flags_is_refused_in_one_line_before_any_
     assert f"run_pool: {tmp_path}/final/lora_seed1 finished with other flags than asked now" in moved.stderr
     assert not (tmp_path / "final" / "lora_seed2").exists()  # refused before any run started
     assert (tmp_path / "final" / "lora_seed1.flags").read_text().startswith("--task sst2 --learning_rate 1e-3")
+
+
+FAKE_LAUNCH = """#!/usr/bin/env bash
+[ "$1" = -m ] || exit 0  # compare_runs.py at the sweep's end
+while [ $# -gt 0 ]; do [ "$1" = --output_dir ] && out=$2; shift; done
+mkdir -p "$out" && echo '{}' > "$out/all_results.json" && echo "$out" >> "$SWEEP_ROOT/ran.txt"
+"""
+
+
+def sweep(tmp_path, *extra):
+    fake = tmp_path / "fake_launch"
+    fake.write_text(FAKE_LAUNCH)
+    fake.chmod(0o755)
+    return subprocess.run(["bash", str(ROOT / "launch" / "sweep.sh"), *extra], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": str(fake), "SWEEP_ROOT": str(tmp_path / "sweep")}, timeout=60)
+
+
+def test_a_sweep_after_a_trial_sweep_refuses_the_trial_runs_instead_of_keeping_them(tmp_path):
+    """launch/sweep.sh --max_steps 2 (a trial), then the real sweep: the 27 finished trial runs are not real ones."""
+    assert sweep(tmp_path, "--max_steps", "2").returncode == 0
+    ran = (tmp_path / "sweep" / "ran.txt").read_text().split()
+    assert len(ran) == 27 == len(set(ran))
+    flags = (tmp_path / "sweep" / "rte" / "lora_seed42.flags").read_text()
+    assert flags.startswith("configs/lora_rte.yaml sha256 ") and flags.endswith(" --seed 42 --max_steps 2\n")
+    again = sweep(tmp_path, "--max_steps", "2")  # the same sweep restarted: everything is done already
+    assert again.returncode == 0 and again.stdout.count("done already") == 27
+    real = sweep(tmp_path)
+    assert real.returncode == 2 and real.stderr.count("\n") == 1
+    assert "sweep.sh: " in real.stderr and "rte/lora_seed42 finished with other flags or config" in real.stderr
+    assert len((tmp_path / "sweep" / "ran.txt").read_text().split()) == 27  # nothing ran
