@@ -8,8 +8,9 @@
 # be restarted. A run is `"$PYTHON" run_glue_peft.py "${COMMON[@]}" <run flags> "${EXTRA[@]}" --output_dir OUT_DIR`,
 # logged to OUT_DIR.log, its flags written to OUT_DIR.flags at its start. A finished run whose OUT_DIR.flags differ
 # from the flags asked now (a study restarted with another chosen rate, model or data) is refused in one line before
-# any run starts (exit 2): move it aside to rerun it (a run finished before OUT_DIR.flags existed is not checked). The "start" and "done" lines it prints are what
-# launch/study_compute.py reads back. Returns non-zero if any run failed; finished runs are kept.
+# any run starts (exit 2): move it aside to rerun it (a run finished before OUT_DIR.flags existed is not checked).
+# The "start" and "done" lines it prints are what launch/study_compute.py reads back. Returns non-zero if any run
+# failed; finished runs are kept.
 
 run_pool() {
   local claims status=0 pids=() spec out flags
