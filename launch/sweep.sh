@@ -27,7 +27,8 @@ for stage in check run; do  # first every finished run against what is asked now
         out="$ROOT/$task/${method}_seed$seed"
         if [ -f "$out/all_results.json" ]; then
           if [ -f "$out.flags" ] && [ "$(cat "$out.flags")" != "$(run_flags "$method" "$task" "$seed")" ]; then
-            echo "sweep.sh: $out finished with other flags or config than asked now (see $out.flags); move it aside to rerun it" >&2
+            echo "sweep.sh: $out finished with other flags or config than asked now (see $out.flags);" \
+              "move it aside to rerun it" >&2
             exit 2
           fi
           [ $stage = run ] && echo "done already: $out"
