@@ -17,7 +17,7 @@ run_pool() {
   for spec in "$@"; do  # finished runs made with other flags would be kept as if they were these
     out=${spec%%|*}
     read -r -a flags <<< "${spec#*|}"
-    if [ -f "$out/all_results.json" ] && [ -f "$out.flags" ] && [ "$(cat "$out.flags")" != "$(_pool_flags)" ]; then
+    if finished_with_other_flags "$out" "$(_pool_flags)"; then
       echo "run_pool: $out finished with other flags than asked now (see $out.flags); move it aside to rerun it" >&2
       return 2
     fi
@@ -46,6 +46,12 @@ _pool_worker() {
 k = 'eval_combined_score' if 'eval_combined_score' in r else 'eval_tuning_combined_score'; \
 print(f\"{k} {r[k]:.4f}, train {r['train_runtime']:.0f} s\")" "$out/all_results.json"))"
   done
+}
+
+# True if run OUT finished (OUT/all_results.json) and its OUT.flags differ from FLAGS (one line); a run without
+# OUT.flags (made before they were written) is not checked. Also used by launch/sweep.sh.
+finished_with_other_flags() {
+  [ -f "$1/all_results.json" ] && [ -f "$1.flags" ] && [ "$(cat "$1.flags")" != "$2" ]
 }
 
 # The flags of the run in $flags: one line, as run_pool compares them.

@@ -8,6 +8,7 @@
 # config, several GPUs) run by that interpreter, not by whichever `accelerate` is first on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source launch/run_pool.sh  # finished_with_other_flags
 
 METHODS=(lora adalora glora)
 TASKS=(rte sst2 mnli)
@@ -26,7 +27,7 @@ for stage in check run; do  # first every finished run against what is asked now
       for seed in "${SEEDS[@]}"; do
         out="$ROOT/$task/${method}_seed$seed"
         if [ -f "$out/all_results.json" ]; then
-          if [ -f "$out.flags" ] && [ "$(cat "$out.flags")" != "$(run_flags "$method" "$task" "$seed")" ]; then
+          if finished_with_other_flags "$out" "$(run_flags "$method" "$task" "$seed")"; then
             echo "sweep.sh: $out finished with other flags or config than asked now (see $out.flags);" \
               "move it aside to rerun it" >&2
             exit 2
